@@ -1,0 +1,96 @@
+"""The ``diffusion-kernel`` command line: ``plugins``, ``registry [KIND]``, ``info NAME``, and
+subcommands that plugins add through the ``register_commands`` hook."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import DiffusionKernelError
+from .plugins import plugin_manager, registry
+from .registry import KINDS
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    plugin_manager.ensure_loaded()
+    if not plugin_manager.plugins:
+        print("no plugins installed (pip install 'diffusion-kernel[all]')")
+        return 0
+    for info in plugin_manager.plugins.values():
+        dist = f"{info.distribution} {info.version}" if info.distribution else "(in-process)"
+        print(f"{info.name}: {dist} [{info.status}]")
+        if info.error:
+            print(f"  error: {info.error}")
+        counts = {k: v for k, v in info.registered.items() if v}
+        if info.status == "loaded" and not counts:
+            print("  registers nothing")
+        for kind, names in counts.items():
+            print(f"  {kind} ({len(names)}): {', '.join(sorted(names))}")
+    return 0
+
+
+def cmd_registry(args: argparse.Namespace) -> int:
+    for kind in [args.kind] if args.kind else KINDS:
+        reg = registry[kind]
+        print(f"{kind}:")
+        if not reg.names():
+            print("  (none)")
+        for entry in reg.entries():
+            plain = list(entry.aliases)
+            line = f"  {entry.name}"
+            if plain:
+                line += f"  (aliases: {', '.join(plain)})"
+            print(line + f"  [{entry.plugin}]")
+            for alias, preset in entry.presets.items():
+                values = ", ".join(f"{k}={v!r}" for k, v in preset.items()) or "defaults"
+                print(f"    {alias}: {entry.name} with {values}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    entry = registry.find(args.name)
+    info = registry[entry.kind].describe(args.name)
+    if info["summary"] is None:
+        info["summary"] = _summary(entry.load())
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def _summary(obj) -> str | None:
+    doc = (obj.__doc__ or "").strip()
+    return doc.splitlines()[0] if doc else None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="diffusion-kernel",
+                                     description="diffusion-kernel: models, schedulers, pipelines")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p = sub.add_parser("plugins", help="list installed plugins and what they registered")
+    p.set_defaults(func=cmd_plugins)
+    p = sub.add_parser("registry", help="list registered names (all kinds or one)")
+    p.add_argument("kind", nargs="?", choices=KINDS)
+    p.set_defaults(func=cmd_registry)
+    p = sub.add_parser("info", help="describe one registered name or alias")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_info)
+    plugin_manager.ensure_loaded()
+    plugin_manager.pm.hook.register_commands(subparsers=sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except DiffusionKernelError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,259 @@
+"""Configuration recorded from constructor arguments, read and written as diffusers-format JSON.
+
+A class that inherits ``ConfigMixin`` records the arguments of its ``__init__`` (defaults filled in)
+as ``self.config``, a read-only mapping. ``save_config`` writes it with ``_class_name`` and the
+format version; ``from_config`` builds an instance from such a mapping or a saved file.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from . import __version__
+from .errors import ConfigError
+
+# The version of the on-disk format we read and write (the diffusers layout).
+FORMAT_VERSION = "0.42.1"
+_warned_unknown: set[tuple[str, str]] = set()
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, Mapping):
+        return FrozenConfig({k: _freeze(v) for k, v in value.items()})
+    return value
+
+
+def _thaw(value: Any) -> Any:
+    """Plain JSON-able values: tuples become lists, nested configs dicts."""
+    if isinstance(value, tuple | list):
+        return [_thaw(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _thaw(v) for k, v in value.items()}
+    if hasattr(value, "tolist"):  # numpy / torch scalars and arrays
+        return value.tolist()
+    return value
+
+
+class FrozenConfig(Mapping):
+    """A read-only mapping with attribute access: ``config.num_train_timesteps``.
+
+    To change a value, build a new object: ``cls.from_config(obj.config, key=value)``.
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping[str, Any] = ()):
+        object.__setattr__(self, "_data", {k: _freeze(v) for k, v in dict(data).items()})
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self._data[key]
+        except KeyError:
+            raise AttributeError(f"config has no field {key!r}") from None
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise ConfigError(
+            f"config is read-only (tried to set {key!r}); build a new object instead: "
+            f"cls.from_config(obj.config, {key}=...)"
+        )
+
+    __setitem__ = __delattr__ = __delitem__ = __setattr__
+
+    def to_dict(self) -> dict[str, Any]:
+        return _thaw(self._data)
+
+    def __repr__(self) -> str:
+        return f"FrozenConfig({json.dumps(self.to_dict(), indent=2, default=str)})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mapping) and self.to_dict() == _thaw(dict(other))
+
+    __hash__ = None
+
+
+def config_parameters(cls: type) -> dict[str, inspect.Parameter]:
+    """The constructor parameters that make up a class's config."""
+    init = getattr(cls.__init__, "__wrapped__", cls.__init__)
+    ignored = set(getattr(cls, "ignore_for_config", ()))
+    return {
+        name: p
+        for name, p in inspect.signature(init).parameters.items()
+        if name != "self" and name not in ignored
+        and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
+
+
+def _record_config(init):
+    @functools.wraps(init)
+    def wrapper(self, *args, **kwargs):
+        # Only the most derived constructor records; super().__init__ calls find it done.
+        if "_config" not in self.__dict__:
+            params = config_parameters(type(self))
+            bound = inspect.signature(init).bind(self, *args, **kwargs)
+            bound.apply_defaults()
+            values = {k: v for k, v in bound.arguments.items() if k in params}
+            var_kw = [p.name for p in bound.signature.parameters.values() if p.kind == p.VAR_KEYWORD]
+            extra = bound.arguments.get(var_kw[0], {}) if var_kw else {}
+            hidden = self.__dict__.pop("_pending_hidden_config", {})
+            object.__setattr__(self, "_config", FrozenConfig({**hidden, **values}))
+            if extra and not getattr(self, "_accepts_extra_kwargs", False):
+                _warn_unknown(type(self), extra)
+        init(self, *args, **kwargs)
+
+    wrapper._records_config = True
+    return wrapper
+
+
+def _warn_unknown(cls: type, keys) -> None:
+    fresh = [k for k in keys if (cls.__name__, k) not in _warned_unknown and not k.startswith("_")]
+    if fresh:
+        _warned_unknown.update((cls.__name__, k) for k in fresh)
+        warnings.warn(
+            f"{cls.__name__} does not use config keys {sorted(fresh)}; they are kept in the "
+            f"config (and saved again) but have no effect.",
+            stacklevel=4,
+        )
+
+
+class ConfigMixin:
+    """Records constructor arguments as an immutable ``config`` and saves/loads it as JSON."""
+
+    config_name: str = "config.json"
+    ignore_for_config: tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is not None and not getattr(init, "_records_config", False):
+            cls.__init__ = _record_config(init)
+
+    @property
+    def config(self) -> FrozenConfig:
+        try:
+            return self.__dict__["_config"]
+        except KeyError:
+            raise ConfigError(
+                f"{type(self).__name__} has no config yet: its __init__ has not run"
+            ) from None
+
+    # Building from a config ------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any] | str | os.PathLike | None = None, **overrides):
+        """Build an instance from a config mapping (or a saved config file/folder).
+
+        Keys this class does not take are kept in its config (so a swap back restores them);
+        they are warned about once when the config was written for this very class.
+        """
+        if config is None:
+            config = {}
+        elif isinstance(config, str | os.PathLike):
+            config = cls.load_config(config)
+        elif not isinstance(config, Mapping):
+            raise ConfigError(
+                f"{cls.__name__}.from_config expects a mapping or a path to a config file, "
+                f"got {type(config).__name__}"
+            )
+        data = dict(config)
+        data.update(overrides)
+        params = config_parameters(cls)
+        init_kwargs = {k: v for k, v in data.items() if k in params}
+        hidden = {k: v for k, v in data.items() if k not in params and not k.startswith("_")}
+        same_class = data.get("_class_name") in (None, cls.__name__)
+        if hidden and same_class:
+            _warn_unknown(cls, hidden)
+        _check_types(cls, params, init_kwargs)
+        obj = cls.__new__(cls)
+        object.__setattr__(obj, "_pending_hidden_config", hidden)
+        obj.__init__(**{k: _thaw_for_init(v) for k, v in init_kwargs.items()})
+        return obj
+
+    # Files -------------------------------------------------------------------------------------
+    @classmethod
+    def load_config(cls, path: str | os.PathLike, subfolder: str | None = None, **hub_kwargs):
+        """Read a config file (or the ``config_name`` file of a folder or Hub repo) as a dict."""
+        from .hub import resolve_file
+
+        path = Path(path) if os.path.isfile(path) else resolve_file(
+            path, cls.config_name, subfolder=subfolder, **hub_kwargs
+        )
+        return read_json(path)
+
+    def save_config(self, save_directory: str | os.PathLike) -> Path:
+        """Write ``config_name`` into a folder (created if needed), atomically."""
+        from .hub import atomic_write_text
+
+        target = Path(save_directory) / self.config_name
+        atomic_write_text(target, self.config_json())
+        return target
+
+    def config_json(self) -> str:
+        data = {
+            "_class_name": type(self).__name__,
+            "_diffusers_version": FORMAT_VERSION,
+            "_diffusion_kernel_version": __version__,
+            **self.config.to_dict(),
+        }
+        return json.dumps(data, indent=2, sort_keys=False) + "\n"
+
+
+def _thaw_for_init(value: Any) -> Any:
+    """Lists in a saved config become lists again for constructors."""
+    return _thaw(value) if isinstance(value, tuple | list | Mapping) else value
+
+
+def read_json(path: str | os.PathLike) -> dict[str, Any]:
+    """Parse a JSON config file; a broken file raises ``ConfigError`` naming it."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not valid JSON ({exc}); fix or re-save it"
+        ) from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a JSON object, found {type(data).__name__}")
+    return data
+
+
+def _scalar_kind(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "str"
+    return None
+
+
+def _check_types(cls: type, params: dict[str, inspect.Parameter], values: dict[str, Any]) -> None:
+    """Reject a scalar config value whose kind (bool, number, string) contradicts the default's.
+
+    Lists are not checked: several fields take an int or a per-block list."""
+    for name, value in values.items():
+        default = params[name].default
+        expected, got = _scalar_kind(default), _scalar_kind(value)
+        if expected and got and expected != got:
+            raise ConfigError(
+                f"{cls.__name__} config field {name!r} should be a {expected} like its default "
+                f"{default!r}, got {type(value).__name__} {value!r}; fix the config file"
+            )

@@ -1,0 +1,329 @@
+"""The model base: a ``torch.nn.Module`` whose constructor arguments are its config, saved and
+loaded in the diffusers layout (``config.json`` + ``diffusion_pytorch_model.safetensors``).
+
+Loading builds the module with its parameters on the meta device (no random initialisation),
+then fills them with the file's tensors: memory-mapped when the dtype is kept (no copy), converted
+tensor by tensor otherwise (never two full copies).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from .configuration import ConfigMixin, read_json
+from .errors import CheckpointError, ConfigError, FileAccessError
+from .hub import PushToHubMixin, atomic_directory, atomic_write_text, fetch, list_files
+from .weights import PICKLE_SUFFIXES, SafetensorsFile, load_pickle, save_safetensors
+
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+WEIGHTS_INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
+PICKLE_WEIGHTS_NAME = "diffusion_pytorch_model.bin"
+PICKLE_INDEX_NAME = "diffusion_pytorch_model.bin.index.json"
+_SIZE_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def add_variant(filename: str, variant: str | None) -> str:
+    """``diffusion_pytorch_model.safetensors`` -> ``diffusion_pytorch_model.fp16.safetensors``."""
+    if not variant:
+        return filename
+    stem, _, ext = filename.rpartition(".")
+    return f"{stem}.{variant}.{ext}"
+
+
+def parse_size(size: int | str) -> int:
+    if isinstance(size, int):
+        return size
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]I?B)\s*", size.upper())
+    if not match:
+        raise ConfigError(f"max_shard_size {size!r} is not a size like '5GB', '500MB' or 10**9")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+
+
+@contextlib.contextmanager
+def parameters_on_meta() -> Iterator[None]:
+    """Create parameters on the meta device (no memory, no init); buffers stay real, because
+    non-persistent ones (not in the checkpoint) must be computed by the constructor."""
+    original = nn.Module.register_parameter
+
+    def register_parameter(module, name, param):
+        if param is not None and param.device.type != "meta":
+            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        original(module, name, param)
+
+    nn.Module.register_parameter = register_parameter
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = original
+
+
+class ModelMixin(nn.Module, ConfigMixin, PushToHubMixin):
+    """Base of every model. Subclasses take their config as constructor arguments."""
+
+    config_name = "config.json"
+    # Modules whose parameters stay float32 when loading in half precision (e.g. norms that
+    # overflow); names are matched against parameter name prefixes.
+    _keep_in_fp32_modules: tuple[str, ...] = ()
+    _supports_gradient_checkpointing = False
+
+    # Saving ----------------------------------------------------------------------------------
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        variant: str | None = None,
+        max_shard_size: int | str = "10GB",
+        safe_serialization: bool = True,
+        push_to_hub: bool = False,
+        **push_kwargs: Any,
+    ) -> None:
+        """Write ``config.json`` and the weights (sharded above ``max_shard_size``) atomically:
+        if anything fails, the folder keeps its previous checkpoint."""
+        if not safe_serialization:
+            raise CheckpointError("diffusion-kernel writes safetensors only; drop "
+                                  "safe_serialization=False (pickle weights can run code on load)")
+        stem = re.escape(add_variant(WEIGHTS_NAME, variant)[: -len(".safetensors")])
+        same_variant = re.compile(  # weights an earlier save of this variant left behind
+            rf"{stem}(-\d{{5}}-of-\d{{5}})?\.safetensors|"
+            rf"{re.escape(add_variant(WEIGHTS_INDEX_NAME, variant))}"
+        )
+        with atomic_directory(save_directory, replaces=same_variant.fullmatch) as staging:
+            self.save_config(staging)
+            self._save_weights(staging, variant, parse_size(max_shard_size))
+        if push_to_hub:
+            self.push_to_hub(variant=variant, **push_kwargs)
+
+    def _save_weights(self, folder: Path, variant: str | None, max_shard_size: int) -> None:
+        state = self.state_dict()
+        shards: list[dict[str, torch.Tensor]] = [{}]
+        size = 0
+        for key, tensor in state.items():
+            nbytes = tensor.numel() * tensor.element_size()
+            if shards[-1] and size + nbytes > max_shard_size:
+                shards.append({})
+                size = 0
+            shards[-1][key] = _unshare(tensor)
+            size += nbytes
+        if len(shards) == 1:
+            save_safetensors(shards[0], folder / add_variant(WEIGHTS_NAME, variant))
+            return
+        base = add_variant(WEIGHTS_NAME, variant)[: -len(".safetensors")]
+        weight_map, total = {}, 0
+        for i, shard in enumerate(shards, 1):
+            name = f"{base}-{i:05d}-of-{len(shards):05d}.safetensors"
+            save_safetensors(shard, folder / name)
+            weight_map.update(dict.fromkeys(shard, name))
+            total += sum(t.numel() * t.element_size() for t in shard.values())
+        index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+        atomic_write_text(folder / add_variant(WEIGHTS_INDEX_NAME, variant),
+                          json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+    # Loading ---------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        source: str | os.PathLike,
+        subfolder: str | None = None,
+        revision: str | None = None,
+        variant: str | None = None,
+        torch_dtype: torch.dtype | None = None,
+        device: str | torch.device | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool | None = None,
+        token: str | bool | None = None,
+        allow_pickle: bool = False,
+        mmap: bool = True,
+        **config_overrides: Any,
+    ):
+        """Load a model from a folder or Hub repo in the diffusers layout.
+
+        ``torch_dtype`` converts floating weights tensor by tensor; ``device`` moves them;
+        ``mmap=False`` streams the file instead of mapping it (for network disks);
+        ``allow_pickle=True`` accepts ``.bin`` weights (loaded with ``weights_only=True``).
+        """
+        if torch_dtype is not None and not isinstance(torch_dtype, torch.dtype):
+            raise ConfigError(f"torch_dtype must be a torch.dtype like torch.float16, "
+                              f"got {torch_dtype!r}")
+        hub = dict(revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
+                   token=token)
+        prefix = f"{subfolder.strip('/')}/" if subfolder else ""
+        available = [f[len(prefix):] for f in list_files(source, **hub) if f.startswith(prefix)]
+        if cls.config_name not in available:
+            raise FileAccessError(
+                f"no {cls.config_name} in {os.fspath(source)!r}"
+                f"{f' (subfolder {subfolder!r})' if subfolder else ''}; is this a model folder? "
+                f"For a pipeline, pass subfolder='unet' (or the component's folder)"
+            )
+        weights = select_weight_files(available, variant, allow_pickle, source)
+        root = fetch(source, [prefix + f for f in [cls.config_name, *weights]], **hub)
+        folder = root / prefix if prefix else root
+        config = read_json(folder / cls.config_name)
+        model_cls = cls._class_for_config(config)
+        if weights and weights[0].endswith(".json"):  # a shard index: fetch its shards
+            shard_names = sorted(set(_read_index(folder / weights[0]).values()))
+            missing = [s for s in shard_names if s not in available]
+            if missing:
+                raise CheckpointError(f"shard index {weights[0]} names files that are missing: "
+                                      f"{missing}")
+            root = fetch(source, [prefix + s for s in shard_names], **hub)
+            folder = root / prefix if prefix else root
+            weights = shard_names
+        with parameters_on_meta():
+            model = model_cls.from_config(config, **config_overrides)
+        model._load_weights([folder / w for w in weights], torch_dtype, device, allow_pickle, mmap)
+        model.eval()
+        return model
+
+    @classmethod
+    def _class_for_config(cls, config: dict[str, Any]) -> type:
+        name = config.get("_class_name")
+        if cls is not ModelMixin:
+            return cls
+        if not name:
+            raise ConfigError("the model config has no _class_name; load it with the model "
+                              "class directly, e.g. UNet2DModel.from_pretrained(...)")
+        from .plugins import registry
+
+        return registry.models.get(name)
+
+    @classmethod
+    def _rename_checkpoint_keys(cls, state: dict[str, Any]) -> dict[str, Any]:
+        """Map legacy key names of older checkpoints to the current ones (subclasses override)."""
+        return state
+
+    def _load_weights(self, files: list[Path], dtype, device, allow_pickle: bool, mmap: bool):
+        expected = self.state_dict(keep_vars=True)
+        sources: dict[str, tuple[Any, str]] = {}
+        opened = []
+        for path in files:
+            if path.name.endswith(PICKLE_SUFFIXES):
+                state = load_pickle(path, allow_pickle)
+                sources.update({k: (state, k) for k in state})
+            else:
+                file = SafetensorsFile(path, mmap_file=mmap)
+                opened.append(file)
+                sources.update({k: (file, k) for k in file.keys()})
+        sources = self._rename_checkpoint_keys(sources)
+        self._check_keys(expected, sources, files)
+        loaded: dict[str, torch.Tensor] = {}
+        try:
+            for key, (src, name) in sources.items():
+                tensor = src.tensor(name) if isinstance(src, SafetensorsFile) else src[name]
+                target = self._target_dtype(key, expected[key], tensor, dtype)
+                converted = tensor.to(device=device or "cpu", dtype=target)
+                if isinstance(src, SafetensorsFile) and converted.data_ptr() != tensor.data_ptr():
+                    src.release(name)
+                loaded[key] = converted
+        finally:
+            for file in opened:
+                file.close()
+        self.load_state_dict(loaded, strict=True, assign=True)
+        if device is not None:  # buffers the checkpoint does not hold
+            self.to(device)
+
+    def _target_dtype(self, key: str, current: torch.Tensor, tensor: torch.Tensor, dtype):
+        if not tensor.is_floating_point():
+            return tensor.dtype
+        if dtype is None:
+            return current.dtype if current.is_floating_point() else tensor.dtype
+        if any(key == m or key.startswith(m + ".") for m in self._keep_in_fp32_modules):
+            return torch.float32
+        return dtype
+
+    def _check_keys(self, expected: dict[str, torch.Tensor], sources: dict, files) -> None:
+        shapes = {k: (src.shape(n) if isinstance(src, SafetensorsFile) else tuple(src[n].shape))
+                  for k, (src, n) in sources.items()}
+        missing = sorted(set(expected) - set(shapes))
+        unexpected = sorted(set(shapes) - set(expected))
+        mis_shaped = [f"{k}: checkpoint {shapes[k]} vs model {tuple(expected[k].shape)}"
+                      for k in sorted(set(expected) & set(shapes))
+                      if tuple(expected[k].shape) != shapes[k]]
+        if missing or unexpected or mis_shaped:
+            parts = []
+            for title, items in (("missing", missing), ("unexpected", unexpected),
+                                 ("mis-shaped", mis_shaped)):
+                if items:
+                    shown = items[:20] + ([f"... {len(items) - 20} more"] if len(items) > 20 else [])
+                    parts.append(f"{len(items)} {title} keys: {', '.join(shown)}")
+            raise CheckpointError(
+                f"the weights in {', '.join(str(f) for f in files)} do not match "
+                f"{type(self).__name__} built from its config.json: {'; '.join(parts)}. Check that "
+                f"config.json belongs to these weights (same architecture and sizes)."
+            )
+
+    # Conveniences -------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        for tensor in self.parameters():
+            return tensor.device
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        for tensor in self.parameters():
+            if tensor.is_floating_point():
+                return tensor.dtype
+        return torch.float32
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def enable_gradient_checkpointing(self) -> None:
+        if not self._supports_gradient_checkpointing:
+            raise ConfigError(f"{type(self).__name__} does not support gradient checkpointing")
+        for module in self.modules():
+            if hasattr(module, "gradient_checkpointing"):
+                module.gradient_checkpointing = True
+
+    def disable_gradient_checkpointing(self) -> None:
+        for module in self.modules():
+            if hasattr(module, "gradient_checkpointing"):
+                module.gradient_checkpointing = False
+
+
+def _unshare(tensor: torch.Tensor) -> torch.Tensor:
+    """safetensors refuses tensors that share memory (tied weights); give each its own copy."""
+    tensor = tensor.detach()
+    if tensor.untyped_storage().nbytes() != tensor.numel() * tensor.element_size():
+        return tensor.clone()
+    return tensor
+
+
+def _read_index(path: Path) -> dict[str, str]:
+    index = read_json(path)
+    weight_map = index.get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"shard index {path} has no 'weight_map' object")
+    from .hub import check_relative_path
+
+    return {k: check_relative_path(v, "shard file name") for k, v in weight_map.items()}
+
+
+def select_weight_files(available: list[str], variant: str | None, allow_pickle: bool,
+                        source: Any) -> list[str]:
+    """Which weight file(s) to fetch: safetensors over pickles, the asked-for variant."""
+    for name in (WEIGHTS_NAME, WEIGHTS_INDEX_NAME):
+        if add_variant(name, variant) in available:
+            return [add_variant(name, variant)]
+    pickles = [add_variant(n, variant) for n in (PICKLE_WEIGHTS_NAME, PICKLE_INDEX_NAME)]
+    found = [p for p in pickles if p in available]
+    if found:
+        if not allow_pickle:
+            load_pickle(found[0], allow_pickle=False)  # raises the explanatory error
+        return found[:1]
+    variants = sorted({f.split(".")[1] for f in available
+                       if f.startswith("diffusion_pytorch_model.") and f.count(".") >= 2
+                       and f.split(".")[1] not in ("safetensors", "bin")})
+    hint = (f" Variants present: {', '.join(variants)}." if variants else "")
+    asked = f" for variant {variant!r}" if variant else ""
+    raise FileAccessError(
+        f"no weights{asked} in {os.fspath(source)!r}: expected {add_variant(WEIGHTS_NAME, variant)} "
+        f"or a sharded index.{hint}"
+    )

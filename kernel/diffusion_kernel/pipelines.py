@@ -1,0 +1,330 @@
+"""The pipeline base: components named in ``model_index.json``, loaded and saved in the diffusers
+layout, moved together, with a progress bar and step-end callbacks.
+
+``model_index.json`` maps each component to ``[library, class]``: classes of this project (written
+as library ``"diffusers"`` so the reference loads what we save) resolve through the registry,
+``transformers`` classes through ``transformers``' own ``from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import re
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+
+from .configuration import FORMAT_VERSION, FrozenConfig, read_json
+from .errors import NotRegisteredError, PipelineError
+from .hub import PushToHubMixin, atomic_directory, atomic_write_text, fetch, list_files
+
+MODEL_INDEX = "model_index.json"
+_OWN_LIBRARIES = ("diffusers", "diffusion_kernel")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".msgpack", ".h5", ".onnx",
+                    ".pb", ".ot", ".gguf")
+_PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth")
+
+
+@dataclass
+class PipelineOutput:
+    """Base of pipeline outputs; fields are also reachable by index, like a tuple."""
+
+    def __getitem__(self, index: int) -> Any:
+        return getattr(self, fields(self)[index].name)
+
+
+@dataclass
+class ImagePipelineOutput(PipelineOutput):
+    """``images``: a list of PIL images, a numpy array (N, H, W, C) or a tensor (N, C, H, W)."""
+
+    images: Any
+
+
+def library_of(component: Any) -> str:
+    """The library name ``model_index.json`` records for a component."""
+    module = type(component).__module__.split(".")[0]
+    if module.startswith("diffusion_kernel"):
+        return "diffusers"
+    return module
+
+
+class DiffusionPipeline(PushToHubMixin):
+    """Base of every pipeline. A subclass's ``__init__`` takes its components by name and calls
+    ``self.register_modules(...)``; ``__call__`` runs it."""
+
+    config_name = MODEL_INDEX
+    _optional_components: tuple[str, ...] = ()
+    # Names a step-end callback may ask for (``callback_on_step_end_tensor_inputs``).
+    _callback_tensor_inputs: tuple[str, ...] = ("latents",)
+
+    def register_modules(self, **components: Any) -> None:
+        names = self.__dict__.setdefault("_component_names", [])
+        for name, component in components.items():
+            if name not in names:
+                names.append(name)
+            object.__setattr__(self, name, component)
+
+    @property
+    def components(self) -> dict[str, Any]:
+        """The components by name, as ``__init__`` takes them (``Other(**pipe.components)``)."""
+        return {n: getattr(self, n) for n in self.__dict__.get("_component_names", [])}
+
+    @property
+    def config(self) -> FrozenConfig:
+        """The content of ``model_index.json``: each component's ``[library, class]``."""
+        data: dict[str, Any] = {"_class_name": type(self).__name__,
+                                "_diffusers_version": FORMAT_VERSION}
+        for name, component in self.components.items():
+            data[name] = ([None, None] if component is None
+                          else [library_of(component), type(component).__name__])
+        return FrozenConfig(data)
+
+    # Devices and dtypes --------------------------------------------------------------------
+    def _modules(self) -> Iterable[torch.nn.Module]:
+        return [c for c in self.components.values() if isinstance(c, torch.nn.Module)]
+
+    def to(self, *args: Any, **kwargs: Any) -> DiffusionPipeline:
+        """Move every ``torch.nn.Module`` component: ``pipe.to("cuda")``, ``pipe.to(torch.float16)``."""
+        for module in self._modules():
+            module.to(*args, **kwargs)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        for module in self._modules():
+            for p in module.parameters():
+                return p.device
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        for module in self._modules():
+            for p in module.parameters():
+                if p.is_floating_point():
+                    return p.dtype
+        return torch.float32
+
+    # Progress and callbacks ------------------------------------------------------------------
+    def set_progress_bar_config(self, **kwargs: Any) -> None:
+        """Options for the tqdm bars of loading and denoising, e.g. ``disable=True``."""
+        self.__dict__["_progress_bar_config"] = kwargs
+
+    def progress_bar(self, iterable: Iterable | None = None, total: int | None = None, **kw):
+        from tqdm.auto import tqdm
+
+        options = {**self.__dict__.get("_progress_bar_config", {}), **kw}
+        return tqdm(iterable, total=total, **options)
+
+    def check_callback_inputs(self, names: Iterable[str]) -> None:
+        unknown = [n for n in names if n not in self._callback_tensor_inputs]
+        if unknown:
+            raise PipelineError(
+                f"callback_on_step_end_tensor_inputs asks for {unknown}, which "
+                f"{type(self).__name__} does not provide; choose from "
+                f"{list(self._callback_tensor_inputs)}"
+            )
+
+    def step_end(self, callback: Callable | None, step: int, timestep: Any, names: Iterable[str],
+                 values: dict[str, Any]) -> dict[str, Any]:
+        """Call ``callback(pipe, step, timestep, {name: tensor})``; returns the tensors it replaced."""
+        if callback is None:
+            return {}
+        result = callback(self, step, timestep, {n: values[n] for n in names})
+        return dict(result or {})
+
+    # Saving ------------------------------------------------------------------------------------
+    def save_pretrained(self, save_directory: str | os.PathLike, variant: str | None = None,
+                        safe_serialization: bool = True, push_to_hub: bool = False,
+                        **push_kwargs: Any) -> None:
+        """Write ``model_index.json`` and one subfolder per component, atomically."""
+        with atomic_directory(save_directory, replaces=lambda n: n in self.components) as staging:
+            atomic_write_text(staging / MODEL_INDEX,
+                              json.dumps(self.config.to_dict(), indent=2) + "\n")
+            for name, component in self.components.items():
+                if component is None:
+                    continue
+                save = getattr(component, "save_pretrained", None)
+                if save is None:
+                    raise PipelineError(f"component {name!r} ({type(component).__name__}) has no "
+                                        f"save_pretrained, so the pipeline cannot be saved")
+                kwargs = {}
+                if variant and "variant" in inspect.signature(save).parameters:
+                    kwargs["variant"] = variant
+                if library_of(component) == "transformers":
+                    kwargs["safe_serialization"] = safe_serialization
+                    if "safe_serialization" not in inspect.signature(save).parameters:
+                        kwargs.pop("safe_serialization")
+                save(staging / name, **kwargs)
+        if push_to_hub:
+            self.push_to_hub(variant=variant, **push_kwargs)
+
+    # Loading -----------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        source: str | os.PathLike,
+        torch_dtype: torch.dtype | None = None,
+        variant: str | None = None,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool | None = None,
+        token: str | bool | None = None,
+        allow_pickle: bool = False,
+        device: str | torch.device | None = None,
+        **overrides: Any,
+    ) -> DiffusionPipeline:
+        """Load a pipeline folder or Hub repo; keyword arguments named like components replace
+        them (``scheduler=EulerDiscreteScheduler.from_config(...)``)."""
+        hub = dict(revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
+                   token=token)
+        files = list_files(source, **hub)
+        if MODEL_INDEX not in files:
+            raise PipelineError(f"no {MODEL_INDEX} in {os.fspath(source)!r}: not a pipeline folder "
+                                f"(a single model loads with its class's from_pretrained)")
+        root = fetch(source, [MODEL_INDEX], **hub)
+        index = read_json(root / MODEL_INDEX)
+        pipeline_cls = cls._pipeline_class(index)
+        specs = {k: v for k, v in index.items() if not k.startswith("_")}
+        needed = [f for f in files if f.split("/")[0] in specs and f.split("/")[0] not in overrides]
+        root = fetch(source, [MODEL_INDEX, *select_files(needed, variant, allow_pickle)], **hub)
+
+        expected = pipeline_cls._expected_components()
+        components: dict[str, Any] = {}
+        names = [n for n in specs if n in overrides or n in expected or not expected]
+        from tqdm.auto import tqdm
+
+        for name in tqdm(names, desc="Loading components", disable=len(names) < 2 or None,
+                         leave=False):
+            if name in overrides:
+                components[name] = overrides.pop(name)
+            else:
+                components[name] = _load_component(name, specs[name], root, torch_dtype, variant,
+                                                   allow_pickle)
+        missing = [n for n in expected if n not in components
+                   and n not in pipeline_cls._optional_components]
+        if missing:
+            raise PipelineError(f"{pipeline_cls.__name__} needs components {missing}, which "
+                                f"{MODEL_INDEX} in {os.fspath(source)!r} does not list; pass "
+                                f"them as keyword arguments")
+        unknown = [k for k in overrides if k not in pipeline_cls._init_parameters()]
+        if unknown:
+            raise PipelineError(f"{pipeline_cls.__name__}.from_pretrained got unknown arguments "
+                                f"{unknown}; it takes components {expected}")
+        pipe = pipeline_cls(**components, **overrides)
+        if device is not None:
+            pipe.to(device)
+        return pipe
+
+    @classmethod
+    def _pipeline_class(cls, index: dict[str, Any]) -> type:
+        if cls is not DiffusionPipeline:
+            return cls
+        name = index.get("_class_name")
+        if not name:
+            raise PipelineError(f"{MODEL_INDEX} has no _class_name; load it with the pipeline "
+                                f"class directly")
+        from .plugins import registry
+
+        return registry.pipelines.get(name)
+
+    @classmethod
+    def _init_parameters(cls) -> dict[str, inspect.Parameter]:
+        params = inspect.signature(cls.__init__).parameters
+        return {k: p for k, p in params.items() if k != "self"
+                and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+
+    @classmethod
+    def _expected_components(cls) -> list[str]:
+        """Constructor parameters without a plain default value are components."""
+        return [k for k, p in cls._init_parameters().items()
+                if p.default is inspect.Parameter.empty or k in cls._optional_components]
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"{k}={type(v).__name__}" for k, v in self.components.items())
+        return f"{type(self).__name__}({parts})"
+
+
+def _load_component(name: str, spec: Any, root: Path, torch_dtype, variant, allow_pickle) -> Any:
+    if spec is None or spec == [None, None] or (isinstance(spec, list) and None in spec):
+        return None
+    if not (isinstance(spec, list | tuple) and len(spec) == 2
+            and all(isinstance(s, str) for s in spec)):
+        raise PipelineError(f"{MODEL_INDEX} entry {name!r} must be [library, class], got {spec!r}")
+    library, class_name = spec
+    folder = root / name
+    if library == "transformers":
+        return _load_transformers(class_name, folder, torch_dtype, variant)
+    from .plugins import registry
+
+    try:
+        entry = registry.find(class_name)
+    except NotRegisteredError as exc:
+        hint = ("" if library in _OWN_LIBRARIES else
+                f" The class comes from library {library!r}: install the diffusion-kernel plugin "
+                f"that registers it.")
+        raise PipelineError(f"component {name!r}: cannot load [{library!r}, {class_name!r}]: "
+                            f"{exc}{hint}") from None
+    component_cls = entry.load()
+    if entry.kind == "models":
+        return component_cls.from_pretrained(folder, torch_dtype=torch_dtype, variant=variant,
+                                             allow_pickle=allow_pickle)
+    return component_cls.from_pretrained(folder)
+
+
+def _load_transformers(class_name: str, folder: Path, torch_dtype, variant) -> Any:
+    try:
+        import transformers
+    except ImportError as exc:
+        raise PipelineError(f"this pipeline needs transformers ({class_name}); "
+                            f"pip install transformers") from exc
+    component_cls = getattr(transformers, class_name, None)
+    if component_cls is None:
+        raise PipelineError(f"transformers has no class {class_name!r} (installed version "
+                            f"{transformers.__version__}); upgrade transformers")
+    kwargs: dict[str, Any] = {}
+    if issubclass(component_cls, transformers.PreTrainedModel):
+        kwargs["use_safetensors"] = True
+        if torch_dtype is not None:
+            kwargs["dtype"] = torch_dtype
+        if variant and any(f".{variant}." in p.name for p in folder.iterdir()):
+            kwargs["variant"] = variant
+    return component_cls.from_pretrained(folder, **kwargs)
+
+
+def select_files(files: list[str], variant: str | None, allow_pickle: bool) -> list[str]:
+    """Of a pipeline's files, those a load needs: every config/tokenizer file, and per folder
+    the safetensors weights of the asked variant (else the plain ones; pickles only if allowed)."""
+    by_folder: dict[str, list[str]] = {}
+    chosen = []
+    for f in files:
+        if f.endswith(_WEIGHT_SUFFIXES):
+            by_folder.setdefault(f.rpartition("/")[0], []).append(f)
+        else:
+            chosen.append(f)
+    for weights in by_folder.values():
+        chosen += _pick_weights(weights, variant, allow_pickle)
+    return chosen
+
+
+def _variant_of(path: str) -> str | None:
+    stem = path.rpartition("/")[2].rsplit(".", 1)[0]
+    parts = stem.split(".")
+    if len(parts) < 2:
+        return None
+    return re.sub(r"-\d{5}-of-\d{5}$", "", parts[-1])
+
+
+def _pick_weights(weights: list[str], variant: str | None, allow_pickle: bool) -> list[str]:
+    kinds = [[w for w in weights if w.endswith(".safetensors")]]
+    if allow_pickle:
+        kinds.append([w for w in weights if w.endswith(_PICKLE_SUFFIXES)])
+    for group in kinds:
+        for wanted in ([variant, None] if variant else [None]):
+            picked = [w for w in group if _variant_of(w) == wanted]
+            if picked:
+                return picked
+    return []

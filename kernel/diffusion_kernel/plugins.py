@@ -1,0 +1,183 @@
+"""The plugin manager: entry points of the ``diffusion_kernel`` group, the allowlist, isolation of
+broken plugins, and hook tracing.
+
+Environment variables:
+
+- ``DIFFUSION_KERNEL_PLUGINS``: comma-separated plugin or distribution names to load; unset loads
+  all, an empty value loads none (a kill switch for tests).
+- ``DIFFUSION_KERNEL_TRACE_HOOKS=1``: print every hook call and what it registered to stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import traceback
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .errors import PluginError
+from .registry import KINDS, Entry, Registries
+
+ENTRY_POINT_GROUP = "diffusion_kernel"
+ALLOWLIST_ENV = "DIFFUSION_KERNEL_PLUGINS"
+TRACE_ENV = "DIFFUSION_KERNEL_TRACE_HOOKS"
+
+
+@dataclass
+class PluginInfo:
+    """What ``diffusion-kernel plugins`` reports about one plugin."""
+
+    name: str
+    distribution: str | None
+    version: str | None
+    status: str = "loaded"  # loaded | failed | disabled
+    error: str | None = None
+    registered: dict[str, list[str]] = field(default_factory=lambda: {k: [] for k in KINDS})
+
+
+class PluginManager:
+    """Finds plugins once, fills the registries from their hooks, and reports what happened."""
+
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager("diffusion_kernel")
+        self.pm.add_hookspecs(hookspecs)
+        self.registry = Registries(self.ensure_loaded)
+        self.plugins: dict[str, PluginInfo] = {}
+        self._loaded = False
+        self._lock = threading.RLock()
+        if os.environ.get(TRACE_ENV):
+            self.pm.trace.root.setwriter(lambda msg: print(msg, end="", file=sys.stderr))
+            self.pm.enable_tracing()
+
+    # Discovery -----------------------------------------------------------------------------
+    def ensure_loaded(self) -> None:
+        if self._loaded:
+            return
+        with self._lock:
+            if self._loaded:
+                return
+            self._loaded = True
+            self._load_entry_points()
+            self._fill_registries()
+
+    def _allowed(self, name: str, distribution: str | None) -> bool:
+        raw = os.environ.get(ALLOWLIST_ENV)
+        if raw is None:
+            return True
+        allowed = {item.strip().lower() for item in raw.split(",") if item.strip()}
+        return name.lower() in allowed or (distribution or "").lower() in allowed
+
+    def _load_entry_points(self) -> None:
+        eps = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name)
+        for ep in eps:
+            dist = getattr(ep, "dist", None)
+            dist_name = dist.metadata["Name"] if dist is not None else None
+            info = PluginInfo(ep.name, dist_name, dist.version if dist is not None else None)
+            if ep.name in self.plugins:
+                continue  # the same distribution seen twice on sys.path: the first one wins
+            self.plugins[ep.name] = info
+            if not self._allowed(ep.name, dist_name):
+                info.status = "disabled"
+                info.error = f"not in {ALLOWLIST_ENV}"
+                continue
+            try:
+                self.pm.register(ep.load(), name=ep.name)
+            except Exception as exc:  # a broken plugin is reported, never fatal
+                self._fail(info, exc)
+
+    def _fail(self, info: PluginInfo, exc: BaseException) -> None:
+        info.status = "failed"
+        info.error = f"{type(exc).__name__}: {exc}"
+        if os.environ.get(TRACE_ENV):
+            traceback.print_exception(exc, file=sys.stderr)
+        print(
+            f"diffusion-kernel: plugin {info.name!r} from {info.distribution or 'unknown'} failed "
+            f"to load and is skipped ({info.error})",
+            file=sys.stderr,
+        )
+
+    def register_plugin(self, plugin: Any, name: str) -> None:
+        """Register an in-process plugin object (tests, notebooks) and add its classes."""
+        with self._lock:
+            self.ensure_loaded()
+            self.pm.register(plugin, name=name)
+            self.plugins[name] = PluginInfo(name, None, None)
+            self._fill_from(name)
+
+    def unregister_plugin(self, name: str) -> None:
+        """Remove a plugin registered with ``register_plugin`` and everything it registered."""
+        with self._lock:
+            plugin = self.pm.get_plugin(name)
+            if plugin is not None:
+                self.pm.unregister(plugin)
+            self.plugins.pop(name, None)
+            for reg in self.registry:
+                reg.remove_plugin(name)
+
+    # Filling -------------------------------------------------------------------------------
+    def _fill_registries(self) -> None:
+        for name in sorted(self.plugins):
+            if self.plugins[name].status == "loaded":
+                self._fill_from(name)
+
+    def _fill_from(self, plugin_name: str) -> None:
+        info = self.plugins[plugin_name]
+        plugin = self.pm.get_plugin(plugin_name)
+        staged: list[Entry] = []
+        try:
+            for kind in KINDS:
+                impl = getattr(plugin, f"register_{kind}", None)
+                if impl is None:
+                    continue
+                caller = self.pm.subset_hook_caller(
+                    f"register_{kind}",
+                    [p for p in self.pm.get_plugins() if p is not plugin],
+                )
+                caller(register=self._register_fn(kind, info, staged))
+        except Exception as exc:
+            self._fail(info, exc)
+            return
+        for entry in staged:  # all or nothing: a plugin that raises half-way registers nothing
+            self.registry[entry.kind].add(entry)
+            info.registered[entry.kind].append(entry.name)
+
+    def _register_fn(self, kind: str, info: PluginInfo, staged: list[Entry]):
+        def register(target, name=None, aliases=(), presets=None, summary=None):
+            if isinstance(target, str):
+                if ":" not in target:
+                    raise PluginError(
+                        f"plugin {info.name!r} registered {target!r}; a lazy target must be "
+                        f"'module:attr', e.g. 'my_plugin.schedulers:MyScheduler'"
+                    )
+                name = name or target.rpartition(":")[2].rpartition(".")[2]
+                obj = None
+            else:
+                name = name or target.__name__
+                doc = (target.__doc__ or "").strip()
+                summary = summary or (doc.splitlines()[0] if doc else None)
+                obj = target
+                target = f"{target.__module__}:{target.__qualname__}"
+            if isinstance(aliases, str):
+                aliases = (aliases,)
+            presets = {k.lower(): dict(v) for k, v in (presets or {}).items()}
+            entry = Entry(
+                name=name, target=target, kind=kind, plugin=info.name,
+                distribution=info.distribution, version=info.version,
+                aliases=tuple(aliases), presets=presets, summary=summary, obj=obj,
+            )
+            if os.environ.get(TRACE_ENV):
+                print(f"diffusion-kernel: {info.name} registered {kind[:-1]} {name} -> {target}",
+                      file=sys.stderr)
+            staged.append(entry)
+
+        return register
+
+
+plugin_manager = PluginManager()
+registry = plugin_manager.registry

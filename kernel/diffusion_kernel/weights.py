@@ -1,0 +1,170 @@
+"""Weight files: safetensors read with checks (memory-mapped or streamed), written atomically by the
+callers; pickles only on request and then with ``weights_only=True``.
+
+The safetensors layout: 8 bytes little-endian header length N, N bytes of JSON
+``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}``, then the data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import mmap
+import os
+import struct
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from .errors import CheckpointError, UnsafeCheckpointError
+
+DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U8": torch.uint8, "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+_MAX_HEADER = 100 * 1024 * 1024
+PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth")
+
+
+class SafetensorsFile:
+    """One safetensors file, its header checked against the file size before any tensor is read.
+
+    ``mmap=True`` maps the file copy-on-write: tensors share pages with the page cache and cost no
+    copy. ``mmap=False`` reads each tensor on request (for network disks), one at a time.
+    """
+
+    def __init__(self, path: str | os.PathLike, mmap_file: bool = True):
+        self.path = Path(path)
+        self._file = open(self.path, "rb")
+        try:
+            self.header, self.metadata, self._data_start = self._read_header()
+            self._map = (mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_COPY)
+                         if mmap_file and self._size > 0 else None)
+        except BaseException:
+            self._file.close()
+            raise
+
+    def _read_header(self):
+        self._size = os.fstat(self._file.fileno()).st_size
+        prefix = self._file.read(8)
+        if len(prefix) < 8:
+            raise self._corrupt(f"it is {self._size} bytes long, too short for a header")
+        (length,) = struct.unpack("<Q", prefix)
+        if length > min(_MAX_HEADER, self._size - 8):
+            raise self._corrupt(f"its header claims {length} bytes but the file has "
+                                f"{self._size - 8} after the length field")
+        try:
+            header = json.loads(self._file.read(length))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise self._corrupt(f"its header is not valid JSON ({exc})") from None
+        if not isinstance(header, dict):
+            raise self._corrupt("its header is not a JSON object")
+        metadata = header.pop("__metadata__", None) or {}
+        data_start = 8 + length
+        for name, info in header.items():
+            self._check_entry(name, info, self._size - data_start)
+        return header, metadata, data_start
+
+    def _check_entry(self, name, info, data_size) -> None:
+        try:
+            dtype = DTYPES[info["dtype"]]
+            shape = [int(d) for d in info["shape"]]
+            begin, end = (int(v) for v in info["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise self._corrupt(f"its entry for {name!r} is malformed: {info!r}") from None
+        if any(d < 0 for d in shape) or not 0 <= begin <= end:
+            raise self._corrupt(f"its entry for {name!r} has invalid shape or offsets: {info!r}")
+        if end > data_size:
+            raise self._corrupt(
+                f"tensor {name!r} ends at byte {end} of the data but the file holds only "
+                f"{data_size} data bytes (the file is truncated: download or save it again)"
+            )
+        if math.prod(shape) * dtype.itemsize != end - begin:
+            raise self._corrupt(f"tensor {name!r} has {end - begin} bytes, which does not "
+                                f"match its shape {shape} and dtype {info['dtype']}")
+
+    def _corrupt(self, why: str) -> CheckpointError:
+        return CheckpointError(f"weights file {self.path} is not a valid safetensors file: {why}")
+
+    def keys(self) -> list[str]:
+        return list(self.header)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.header[name]["shape"])
+
+    def tensor(self, name: str) -> torch.Tensor:
+        info = self.header[name]
+        dtype = DTYPES[info["dtype"]]
+        begin, end = info["data_offsets"]
+        count = (end - begin) // dtype.itemsize
+        if count == 0:
+            return torch.empty(info["shape"], dtype=dtype)
+        if self._map is not None:
+            flat = torch.frombuffer(self._map, dtype=dtype, count=count,
+                                    offset=self._data_start + begin)
+        else:
+            buffer = bytearray(end - begin)
+            self._file.seek(self._data_start + begin)
+            if self._file.readinto(buffer) != len(buffer):
+                raise self._corrupt(f"tensor {name!r} could not be read in full")
+            flat = torch.frombuffer(buffer, dtype=dtype, count=count)
+        return flat.reshape(info["shape"])
+
+    def release(self, name: str) -> None:
+        """Drop the mapped pages of a tensor that was copied (converted), so they stop counting
+        towards resident memory; the page cache keeps the file."""
+        if self._map is None:
+            return
+        begin, end = self.header[name]["data_offsets"]
+        start = (self._data_start + begin) // mmap.PAGESIZE * mmap.PAGESIZE
+        stop = self._data_start + end
+        # Dropping a clean page of a private file mapping only forgets it: a later read of a
+        # neighbouring tensor that shares the page faults it back in from the file.
+        length = (stop - start) // mmap.PAGESIZE * mmap.PAGESIZE
+        if length > 0:
+            self._map.madvise(mmap.MADV_DONTNEED, start, length)
+
+    def items(self) -> Iterator[tuple[str, torch.Tensor]]:
+        for name in sorted(self.header, key=lambda n: self.header[n]["data_offsets"][0]):
+            yield name, self.tensor(name)
+
+    def close(self) -> None:
+        # The mapping stays alive as long as tensors view it (they hold a reference to it).
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def load_pickle(path: str | os.PathLike, allow_pickle: bool) -> dict[str, torch.Tensor]:
+    """Load a ``.bin``/``.ckpt`` checkpoint: refused unless ``allow_pickle``, then tensors only."""
+    if not allow_pickle:
+        raise UnsafeCheckpointError(
+            f"{path} is a pickle checkpoint, which can run code when loaded; it is refused. "
+            f"Convert it to safetensors, or pass allow_pickle=True if you trust its source "
+            f"(it is then loaded with torch.load(weights_only=True))."
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:
+        raise CheckpointError(f"cannot load pickle checkpoint {path}: {exc}") from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} does not hold a state dict (found {type(state).__name__})")
+    return state
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
+                     metadata: dict[str, str] | None = None) -> None:
+    """Write tensors (contiguous, on CPU) to a safetensors file; the caller stages it atomically."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, os.fspath(path),
+              metadata={"format": "pt", **(metadata or {})})
