@@ -1,0 +1,155 @@
+"""Noise schedules as plain data, shared by every scheduler (one copy of each formula).
+
+- ``betas_for``: the training noise schedule beta_1..beta_T (DDPM, Ho et al. 2020, sec. 4;
+  cosine: Nichol & Dhariwal 2021, eq. 17), optionally rescaled to zero terminal SNR
+  (Lin et al. 2023, Algorithm 1).
+- ``spaced_timesteps``: which training timesteps a sampling run of n steps visits
+  (Lin et al. 2023, Table 2: linspace, leading, trailing).
+- ``karras_sigmas`` / ``exponential_sigmas``: sigma discretisations (Karras et al. 2022, eq. 5).
+- ``sigma_to_t``: a continuous timestep for any sigma, interpolating log-sigma.
+- ``dynamic_threshold``: Saharia et al. 2022 (Imagen), sec. 2.3.
+
+Dtypes follow the diffusers format's reference computations (float32 betas and cumulative
+products) so that the same config gives the same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from diffusion_kernel.scheduling import check_option
+
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+def cosine_betas(num_train_timesteps: int, max_beta: float = 0.999) -> torch.Tensor:
+    """beta_t = 1 - alpha_bar(t+1)/alpha_bar(t), alpha_bar(t) = cos^2((t/T + 0.008)/1.008 * pi/2),
+    clipped at ``max_beta`` (Nichol & Dhariwal 2021, eq. 17)."""
+
+    def alpha_bar(t: float) -> float:
+        return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+
+    t = np.arange(num_train_timesteps)
+    betas = [min(1 - alpha_bar((i + 1) / num_train_timesteps) / alpha_bar(i / num_train_timesteps),
+                 max_beta) for i in t]
+    return torch.tensor(betas, dtype=torch.float32)
+
+
+def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
+    """Shift and scale sqrt(alpha_bar) so the last step has SNR 0 (Lin et al. 2023, Algorithm 1)."""
+    alphas_bar_sqrt = (1.0 - betas).cumprod(dim=0).sqrt()
+    first, last = alphas_bar_sqrt[0].clone(), alphas_bar_sqrt[-1].clone()
+    alphas_bar_sqrt = (alphas_bar_sqrt - last) * first / (first - last)
+    alphas_bar = alphas_bar_sqrt**2
+    alphas = torch.cat([alphas_bar[0:1], alphas_bar[1:] / alphas_bar[:-1]])
+    return 1 - alphas
+
+
+def betas_for(
+    beta_schedule: str,
+    num_train_timesteps: int,
+    beta_start: float,
+    beta_end: float,
+    trained_betas: Sequence[float] | np.ndarray | None = None,
+    rescale_betas_zero_snr: bool = False,
+    owner: str = "scheduler",
+) -> torch.Tensor:
+    """The float32 betas of a training schedule, from its config values."""
+    if trained_betas is not None:
+        betas = torch.tensor(np.asarray(trained_betas), dtype=torch.float32)
+    else:
+        check_option("beta_schedule", beta_schedule, BETA_SCHEDULES, owner)
+        if beta_schedule == "linear":
+            betas = torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float32)
+        elif beta_schedule == "scaled_linear":  # linear in sqrt(beta): the latent-diffusion schedule
+            betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps,
+                                   dtype=torch.float32) ** 2
+        else:
+            betas = cosine_betas(num_train_timesteps)
+    if rescale_betas_zero_snr:
+        betas = rescale_zero_terminal_snr(betas)
+    return betas
+
+
+def alphas_cumprod_for(betas: torch.Tensor, rescale_betas_zero_snr: bool = False) -> torch.Tensor:
+    """alpha_bar_t = prod_{s<=t} (1 - beta_s); a zero-SNR schedule's exact 0 at the end is nudged
+    to 2**-24 so that sigma = sqrt((1 - alpha_bar) / alpha_bar) stays finite."""
+    alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+    if rescale_betas_zero_snr:
+        alphas_cumprod[-1] = 2**-24
+    return alphas_cumprod
+
+
+def spaced_timesteps(
+    timestep_spacing: str,
+    num_inference_steps: int,
+    num_train_timesteps: int,
+    steps_offset: int = 0,
+    owner: str = "scheduler",
+) -> np.ndarray:
+    """Descending int64 training timesteps for a run of ``num_inference_steps``."""
+    check_option("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS, owner)
+    n, T = num_inference_steps, num_train_timesteps
+    if timestep_spacing == "linspace":
+        timesteps = np.linspace(0, T - 1, n).round()[::-1]
+    elif timestep_spacing == "leading":
+        timesteps = (np.arange(0, n) * (T // n)).round()[::-1] + steps_offset
+    else:  # trailing: always includes the last training timestep T-1
+        timesteps = np.round(np.arange(T, 0, -T / n)) - 1
+    return timesteps.copy().astype(np.int64)
+
+
+def sigmas_from_alphas_cumprod(alphas_cumprod: torch.Tensor) -> np.ndarray:
+    """sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t): the VE view of a VP schedule."""
+    return np.array(((1 - alphas_cumprod) / alphas_cumprod) ** 0.5)
+
+
+def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) -> np.ndarray:
+    """sigma_i = (sigma_max^(1/rho) + i/(n-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho
+    (Karras et al. 2022, eq. 5), descending."""
+    ramp = np.linspace(0, 1, n)
+    min_inv_rho, max_inv_rho = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
+
+
+def exponential_sigmas(sigma_min: float, sigma_max: float, n: int) -> np.ndarray:
+    """Sigmas evenly spaced in log-sigma, descending."""
+    return np.exp(np.linspace(math.log(sigma_max), math.log(sigma_min), n))
+
+
+def sigma_to_t(sigma: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
+    """The continuous training timestep of each sigma: linear interpolation in log-sigma between
+    the two neighbouring training sigmas (``log_sigmas`` ascending with t)."""
+    log_sigma = np.log(np.maximum(sigma, 1e-10))
+    dists = log_sigma - log_sigmas[:, np.newaxis]
+    low_idx = np.cumsum((dists >= 0), axis=0).argmax(axis=0).clip(max=log_sigmas.shape[0] - 2)
+    high_idx = low_idx + 1
+    low, high = log_sigmas[low_idx], log_sigmas[high_idx]
+    w = np.clip((low - log_sigma) / (low - high), 0, 1)
+    t = (1 - w) * low_idx + w * high_idx
+    return t.reshape(sigma.shape)
+
+
+def dynamic_threshold(sample: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
+    """Clamp x0 to [-s, s] and divide by s, where s is the per-sample ``ratio`` quantile of |x0|,
+    clipped to [1, ``max_value``] (Saharia et al. 2022, sec. 2.3)."""
+    dtype = sample.dtype
+    batch, channels, *rest = sample.shape
+    if dtype not in (torch.float32, torch.float64):
+        sample = sample.float()  # quantile is not implemented for half precision on CPU
+    flat = sample.reshape(batch, channels * math.prod(rest))
+    s = torch.quantile(flat.abs(), ratio, dim=1)
+    s = torch.clamp(s, min=1, max=max_value).unsqueeze(1)
+    flat = torch.clamp(flat, -s, s) / s
+    return flat.reshape(batch, channels, *rest).to(dtype)
+
+
+def broadcast_to(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Per-sample coefficients of shape (B,) reshaped to broadcast against a (B, ...) sample."""
+    return values.reshape(values.shape + (1,) * (like.ndim - values.ndim))
