@@ -1,8 +1,45 @@
-"""Entry point of the vision plugin: registers models, pipelines and processors (lazy)."""
+"""Entry point of the vision plugin: registers image models, pipelines and the image processor by
+module path (imported on first use)."""
 
 from diffusion_kernel import hookimpl
+
+_PKG = "diffusion_kernel_vision"
+
+MODELS = [
+    ("UNet2DModel", "models.unet_2d", ("unet2d",)),
+    ("UNet2DConditionModel", "models.unet_2d_condition", ("unet2d-condition",)),
+    ("AutoencoderKL", "models.autoencoder_kl", ("vae", "autoencoder-kl")),
+    ("VQModel", "models.vq_model", ("vqvae", "vq-model")),
+]
+PIPELINES = [
+    ("DDPMPipeline", "pipelines.ddpm", ("ddpm-pipeline",)),
+    ("DDIMPipeline", "pipelines.ddim", ("ddim-pipeline",)),
+    ("PNDMPipeline", "pipelines.pndm", ("pndm-pipeline",)),
+    ("LDMPipeline", "pipelines.ldm", ("ldm",)),
+    ("StableDiffusionPipeline", "pipelines.stable_diffusion", ("sd", "text2img")),
+    ("StableDiffusionImg2ImgPipeline", "pipelines.stable_diffusion_img2img", ("img2img",)),
+    ("StableDiffusionInpaintPipeline", "pipelines.stable_diffusion_inpaint", ("inpaint",)),
+]
+PROCESSORS = [
+    ("VaeImageProcessor", "processing.image_processor", ("image",)),
+]
+
+
+def _register_all(register, table):
+    for name, module, aliases in table:
+        register(f"{_PKG}.{module}:{name}", name=name, aliases=aliases)
 
 
 @hookimpl
 def register_models(register):
-    pass
+    _register_all(register, MODELS)
+
+
+@hookimpl
+def register_pipelines(register):
+    _register_all(register, PIPELINES)
+
+
+@hookimpl
+def register_processors(register):
+    _register_all(register, PROCESSORS)
