@@ -153,3 +153,34 @@ def dynamic_threshold(sample: torch.Tensor, ratio: float, max_value: float) -> t
 def broadcast_to(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Per-sample coefficients of shape (B,) reshaped to broadcast against a (B, ...) sample."""
     return values.reshape(values.shape + (1,) * (like.ndim - values.ndim))
+
+
+def gaussian_noise(
+    like: torch.Tensor,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
+) -> torch.Tensor:
+    """Standard normal noise shaped like ``like`` (same dtype and device).
+
+    ``generator`` is one ``torch.Generator`` for the whole batch, or a list with one generator per
+    sample: sample i is then drawn from generator i alone, so a batch made with seeds s1..s4 equals
+    four batch-1 runs with those seeds (the EDM convention; it also matches the diffusers format's
+    draws for the same seeds). Noise is drawn on the generator's device, then moved."""
+    from diffusion_kernel.errors import SchedulerError
+
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != like.shape[0]:
+            raise SchedulerError(
+                f"got {len(generator)} generators for a batch of {like.shape[0]} samples; pass "
+                f"one generator per sample, or a single generator"
+            )
+        if len(generator) == 1:
+            generator = generator[0]
+        else:
+            return torch.cat([
+                torch.randn((1, *like.shape[1:]), generator=g, device=g.device,
+                            dtype=like.dtype).to(like.device)
+                for g in generator
+            ])
+    device = generator.device if generator is not None else like.device
+    return torch.randn(like.shape, generator=generator, device=device,
+                       dtype=like.dtype).to(like.device)
