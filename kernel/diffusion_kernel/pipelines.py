@@ -60,6 +60,9 @@ class DiffusionPipeline(PushToHubMixin):
     _optional_components: tuple[str, ...] = ()
     # Names a step-end callback may ask for (``callback_on_step_end_tensor_inputs``).
     _callback_tensor_inputs: tuple[str, ...] = ("latents",)
+    # The order in which a call uses its models, e.g. "text_encoder->unet->vae": model CPU offload
+    # keeps only the model in use on the accelerator and moves the previous one back.
+    model_cpu_offload_seq: str | None = None
 
     def register_modules(self, **components: Any) -> None:
         names = self.__dict__.setdefault("_component_names", [])
@@ -107,6 +110,45 @@ class DiffusionPipeline(PushToHubMixin):
                 if p.is_floating_point():
                     return p.dtype
         return torch.float32
+
+    @property
+    def _execution_device(self) -> torch.device:
+        """Where a call computes: the offload device once model CPU offload is on."""
+        return self.__dict__.get("_offload_device") or self.device
+
+    def enable_model_cpu_offload(self, device: str | torch.device | None = None) -> None:
+        """Keep models on the CPU and move each one to ``device`` (default: CUDA if available,
+        else the CPU, where this changes nothing) only while it runs; the next model in
+        ``model_cpu_offload_seq`` sends the previous one back. Uses accelerate's hooks."""
+        if not self.model_cpu_offload_seq:
+            raise PipelineError(f"{type(self).__name__} declares no model_cpu_offload_seq, so "
+                                f"model CPU offload does not know the order of its models")
+        try:
+            from accelerate import cpu_offload_with_hook
+        except ImportError as exc:
+            raise PipelineError("model CPU offload needs accelerate: pip install accelerate") \
+                from exc
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.remove_all_hooks()
+        self.to("cpu")
+        hooks, hook = [], None
+        for name in self.model_cpu_offload_seq.split("->"):
+            module = getattr(self, name.strip(), None)
+            if isinstance(module, torch.nn.Module):
+                _, hook = cpu_offload_with_hook(module, device, prev_module_hook=hook)
+                hooks.append(hook)
+        self.__dict__.update(_offload_hooks=hooks, _offload_device=device)
+
+    def maybe_free_model_hooks(self) -> None:
+        """After a call under model CPU offload: send the last model used back to the CPU."""
+        for hook in self.__dict__.get("_offload_hooks", ()):
+            hook.offload()
+
+    def remove_all_hooks(self) -> None:
+        """Undo ``enable_model_cpu_offload``."""
+        for hook in self.__dict__.pop("_offload_hooks", ()):
+            hook.remove()
+        self.__dict__.pop("_offload_device", None)
 
     # Progress and callbacks ------------------------------------------------------------------
     def set_progress_bar_config(self, **kwargs: Any) -> None:
