@@ -43,3 +43,10 @@ def register_pipelines(register):
 @hookimpl
 def register_processors(register):
     _register_all(register, PROCESSORS)
+
+
+@hookimpl
+def register_commands(subparsers):
+    from .commands import add_commands
+
+    add_commands(subparsers)

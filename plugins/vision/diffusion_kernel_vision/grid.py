@@ -1,0 +1,41 @@
+"""Image grids: many samples in one PNG."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+
+def make_grid(images: list, columns: int | None = None, padding: int = 2):
+    """Paste PIL images (all one size) into a grid, ``columns`` wide (default: square-ish)."""
+    from PIL import Image
+
+    if not images:
+        raise ValueError("make_grid needs at least one image")
+    columns = columns or math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / columns)
+    width, height = images[0].size
+    grid = Image.new(images[0].mode, (columns * (width + padding) + padding,
+                                      rows * (height + padding) + padding))
+    for i, image in enumerate(images):
+        row, column = divmod(i, columns)
+        grid.paste(image, (padding + column * (width + padding), padding + row * (height + padding)))
+    return grid
+
+
+def save_grid(images: list, path: str | Path, columns: int | None = None) -> Path:
+    """Write a grid PNG atomically (a temporary file renamed into place)."""
+    import os
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        make_grid(images, columns).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
