@@ -184,3 +184,13 @@ def gaussian_noise(
     device = generator.device if generator is not None else like.device
     return torch.randn(like.shape, generator=generator, device=device,
                        dtype=like.dtype).to(like.device)
+
+
+def exp_betas(num_train_timesteps: int, max_beta: float = 0.999) -> torch.Tensor:
+    """beta_t = 1 - alpha_bar(t+1)/alpha_bar(t) for alpha_bar(t) = exp(-12 t), clipped at
+    ``max_beta``: the "exp" training schedule some Heun configs name."""
+    T = num_train_timesteps
+    betas = [min(1 - math.exp(-12.0 * (i + 1) / T) / math.exp(-12.0 * i / T), max_beta)
+             for i in range(T)]
+    return torch.tensor(betas, dtype=torch.float32)
+
