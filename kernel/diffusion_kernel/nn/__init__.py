@@ -1,0 +1,26 @@
+"""Layers every modality shares: sinusoidal timestep embeddings, the timestep MLP, activations and
+feed-forward layers, multi-head attention (with slicing), model outputs and gradient checkpointing.
+
+Nothing here is 1D- or 2D-specific: modality plugins build their blocks on these.
+"""
+
+from .activations import GEGLU, GELU, FeedForward, get_activation
+from .attention import Attention, AttentionSlicingMixin, set_attention_slice
+from .checkpointing import maybe_checkpoint
+from .embeddings import TimestepEmbedding, Timesteps, get_timestep_embedding
+from .outputs import ModelOutput
+
+__all__ = [
+    "GEGLU",
+    "GELU",
+    "Attention",
+    "AttentionSlicingMixin",
+    "FeedForward",
+    "ModelOutput",
+    "TimestepEmbedding",
+    "Timesteps",
+    "get_activation",
+    "get_timestep_embedding",
+    "maybe_checkpoint",
+    "set_attention_slice",
+]
