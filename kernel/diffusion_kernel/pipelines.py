@@ -63,6 +63,9 @@ class DiffusionPipeline(PushToHubMixin):
     # The order in which a call uses its models, e.g. "text_encoder->unet->vae": model CPU offload
     # keeps only the model in use on the accelerator and moves the previous one back.
     model_cpu_offload_seq: str | None = None
+    # Components a model_index.json may name that this pipeline accepts but never loads or runs
+    # (e.g. Stable Diffusion's safety checker): from_pretrained sets them to None.
+    _components_not_loaded: tuple[str, ...] = ()
 
     def register_modules(self, **components: Any) -> None:
         names = self.__dict__.setdefault("_component_names", [])
@@ -230,6 +233,7 @@ class DiffusionPipeline(PushToHubMixin):
         root = fetch(source, [MODEL_INDEX], **hub)
         index = read_json(root / MODEL_INDEX)
         pipeline_cls = cls._pipeline_class(index)
+        overrides = {**dict.fromkeys(pipeline_cls._components_not_loaded), **overrides}
         specs = {k: v for k, v in index.items() if not k.startswith("_")}
         needed = [f for f in files if f.split("/")[0] in specs and f.split("/")[0] not in overrides]
         root = fetch(source, [MODEL_INDEX, *select_files(needed, variant, allow_pickle)], **hub)

@@ -1,0 +1,312 @@
+"""What the Stable Diffusion pipelines share (Rombach et al. 2022, latent diffusion with a CLIP text
+encoder): prompt encoding, classifier-free guidance, initial latents, the denoising loop, VAE
+encoding and decoding, output conversion and argument checks.
+
+Classifier-free guidance (Ho & Salimans 2022, Eq. 6): the UNet sees the unconditional and the
+conditional batch in ONE call and the prediction is ``eps_u + w (eps_c - eps_u)``.
+
+There is no safety checker: a ``safety_checker`` / ``feature_extractor`` named in a
+``model_index.json`` is accepted and not loaded; ``nsfw_content_detected`` is always ``None``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusion_kernel.errors import PipelineError
+from diffusion_kernel.pipelines import DiffusionPipeline, ImagePipelineOutput
+
+from ..processing.image_processor import VaeImageProcessor, check_output_type
+from .common import Generators, check_generators, randn, sample_of, step_kwargs
+
+TensorInputs = Sequence[str]
+
+
+@dataclass
+class StableDiffusionPipelineOutput(ImagePipelineOutput):
+    """``images`` and ``nsfw_content_detected`` (always ``None``: no safety checker runs)."""
+
+    nsfw_content_detected: Any = None
+
+
+class StableDiffusionBase(DiffusionPipeline):
+    """Components: ``vae`` (AutoencoderKL), ``text_encoder`` (transformers CLIPTextModel),
+    ``tokenizer`` (CLIPTokenizer), ``unet`` (UNet2DConditionModel), ``scheduler`` (any compatible
+    scheduler). ``safety_checker``, ``feature_extractor`` and ``image_encoder`` are accepted for
+    compatibility with diffusers folders and are neither loaded nor run."""
+
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+    _optional_components = ("safety_checker", "feature_extractor", "image_encoder")
+    _components_not_loaded = ("safety_checker", "feature_extractor", "image_encoder")
+    _callback_tensor_inputs = ("latents", "prompt_embeds", "negative_prompt_embeds")
+
+    def __init__(self, vae: Any, text_encoder: Any, tokenizer: Any, unet: Any, scheduler: Any,
+                 safety_checker: Any = None, feature_extractor: Any = None,
+                 image_encoder: Any = None, requires_safety_checker: bool = False):
+        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                              scheduler=scheduler, safety_checker=safety_checker,
+                              feature_extractor=feature_extractor, image_encoder=image_encoder)
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae else 8
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+
+    # Memory options ----------------------------------------------------------------------------
+    def enable_attention_slicing(self, slice_size: str | int | None = "auto") -> None:
+        """Compute attention in slices to save memory (``"auto"``: half the heads at a time,
+        ``"max"``: one at a time, an int: that many heads); same images, a little slower."""
+        if not hasattr(self.unet, "set_attention_slice"):
+            raise PipelineError(f"{type(self.unet).__name__} has no set_attention_slice, so "
+                                f"attention slicing is not available for this UNet")
+        self.unet.set_attention_slice(slice_size)
+
+    def disable_attention_slicing(self) -> None:
+        """Compute attention in one go again."""
+        self.enable_attention_slicing(None)
+
+    # Argument checks -------------------------------------------------------------------------
+    def _check_prompts(self, prompt: Any, negative_prompt: Any, prompt_embeds: Any,
+                       negative_prompt_embeds: Any) -> int:
+        """Validate the prompt arguments; return the number of prompts."""
+        if (prompt is None) == (prompt_embeds is None):
+            raise PipelineError("pass exactly one of prompt and prompt_embeds (got "
+                                f"{'both' if prompt is not None else 'neither'})")
+        if prompt is not None and not _is_prompt(prompt):
+            raise PipelineError(f"prompt must be a str or a list of str, got "
+                                f"{type(prompt).__name__}")
+        if negative_prompt is not None and negative_prompt_embeds is not None:
+            raise PipelineError("pass at most one of negative_prompt and negative_prompt_embeds")
+        batch = (1 if isinstance(prompt, str) else len(prompt)) if prompt is not None \
+            else prompt_embeds.shape[0]
+        if negative_prompt is not None:
+            if not _is_prompt(negative_prompt) or (
+                    prompt is not None and isinstance(prompt, str) != isinstance(negative_prompt,
+                                                                                 str)):
+                raise PipelineError(
+                    f"negative_prompt must be of the same kind as prompt (a str for a str, a "
+                    f"list of {batch} str for a list), got {type(negative_prompt).__name__}")
+            if not isinstance(negative_prompt, str) and len(negative_prompt) != batch:
+                raise PipelineError(f"negative_prompt has {len(negative_prompt)} entries but "
+                                    f"there are {batch} prompts; give one negative per prompt")
+        if (prompt_embeds is not None and negative_prompt_embeds is not None
+                and prompt_embeds.shape != negative_prompt_embeds.shape):
+            raise PipelineError(f"prompt_embeds {tuple(prompt_embeds.shape)} and "
+                                f"negative_prompt_embeds {tuple(negative_prompt_embeds.shape)} "
+                                f"must have the same shape")
+        return batch
+
+    def _check_common(self, prompt: Any, negative_prompt: Any, prompt_embeds: Any,
+                      negative_prompt_embeds: Any, num_images_per_prompt: int, generator: Any,
+                      output_type: str, tensor_inputs: TensorInputs) -> int:
+        """Checks every SD pipeline makes; returns the number of images (prompts x images per
+        prompt)."""
+        batch = self._check_prompts(prompt, negative_prompt, prompt_embeds,
+                                    negative_prompt_embeds)
+        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+            raise PipelineError(f"num_images_per_prompt must be a positive int, got "
+                                f"{num_images_per_prompt!r}")
+        check_generators(generator, batch * num_images_per_prompt)
+        check_output_type(output_type)
+        self.check_callback_inputs(tensor_inputs)
+        return batch * num_images_per_prompt
+
+    @staticmethod
+    def _check_size(height: int, width: int) -> None:
+        if height % 8 or width % 8:
+            raise PipelineError(f"height and width must be multiples of 8, got {height} x "
+                                f"{width}; use e.g. {height - height % 8} x {width - width % 8}")
+
+    @staticmethod
+    def _check_strength(strength: float) -> None:
+        if not 0.0 <= strength <= 1.0:
+            raise PipelineError(f"strength must lie in [0, 1] (0 keeps the image, 1 replaces "
+                                f"it), got {strength}")
+
+    # Prompts -----------------------------------------------------------------------------------
+    def _do_cfg(self, guidance_scale: float) -> bool:
+        return guidance_scale > 1.0
+
+    def _text_embeddings(self, texts: list[str], device: torch.device, length: int,
+                         clip_skip: int | None = None) -> torch.Tensor:
+        tokens = self.tokenizer(texts, padding="max_length", max_length=length, truncation=True,
+                                return_tensors="pt")
+        mask = None
+        if getattr(self.text_encoder.config, "use_attention_mask", False):
+            mask = tokens.attention_mask.to(device)
+        ids = tokens.input_ids.to(device)
+        if clip_skip is None:
+            return self.text_encoder(ids, attention_mask=mask)[0]
+        # clip_skip=k: the hidden state k layers before the last, through the final layer norm.
+        hidden = self.text_encoder(ids, attention_mask=mask, output_hidden_states=True)
+        hidden = hidden.hidden_states[-(clip_skip + 1)]
+        return self.text_encoder.text_model.final_layer_norm(hidden)
+
+    def encode_prompt(self, prompt: str | list[str] | None, device: torch.device,
+                      num_images_per_prompt: int, do_classifier_free_guidance: bool,
+                      negative_prompt: str | list[str] | None = None,
+                      prompt_embeds: torch.Tensor | None = None,
+                      negative_prompt_embeds: torch.Tensor | None = None,
+                      clip_skip: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Text -> CLIP embeddings, each repeated ``num_images_per_prompt`` times; the negative
+        embeddings (the empty prompt unless given) only with classifier-free guidance."""
+        with torch.no_grad():
+            if prompt_embeds is None:
+                texts = [prompt] if isinstance(prompt, str) else list(prompt)
+                prompt_embeds = self._text_embeddings(texts, device,
+                                                      self.tokenizer.model_max_length, clip_skip)
+            dtype = self.text_encoder.dtype if self.text_encoder is not None else self.unet.dtype
+            prompt_embeds = prompt_embeds.to(dtype=dtype, device=device)
+            batch = prompt_embeds.shape[0]
+            if do_classifier_free_guidance and negative_prompt_embeds is None:
+                negatives = ([""] * batch if negative_prompt is None else
+                             [negative_prompt] * batch if isinstance(negative_prompt, str)
+                             else list(negative_prompt))
+                negative_prompt_embeds = self._text_embeddings(negatives, device,
+                                                               prompt_embeds.shape[1])
+        prompt_embeds = prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
+        if do_classifier_free_guidance:
+            negative_prompt_embeds = negative_prompt_embeds.to(dtype=dtype, device=device)
+            negative_prompt_embeds = negative_prompt_embeds.repeat_interleave(
+                num_images_per_prompt, dim=0)
+        return prompt_embeds, negative_prompt_embeds
+
+    # Latents -----------------------------------------------------------------------------------
+    def prepare_latents(self, batch_size: int, num_channels: int, height: int, width: int,
+                        dtype: torch.dtype, device: torch.device, generator: Generators,
+                        latents: torch.Tensor | None = None) -> torch.Tensor:
+        """Initial latents: Gaussian noise (one draw per image with per-image generators) or the
+        ``latents`` given, scaled by the scheduler's ``init_noise_sigma``."""
+        shape = (batch_size, num_channels, height // self.vae_scale_factor,
+                 width // self.vae_scale_factor)
+        if latents is None:
+            latents = randn(shape, generator, device, dtype)
+        elif tuple(latents.shape) != shape:
+            raise PipelineError(f"latents have shape {tuple(latents.shape)} but this call needs "
+                                f"{shape} (images x channels x height/{self.vae_scale_factor} x "
+                                f"width/{self.vae_scale_factor})")
+        return latents.to(device=device, dtype=dtype) * self.scheduler.init_noise_sigma
+
+    def _set_timesteps(self, num_inference_steps: int, device: torch.device,
+                       timesteps: list[int] | None = None,
+                       sigmas: list[float] | None = None) -> tuple[torch.Tensor, int]:
+        """Prepare the scheduler; returns its timesteps and the number of steps (custom
+        ``timesteps`` or ``sigmas`` replace ``num_inference_steps``)."""
+        if timesteps is not None or sigmas is not None:
+            extra = {"timesteps": timesteps} if timesteps is not None else {"sigmas": sigmas}
+            self.scheduler.set_timesteps(device=device, **extra)
+            return self.scheduler.timesteps, len(self.scheduler.timesteps)
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        return self.scheduler.timesteps, num_inference_steps
+
+    def _strength_timesteps(self, steps: int, strength: float) -> torch.Tensor:
+        """img2img / inpainting (SDEdit, Meng et al. 2022): skip the first ``1 - strength`` of
+        the ``steps``; the scheduler is told where it begins (``set_begin_index``)."""
+        skipped = steps - min(int(steps * strength), steps)
+        begin = skipped * self.scheduler.order
+        if hasattr(self.scheduler, "set_begin_index"):
+            self.scheduler.set_begin_index(begin)
+        timesteps = self.scheduler.timesteps[begin:]
+        if len(timesteps) == 0:
+            raise PipelineError(f"strength={strength} with {steps} inference steps leaves no "
+                                f"denoising step; raise strength or num_inference_steps")
+        return timesteps
+
+    def encode_images(self, image: torch.Tensor, batch_size: int,
+                      generator: Generators) -> torch.Tensor:
+        """Pixels in [-1, 1] -> scaled VAE latents for ``batch_size`` images (a single image is
+        repeated). With per-image generators image i is sampled from generator i; ``image``
+        already holding latents (VAE latent channels) is used as is."""
+        if image.shape[1] == self.vae.config.latent_channels:
+            return _repeat_to(image, batch_size, "image")
+        if isinstance(generator, list | tuple) and len(generator) > 1:
+            image = _repeat_to(image, batch_size, "image")
+            latents = torch.cat([self._vae_sample(image[i:i + 1], g)
+                                 for i, g in enumerate(generator)])
+        else:
+            one = generator[0] if isinstance(generator, list | tuple) else generator
+            latents = _repeat_to(self._vae_sample(image, one), batch_size, "image")
+        return latents * self.vae.config.scaling_factor
+
+    def _vae_sample(self, image: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """A sample of the VAE's posterior q(z | x) (or the latents of a deterministic encoder)."""
+        with torch.no_grad():
+            encoded = self.vae.encode(image)
+        if hasattr(encoded, "latent_dist"):
+            return encoded.latent_dist.sample(generator)
+        if hasattr(encoded, "latents"):
+            return encoded.latents
+        return encoded[0]
+
+    # The denoising loop ------------------------------------------------------------------------
+    def denoise(self, latents: torch.Tensor, timesteps: torch.Tensor, prompt_embeds: torch.Tensor,
+                negative_prompt_embeds: torch.Tensor | None, guidance_scale: float,
+                extra_step: dict[str, Any], callback: Callable | None, tensor_inputs: TensorInputs,
+                conditioning: torch.Tensor | None = None,
+                after_step: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+                callback_values: dict[str, Any] | None = None) -> torch.Tensor:
+        """Run the scheduler over ``timesteps``. ``conditioning`` is concatenated to the UNet
+        input along channels (inpainting UNets); ``after_step(i, latents)`` may change the
+        latents after each step (legacy inpainting's blend)."""
+        cfg = negative_prompt_embeds is not None
+        embeds = torch.cat([negative_prompt_embeds, prompt_embeds]) if cfg else prompt_embeds
+        for i, t in enumerate(self.progress_bar(timesteps)):
+            model_input = torch.cat([latents] * 2) if cfg else latents
+            model_input = self.scheduler.scale_model_input(model_input, t)
+            if conditioning is not None:
+                model_input = torch.cat([model_input, conditioning], dim=1)
+            with torch.no_grad():
+                noise_pred = sample_of(self.unet(model_input, t, encoder_hidden_states=embeds))
+            if cfg:
+                uncond, cond = noise_pred.chunk(2)
+                noise_pred = uncond + guidance_scale * (cond - uncond)
+            latents = self.scheduler.step(noise_pred, t, latents, **extra_step).prev_sample
+            if after_step is not None:
+                latents = after_step(i, latents)
+            values = {"latents": latents, "prompt_embeds": embeds,
+                      "negative_prompt_embeds": negative_prompt_embeds, **(callback_values or {})}
+            replaced = self.step_end(callback, i, t, tensor_inputs, values)
+            latents = replaced.get("latents", latents)
+            embeds = replaced.get("prompt_embeds", embeds)
+        return latents
+
+    def step_kwargs(self, generator: Generators, eta: float) -> dict[str, Any]:
+        return step_kwargs(self.scheduler, generator, eta)
+
+    # Output ----------------------------------------------------------------------------------
+    def finish(self, latents: torch.Tensor, output_type: str,
+               return_dict: bool) -> StableDiffusionPipelineOutput | tuple:
+        """Decode latents with the VAE (unless ``output_type="latent"``) and convert them."""
+        if output_type == "latent":
+            images = latents
+        else:
+            with torch.no_grad():
+                decoded = self.vae.decode(latents / self.vae.config.scaling_factor)
+            images = self.image_processor.postprocess(sample_of(decoded), output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return images, None
+        return StableDiffusionPipelineOutput(images=images, nsfw_content_detected=None)
+
+
+def _is_prompt(value: Any) -> bool:
+    return isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str)
+                                                                      for v in value))
+
+
+def _repeat_to(tensor: torch.Tensor, batch_size: int, what: str) -> torch.Tensor:
+    """Repeat a batch of n to ``batch_size`` (n must divide it): prompt-major order."""
+    n = tensor.shape[0]
+    if n == batch_size:
+        return tensor
+    if batch_size % n:
+        raise PipelineError(f"got {n} {what}s for {batch_size} images; pass one {what}, one per "
+                            f"prompt, or one per image")
+    return tensor.repeat_interleave(batch_size // n, dim=0) if n > 1 else \
+        tensor.expand(batch_size, *tensor.shape[1:])
+
+
+def mask_to_latent_size(mask: torch.Tensor, height: int, width: int, factor: int) -> torch.Tensor:
+    """A (N, 1, H, W) mask resized (nearest) to the latent grid."""
+    return F.interpolate(mask, size=(height // factor, width // factor))
