@@ -9,8 +9,8 @@ download and upload model repos, so tests drive the real client against 127.0.0.
   ``.../commits/{rev}``, ``POST .../paths-info/{rev}``;
 - ``POST /api/repos/create``, ``DELETE /api/repos/delete``, ``POST .../preupload/{rev}`` (always
   the regular upload mode, so the client never needs LFS or Xet), ``POST .../commit/{rev}``
-  (NDJSON), ``POST``/``DELETE .../branch/{name}``, ``POST .../tag/{rev}``, ``DELETE .../tag/{name}``,
-  ``POST /api/validate-yaml``, ``GET /api/whoami-v2``.
+  (NDJSON), ``POST``/``DELETE .../branch/{name}``, ``POST .../tag/{rev}``,
+  ``DELETE .../tag/{name}``, ``POST /api/validate-yaml``, ``GET /api/whoami-v2``.
 
 Repos live in memory with real history: each commit has a 40-hex id, a parent and a full file
 tree; branches and tags point at commits. Every request is logged (``server.requests``) so a test
@@ -29,7 +29,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -108,7 +108,7 @@ class Fault:
 class Request:
     method: str
     path: str  # unquoted, without the query string
-    headers: dict[str, str]
+    headers: dict[str, str]  # names lower-cased
 
 
 class HubServer:
@@ -262,7 +262,7 @@ class HubServer:
             digest.update(part.encode() + b"\0")
         for path in sorted(files):
             digest.update(path.encode() + b"\0" + git_blob_id(files[path]).encode())
-        date = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+        date = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
         return Commit(digest.hexdigest(), parent, files, title, message, date)
 
     def _repo(self, repo_id: str) -> Repo:
@@ -331,7 +331,8 @@ class _Handler(BaseHTTPRequestHandler):
         path = unquote(raw_path)
         body = self._read_body()
         with self.hub.lock:
-            self.hub.requests.append(Request(method, path, dict(self.headers)))
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            self.hub.requests.append(Request(method, path, headers))
         fault = self.hub._take_fault(method, path)
         if fault is not None and fault.status is not None:
             return self._send_error(HubError(fault.status, f"injected error {fault.status}"),
