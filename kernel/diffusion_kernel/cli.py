@@ -50,16 +50,8 @@ def cmd_registry(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     entry = registry.find(args.name)
-    info = registry[entry.kind].describe(args.name)
-    if info["summary"] is None:
-        info["summary"] = _summary(entry.load())
-    print(json.dumps(info, indent=2))
+    print(json.dumps(registry[entry.kind].describe(args.name), indent=2))
     return 0
-
-
-def _summary(obj) -> str | None:
-    doc = (obj.__doc__ or "").strip()
-    return doc.splitlines()[0] if doc else None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.set_defaults(func=cmd_info)
     plugin_manager.ensure_loaded()
-    plugin_manager.pm.hook.register_commands(subparsers=sub)
+    plugin_manager.call_each("register_commands", subparsers=sub)
     return parser
 
 

@@ -92,8 +92,12 @@ class PluginManager:
                 self._fail(info, exc)
 
     def _fail(self, info: PluginInfo, exc: BaseException) -> None:
+        """Report a broken plugin and unhook it, so none of its hooks (commands...) run later."""
         info.status = "failed"
         info.error = f"{type(exc).__name__}: {exc}"
+        plugin = self.pm.get_plugin(info.name)
+        if plugin is not None:
+            self.pm.unregister(plugin)
         if os.environ.get(TRACE_ENV):
             traceback.print_exception(exc, file=sys.stderr)
         print(
@@ -120,6 +124,17 @@ class PluginManager:
             for reg in self.registry:
                 reg.remove_plugin(name)
 
+    def call_each(self, hook: str, **kwargs: Any) -> None:
+        """Call ``hook`` plugin by plugin; one that raises is reported and skipped."""
+        for name, plugin in sorted(self.pm.list_name_plugin(), key=lambda item: item[0]):
+            if hasattr(plugin, hook):
+                others = [p for p in self.pm.get_plugins() if p is not plugin]
+                try:
+                    self.pm.subset_hook_caller(hook, others)(**kwargs)
+                except Exception as exc:
+                    print(f"diffusion-kernel: plugin {name!r} failed in {hook} and is skipped "
+                          f"there ({type(exc).__name__}: {exc})", file=sys.stderr)
+
     # Filling -------------------------------------------------------------------------------
     def _fill_registries(self) -> None:
         for name in sorted(self.plugins):
@@ -144,8 +159,8 @@ class PluginManager:
             self._fail(info, exc)
             return
         for entry in staged:  # all or nothing: a plugin that raises half-way registers nothing
-            self.registry[entry.kind].add(entry)
-            info.registered[entry.kind].append(entry.name)
+            if self.registry[entry.kind].add(entry):
+                info.registered[entry.kind].append(entry.name)
 
     def _register_fn(self, kind: str, info: PluginInfo, staged: list[Entry]):
         def register(target, name=None, aliases=(), presets=None, summary=None):

@@ -10,9 +10,10 @@ from __future__ import annotations
 import difflib
 import importlib
 import warnings
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 from .errors import NotRegisteredError, PluginError
 
@@ -69,8 +70,9 @@ class Registry:
         self._aliases: dict[str, str] = {}  # lower-cased alias -> entry name
 
     # Filling -------------------------------------------------------------------------------
-    def add(self, entry: Entry) -> None:
-        """Add an entry; on a name clash the entry already there wins and a warning names both."""
+    def add(self, entry: Entry) -> bool:
+        """Add an entry; on a name clash the entry already there wins, a warning names both, and
+        ``False`` is returned."""
         existing = self._entries.get(entry.name)
         if existing is not None:
             warnings.warn(
@@ -79,7 +81,7 @@ class Registry:
                 f"name order). Set DIFFUSION_KERNEL_PLUGINS to choose.",
                 stacklevel=2,
             )
-            return
+            return False
         self._entries[entry.name] = entry
         for alias in (*entry.aliases, *entry.presets):
             key = alias.lower()
@@ -92,6 +94,7 @@ class Registry:
                 )
                 continue
             self._aliases[key] = entry.name
+        return True
 
     def remove_plugin(self, plugin: str) -> None:
         """Forget every entry a plugin registered (used when a plugin is unregistered)."""
@@ -140,11 +143,12 @@ class Registry:
         return MappingProxyType(dict(entry.presets.get(name.lower(), {})))
 
     def describe(self, name: str) -> dict[str, Any]:
-        """What a name is: class, plugin, distribution and version, summary line, aliases."""
+        """What a name is: class, plugin, distribution and version, summary line, aliases.
+
+        The summary is the first docstring line; a lazy entry registered without ``summary=`` is
+        imported to read it (a broken target raises ``PluginError``)."""
         entry = self.entry(name)
-        summary = entry.summary
-        if summary is None and entry.obj is not None:
-            summary = _docstring_summary(entry.obj)
+        summary = entry.summary if entry.summary is not None else _docstring_summary(entry.load())
         return {
             "name": entry.name,
             "kind": self.kind,
