@@ -27,6 +27,7 @@ from torch import nn
 
 from .unet_blocks import get_down_block, get_mid_block, get_up_block
 from .unet_embeddings import class_embedding, timestep_batch
+from .unet_keys import rename_legacy_attention_keys
 
 _SUPPORTED = {
     "time_embedding_type": ("positional",),
@@ -239,6 +240,10 @@ class UNet2DConditionModel(ModelMixin, AttentionSlicingMixin):
                 c.reverse_transformer_layers_per_block is None:
             raise ConfigError("UNet2DConditionModel: per-layer transformer_layers_per_block "
                               "needs reverse_transformer_layers_per_block")
+
+    @classmethod
+    def _rename_checkpoint_keys(cls, sources):
+        return rename_legacy_attention_keys(sources)
 
     @property
     def sample_size(self):
