@@ -7,7 +7,8 @@ Interface (stable; every scheduler test file may use it):
     A deterministic, nonlinear stand-in for a denoiser: a fixed function of the sample and the
     timestep, same shape and dtype as ``sample``. Each sample of a batch is processed on its own
     (so batching never mixes samples). ``learned_variance_model`` returns twice the channels
-    (prediction, variance values in [-1, 1]) for DDPM's ``learned``/``learned_range``.
+    (prediction, variance values in (0.05, 0.55): a valid variance for DDPM's ``learned`` and an
+    interpolation value for ``learned_range``).
 
 ``run_loop(scheduler, num_inference_steps, *, shape=(2, 3, 8, 8), seed=0, generator_seeds=None,
            set_timesteps_kwargs=None, step_kwargs=None, model=fake_model, init_sample=None,
@@ -71,9 +72,9 @@ def fake_model(sample: torch.Tensor, t) -> torch.Tensor:
 
 
 def learned_variance_model(sample: torch.Tensor, t) -> torch.Tensor:
-    """``fake_model`` plus a second block of channels in [-1, 1] (DDPM learned variance)."""
+    """``fake_model`` plus a second block of channels in (0.05, 0.55) (DDPM learned variance)."""
     tf = _timestep_feature(t, sample).to(sample.dtype)
-    variance_values = torch.tanh(0.5 * sample - 0.1) * torch.cos(0.003 * tf)
+    variance_values = 0.3 + 0.25 * torch.tanh(0.5 * sample - 0.1) * torch.cos(0.003 * tf)
     return torch.cat([fake_model(sample, t), variance_values], dim=1)
 
 

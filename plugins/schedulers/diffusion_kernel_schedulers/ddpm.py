@@ -1,0 +1,176 @@
+"""DDPM: Ho, Jain & Abbeel 2020, "Denoising Diffusion Probabilistic Models" (arXiv:2006.11239),
+with the learned variances of Nichol & Dhariwal 2021, "Improved DDPM" (arXiv:2102.09672).
+
+One ancestral step samples x_prev ~ q(x_prev | x_t, x0_hat), the Gaussian posterior of eq. 6-7:
+
+    mu_tilde = sqrt(abar_prev) beta_t / (1 - abar_t) x0_hat
+             + sqrt(alpha_t) (1 - abar_prev) / (1 - abar_t) x_t                  (eq. 7)
+    beta_tilde = (1 - abar_prev) / (1 - abar_t) beta_t                            (eq. 7)
+
+where, for a run that skips timesteps, "prev" is the next visited timestep and
+alpha_t = abar_t / abar_prev, beta_t = 1 - alpha_t (Nichol & Dhariwal 2021, eq. 19). The variance
+is beta_tilde ("fixed_small"), beta_t ("fixed_large"), both computed in log space ("*_log"), a
+model-predicted variance ("learned") or a model-predicted interpolation
+exp(v log beta_t + (1 - v) log beta_tilde) with v = (out + 1) / 2 ("learned_range", Nichol &
+Dhariwal eq. 15). No noise is added on the last step (Algorithm 2: z = 0 when going to x_0).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from diffusion_kernel.errors import SchedulerError
+from diffusion_kernel.scheduling import SchedulerOutput, check_option
+
+from .alpha_schedule import (
+    AlphaSchedulerMixin,
+    check_custom_timesteps,
+    check_num_inference_steps,
+    limit_x0,
+    x0_and_eps,
+)
+from .schedules import gaussian_noise, spaced_timesteps
+from .sigma_schedule import KARRAS_DIFFUSION_SCHEDULERS
+
+VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log",
+                  "learned", "learned_range")
+LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
+
+
+class DDPMScheduler(AlphaSchedulerMixin):
+    """Ancestral sampling of the DDPM reverse process; also the training-time noiser
+    (``add_noise``, ``get_velocity``)."""
+
+    _compatibles = KARRAS_DIFFUSION_SCHEDULERS
+    order = 1
+    init_noise_sigma = 1.0
+
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        trained_betas: Sequence[float] | None = None,
+        variance_type: str = "fixed_small",
+        clip_sample: bool = True,
+        prediction_type: str = "epsilon",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        clip_sample_range: float = 1.0,
+        sample_max_value: float = 1.0,
+        timestep_spacing: str = "leading",
+        steps_offset: int = 0,
+        rescale_betas_zero_snr: bool = False,
+    ):
+        check_option("variance_type", variance_type, VARIANCE_TYPES, type(self).__name__)
+        self._init_training_schedule(self.config)
+        self.variance_type = variance_type
+        self.custom_timesteps = False
+        self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1)
+
+    def set_timesteps(self, num_inference_steps: int | None = None,
+                      device: str | torch.device | None = None,
+                      timesteps: Sequence[int] | None = None) -> None:
+        """Prepare a run of ``num_inference_steps`` steps spaced by ``config.timestep_spacing``, or
+        over explicit strictly descending ``timesteps``. Calling it again starts a fresh run."""
+        owner = type(self).__name__
+        T = self.config.num_train_timesteps
+        if (num_inference_steps is None) == (timesteps is None):
+            raise SchedulerError(f"{owner}.set_timesteps: pass exactly one of "
+                                 f"num_inference_steps or timesteps")
+        self.custom_timesteps = timesteps is not None
+        if timesteps is not None:
+            run = check_custom_timesteps(timesteps, T, owner)
+        else:
+            n = check_num_inference_steps(num_inference_steps, T, owner)
+            run = spaced_timesteps(self.config.timestep_spacing, n, T, self.config.steps_offset,
+                                   owner)
+            if run[0] >= T:
+                raise SchedulerError(f"{owner}: steps_offset={self.config.steps_offset} moves the "
+                                     f"first timestep past {T - 1}; lower it")
+        self._set_run(run, device)
+        self._coefficients = [self._step_coefficients(i, run) for i in range(len(run))]
+
+    def _step_coefficients(self, i: int, run) -> dict[str, float]:
+        """Everything step i needs, from abar_t and abar_prev (the next visited timestep)."""
+        t = int(run[i])
+        last = i + 1 == len(run)
+        a_t = self._abar[t]
+        a_prev = np.float32(1.0) if last else self._abar[int(run[i + 1])]
+        alpha_t = a_t / a_prev  # alpha_t and beta_t of the (possibly skipping) step
+        beta_t = 1 - alpha_t
+        beta_tilde = max((1 - a_prev) / (1 - a_t) * beta_t, np.float32(1e-20))  # eq. 7, floored
+        fixed_std = {"fixed_small": beta_tilde**0.5, "fixed_small_log": beta_tilde**0.5,
+                     "fixed_large": beta_t**0.5, "fixed_large_log": beta_t**0.5}
+        coefficients = {
+            "sqrt_a_t": a_t**0.5, "sqrt_1m_a_t": (1 - a_t) ** 0.5,
+            "x0_coeff": a_prev**0.5 * beta_t / (1 - a_t),  # eq. 7, mu_tilde's x0 coefficient
+            "xt_coeff": alpha_t**0.5 * (1 - a_prev) / (1 - a_t),  # eq. 7, mu_tilde's x_t one
+            "std": fixed_std.get(self.variance_type, 0.0),
+            "log_beta": math.log(beta_t), "log_beta_tilde": math.log(beta_tilde),
+        }
+        coefficients = {k: float(v) for k, v in coefficients.items()}
+        coefficients["noise"] = not last  # Algorithm 2: z = 0 on the step that lands on x_0
+        return coefficients
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: int | torch.Tensor,
+        sample: torch.Tensor,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        return_dict: bool = True,
+    ) -> SchedulerOutput | tuple:
+        """One ancestral step from ``timestep`` to the next timestep of the run.
+
+        With a learned variance the model output holds 2x the sample's channels: the prediction,
+        then the variance values. ``generator`` is one generator or one per sample.
+        Returns ``SchedulerOutput(prev_sample, pred_original_sample)``.
+        """
+        i = self._step_index(timestep)
+        predicted_variance = None
+        if self.variance_type in LEARNED_VARIANCE_TYPES:
+            channels = sample.shape[1]
+            if model_output.shape[1] != 2 * channels:
+                raise SchedulerError(
+                    f"variance_type={self.variance_type!r} needs a model output with twice the "
+                    f"sample's {channels} channels (prediction, variance); got shape "
+                    f"{tuple(model_output.shape)}"
+                )
+            model_output, predicted_variance = model_output.split(channels, dim=1)
+        self._check_model_output(model_output, sample)
+        c = self._coefficients[i]
+
+        # 1. x0_hat from the model output (eq. 15 for eps), then clip / threshold
+        x0, _ = x0_and_eps(model_output, sample, c["sqrt_a_t"], c["sqrt_1m_a_t"],
+                           self.config.prediction_type)
+        x0 = limit_x0(x0, self.config)
+
+        # 2. posterior mean mu_tilde(x_t, x0_hat) (eq. 7)
+        prev_sample = torch.add(c["x0_coeff"] * x0, sample, alpha=c["xt_coeff"])
+
+        # 3. + sigma_t z (Algorithm 2, line 4)
+        if c["noise"]:
+            noise = gaussian_noise(model_output, generator)
+            prev_sample = prev_sample + self._std(c, predicted_variance) * noise
+        if not return_dict:
+            return prev_sample, x0
+        return SchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
+
+    def _std(self, c: dict[str, float], predicted_variance: torch.Tensor | None):
+        if self.variance_type == "learned":  # the model predicts Sigma itself
+            return predicted_variance**0.5
+        if self.variance_type == "learned_range":  # Nichol & Dhariwal 2021, eq. 15
+            frac = (predicted_variance + 1) / 2
+            log_variance = frac * c["log_beta"] + (1 - frac) * c["log_beta_tilde"]
+            return torch.exp(0.5 * log_variance)
+        return c["std"]
+
+    def previous_timestep(self, timestep: int | torch.Tensor) -> int:
+        """The timestep the step from ``timestep`` lands on (-1: the clean end of the chain)."""
+        i = self._step_index(timestep)
+        return int(self.timesteps[i + 1]) if i + 1 < len(self.timesteps) else -1
