@@ -12,8 +12,9 @@ import inspect
 import json
 import os
 import warnings
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from . import __version__
 from .errors import ConfigError
@@ -46,12 +47,18 @@ class FrozenConfig(Mapping):
     """A read-only mapping with attribute access: ``config.num_train_timesteps``.
 
     To change a value, build a new object: ``cls.from_config(obj.config, key=value)``.
+    ``owner`` is the name of the class whose config this is (so a swap to another class knows
+    that the keys it does not take belong to that class, and does not warn about them).
     """
 
-    __slots__ = ("_data",)
+    __slots__ = ("_data", "_owner")
 
-    def __init__(self, data: Mapping[str, Any] = ()):
+    def __init__(self, data: Mapping[str, Any] = (), owner: str | None = None):
         object.__setattr__(self, "_data", {k: _freeze(v) for k, v in dict(data).items()})
+        object.__setattr__(self, "_owner", owner)
+
+    def __reduce__(self):  # copy and pickle rebuild through __init__ (__setattr__ refuses)
+        return FrozenConfig, (self._data, self._owner)
 
     def __getitem__(self, key: str) -> Any:
         return self._data[key]
@@ -63,6 +70,8 @@ class FrozenConfig(Mapping):
         return len(self._data)
 
     def __getattr__(self, key: str) -> Any:
+        if key.startswith("__") or key in ("_data", "_owner"):
+            raise AttributeError(key)
         try:
             return self._data[key]
         except KeyError:
@@ -74,7 +83,12 @@ class FrozenConfig(Mapping):
             f"cls.from_config(obj.config, {key}=...)"
         )
 
-    __setitem__ = __delattr__ = __delitem__ = __setattr__
+    __setitem__ = __setattr__
+
+    def __delattr__(self, key: str) -> None:
+        self.__setattr__(key, None)
+
+    __delitem__ = __delattr__
 
     def to_dict(self) -> dict[str, Any]:
         return _thaw(self._data)
@@ -109,10 +123,12 @@ def _record_config(init):
             bound = inspect.signature(init).bind(self, *args, **kwargs)
             bound.apply_defaults()
             values = {k: v for k, v in bound.arguments.items() if k in params}
-            var_kw = [p.name for p in bound.signature.parameters.values() if p.kind == p.VAR_KEYWORD]
+            var_kw = [p.name for p in bound.signature.parameters.values()
+                      if p.kind == p.VAR_KEYWORD]
             extra = bound.arguments.get(var_kw[0], {}) if var_kw else {}
             hidden = self.__dict__.pop("_pending_hidden_config", {})
-            object.__setattr__(self, "_config", FrozenConfig({**hidden, **values}))
+            config = FrozenConfig({**hidden, **values}, owner=type(self).__name__)
+            object.__setattr__(self, "_config", config)
             if extra and not getattr(self, "_accepts_extra_kwargs", False):
                 _warn_unknown(type(self), extra)
         init(self, *args, **kwargs)
@@ -153,6 +169,11 @@ class ConfigMixin:
                 f"{type(self).__name__} has no config yet: its __init__ has not run"
             ) from None
 
+    @config.setter
+    def config(self, value: Any) -> None:
+        raise ConfigError(f"{type(self).__name__}.config is read-only; build a new object "
+                          f"instead: {type(self).__name__}.from_config(obj.config, key=value)")
+
     # Building from a config ------------------------------------------------------------------
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | str | os.PathLike | None = None, **overrides):
@@ -175,7 +196,8 @@ class ConfigMixin:
         params = config_parameters(cls)
         init_kwargs = {k: v for k, v in data.items() if k in params}
         hidden = {k: v for k, v in data.items() if k not in params and not k.startswith("_")}
-        same_class = data.get("_class_name") in (None, cls.__name__)
+        source_class = data.get("_class_name") or getattr(config, "_owner", None)
+        same_class = source_class in (None, cls.__name__)
         if hidden and same_class:
             _warn_unknown(cls, hidden)
         _check_types(cls, params, init_kwargs)
@@ -231,7 +253,8 @@ def read_json(path: str | os.PathLike) -> dict[str, Any]:
             f"config file {path} is not valid JSON ({exc}); fix or re-save it"
         ) from exc
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a JSON object, found {type(data).__name__}")
+        raise ConfigError(f"config file {path} must hold a JSON object, "
+                          f"found {type(data).__name__}")
     return data
 
 
