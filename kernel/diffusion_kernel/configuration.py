@@ -127,7 +127,7 @@ def _record_config(init):
                       if p.kind == p.VAR_KEYWORD]
             extra = bound.arguments.get(var_kw[0], {}) if var_kw else {}
             hidden = self.__dict__.pop("_pending_hidden_config", {})
-            config = FrozenConfig({**hidden, **values}, owner=type(self).__name__)
+            config = FrozenConfig({**hidden, **extra, **values}, owner=type(self).__name__)
             object.__setattr__(self, "_config", config)
             if extra and not getattr(self, "_accepts_extra_kwargs", False):
                 _warn_unknown(type(self), extra)
