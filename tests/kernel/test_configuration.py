@@ -83,8 +83,14 @@ def test_replacing_the_config_attribute_raises():
 
 
 def test_subclass_records_its_own_constructor_only():
-    w = WidgetWithDefaultsOnly(name="x")
-    assert dict(w.config) == {"size": 5}
+    assert dict(WidgetWithDefaultsOnly().config) == {"size": 5}
+
+
+def test_extra_keyword_arguments_are_kept_in_the_config_and_warned():
+    with pytest.warns(UserWarning, match=r"WidgetWithDefaultsOnly does not use config keys "
+                                         r"\['name'\]; they are kept"):
+        w = WidgetWithDefaultsOnly(name="x")
+    assert dict(w.config) == {"name": "x", "size": 5}
 
 
 def test_config_of_a_model_is_recorded_too():
