@@ -1,0 +1,95 @@
+"""Score SDE, variance preserving: Song, Sohl-Dickstein, Kingma, Kumar, Ermon & Poole 2021,
+"Score-Based Generative Modeling through Stochastic Differential Equations" (arXiv:2011.13456).
+
+The VP SDE dx = -1/2 beta(t) x dt + sqrt(beta(t)) dw (eq. 11), beta(t) = beta_min +
+t (beta_max - beta_min), t in [0, 1], is the continuous limit of DDPM. Its perturbation kernel is
+N(x; m(t) x_0, s(t)^2 I) with log m(t) = -1/4 t^2 (beta_max - beta_min) - 1/2 t beta_min and
+s(t)^2 = 1 - m(t)^2 (eq. 29 / 33). Sampling integrates the reverse-time SDE (eq. 6)
+dx = [f(x, t) - g(t)^2 grad log p_t(x)] dt + g(t) dw_bar with Euler-Maruyama steps of
+dt = -1/N from t = 1 to ``sampling_eps``.
+
+The model predicts the noise eps (as a DDPM model does); its score is -eps / s(t).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from diffusion_kernel.errors import SchedulerError
+from diffusion_kernel.scheduling import SchedulerMixin
+
+from .alpha_schedule import check_num_inference_steps
+from .schedules import broadcast_to, gaussian_noise
+
+
+@dataclass
+class SdeVpOutput:
+    """``prev_sample`` (with noise) and ``prev_sample_mean`` (noise-free; the usual final
+    output). Unpacks like the tuple ``(x, x_mean)`` the diffusers format returns."""
+
+    prev_sample: torch.Tensor
+    prev_sample_mean: torch.Tensor
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return (self.prev_sample, self.prev_sample_mean)[index]
+
+
+class ScoreSdeVpScheduler(SchedulerMixin):
+    """Euler-Maruyama sampling of the reverse VP SDE (``step_pred``)."""
+
+    order = 1
+    init_noise_sigma = 1.0  # the prior at t = 1 is N(0, I)
+
+    def __init__(self, num_train_timesteps: int = 2000, beta_min: float = 0.1,
+                 beta_max: float = 20, sampling_eps: float = 1e-3):
+        self.timesteps = None
+        self.num_inference_steps = None
+
+    def set_timesteps(self, num_inference_steps: int,
+                      device: str | torch.device | None = None) -> None:
+        """Prepare a run: continuous times from 1 down to ``sampling_eps``."""
+        n = check_num_inference_steps(num_inference_steps, self.config.num_train_timesteps,
+                                      type(self).__name__)
+        self.timesteps = torch.linspace(1, self.config.sampling_eps, n, device=device)
+        self.num_inference_steps = n
+
+    def _log_mean_coeff(self, t: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        return -0.25 * t**2 * (c.beta_max - c.beta_min) - 0.5 * t * c.beta_min
+
+    def _per_sample_t(self, t, like: torch.Tensor) -> torch.Tensor:
+        t = torch.as_tensor(t, device=like.device, dtype=like.dtype).reshape(-1)
+        if t.numel() not in (1, like.shape[0]) or t.min() < 0 or t.max() > 1:
+            raise SchedulerError(f"ScoreSdeVpScheduler: t must be one time in [0, 1] or one per "
+                                 f"sample, got {t.tolist()}")
+        return broadcast_to(t.expand(like.shape[0]), like)
+
+    def step_pred(self, score: torch.Tensor, x: torch.Tensor, t: float | torch.Tensor,
+                  generator: torch.Generator | list | None = None) -> SdeVpOutput:
+        """One reverse Euler-Maruyama step at time ``t`` for the model's noise prediction
+        ``score`` (named as in the diffusers format); returns ``(x, x_mean)``."""
+        self._require_timesteps()
+        self._check_model_output(score, x)
+        t = self._per_sample_t(t, x)
+        std = torch.sqrt(1.0 - torch.exp(2.0 * self._log_mean_coeff(t)))  # s(t)
+        score = -score / std  # grad log p_t = -eps / s(t)
+        dt = -1.0 / len(self.timesteps)
+        beta_t = self.config.beta_min + t * (self.config.beta_max - self.config.beta_min)
+        # reverse SDE drift f - g^2 score, with f = -1/2 beta x and g = sqrt(beta) (eq. 6, 11)
+        drift = -0.5 * beta_t * x - beta_t * score
+        x_mean = x + drift * dt
+        x = x_mean + torch.sqrt(beta_t) * math.sqrt(-dt) * gaussian_noise(x, generator)
+        return SdeVpOutput(prev_sample=x, prev_sample_mean=x_mean)
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor,
+                  timesteps: torch.Tensor) -> torch.Tensor:
+        """x_t = m(t) x_0 + s(t) noise at continuous times ``timesteps`` in [0, 1] (eq. 33)."""
+        t = self._per_sample_t(timesteps, original_samples)
+        log_mean = self._log_mean_coeff(t)
+        std = torch.sqrt(1.0 - torch.exp(2.0 * log_mean))
+        return torch.exp(log_mean) * original_samples + std * noise
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps
