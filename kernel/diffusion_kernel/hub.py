@@ -8,12 +8,14 @@ Saving goes through ``atomic_directory``: a crash mid-save leaves the previous c
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
+import re
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterable, Iterator
 
 from .errors import FileAccessError
 
@@ -66,23 +68,114 @@ def _validate_repo_id(source: str) -> None:
         ) from None
 
 
-def _hub_error(exc: Exception, source: str, filename: str | None, revision: str | None):
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """Connection-level errors of the HTTP library huggingface_hub uses (httpx2, httpx or requests,
+    depending on its version)."""
+    found: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    for module, name in (("httpx2", "TransportError"), ("httpx", "TransportError"),
+                         ("requests", "ConnectionError"), ("requests", "Timeout")):
+        with contextlib.suppress(ImportError, AttributeError):
+            found.append(getattr(importlib.import_module(module), name))
+    return tuple(found)
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """The Hub could not be asked (offline mode, no connection, timeout, a 5xx answer): the
+    cache may still serve the request."""
+    errors = _hub().errors
+    if isinstance(exc, (errors.OfflineModeIsEnabled, *_transport_errors())):
+        return True
+    response = getattr(exc, "response", None)
+    return isinstance(exc, errors.HfHubHTTPError) and getattr(response, "status_code", 0) >= 500
+
+
+def _hub_error(exc: Exception, source: str, filename: str | None, revision: str | None,
+               action: str = "fetch"):
     hub = _hub()
     errors = hub.errors
     where = f"{filename!r} in " if filename else ""
-    rev = f" at revision {revision!r}" if revision else ""
-    if isinstance(exc, errors.RepositoryNotFoundError):
+    rev = f" at revision {str(revision)!r}" if revision else ""
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    # Local-cache misses first: huggingface_hub's LocalEntryNotFoundError is also an
+    # EntryNotFoundError, and means "not downloaded", not "absent from the repo".
+    not_cached = (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled,
+                  getattr(errors, "RevisionResolutionError", errors.LocalEntryNotFoundError))
+    if isinstance(exc, not_cached):
+        msg = (f"{where}{source!r}{rev} is not in the local cache and downloads are off "
+               f"(offline mode or local_files_only=True) or the Hub cannot be reached; "
+               f"download it once while online")
+    elif isinstance(exc, errors.RepositoryNotFoundError):
         msg = f"Hub repo {source!r} does not exist or is private (pass token= if it is yours)"
     elif isinstance(exc, errors.RevisionNotFoundError):
-        msg = f"revision {revision!r} does not exist in Hub repo {source!r}"
+        msg = f"revision {str(revision)!r} does not exist in Hub repo {source!r}"
     elif isinstance(exc, errors.EntryNotFoundError):
         msg = f"{where}Hub repo {source!r}{rev} does not exist"
-    elif isinstance(exc, errors.LocalEntryNotFoundError):
-        msg = (f"{where}{source!r}{rev} is not in the local cache and downloads are off "
-               f"(offline mode or local_files_only=True); download it once while online")
+    elif status in (401, 403):
+        msg = (f"the Hub refused to {action} {where}{source!r}{rev} (HTTP {status}): log in "
+               f"(`hf auth login` or the HF_TOKEN variable) or pass token= with write access")
+    elif _unreachable(exc):
+        msg = (f"could not {action} {where}{source!r}{rev}: the Hub at "
+               f"{hub.constants.ENDPOINT} cannot be reached or failed ({type(exc).__name__}: "
+               f"{exc}); retry, or set HF_HUB_OFFLINE=1 to use what is cached")
     else:
-        msg = f"could not fetch {where}{source!r}{rev}: {type(exc).__name__}: {exc}"
+        msg = f"could not {action} {where}{source!r}{rev}: {type(exc).__name__}: {exc}"
     return FileAccessError(msg)
+
+
+def _offline(local_files_only: bool | None) -> bool:
+    return bool(local_files_only) or bool(_hub().constants.HF_HUB_OFFLINE)
+
+
+def _commit_of(revision: str | None) -> str | None:
+    """The commit id a pinned revision (see ``pin_revision``) stands for, else the revision."""
+    return getattr(revision, "resolved", revision)
+
+
+def pin_revision(
+    source: str | os.PathLike,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool | None = None,
+    token: str | bool | None = None,
+) -> str | None:
+    """For a Hub repo: ``revision`` (branch, tag or commit; default the main branch) pinned to
+    the commit it names now, so that every file of one load comes from that commit even if the
+    repo changes meanwhile (offline: the commit the cache recorded for it). Pass the result as
+    ``revision`` to ``list_files``/``fetch``/``resolve_file``. Local folders: ``revision`` as is.
+    """
+    if is_local(source):
+        return revision
+    source = os.fspath(source)
+    _validate_repo_id(source)
+    api = _hub().HfApi()
+    if not hasattr(api, "resolve_revision"):  # huggingface_hub < 2: each request resolves anew
+        return revision
+    try:
+        return api.resolve_revision(source, revision=revision, cache_dir=cache_dir,
+                                    local_files_only=_offline(local_files_only), token=token)
+    except Exception as exc:
+        raise _hub_error(exc, source, None, revision) from exc
+
+
+def _cached_listing(source: str, revision: str | None,
+                    cache_dir: str | os.PathLike | None) -> list[str] | None:
+    """What the cache knows a repo revision holds: the tree listing saved by an earlier download,
+    else the files of its cached snapshot; None if nothing is cached."""
+    hub = _hub()
+    with contextlib.suppress(Exception):  # no tree listing cached (or huggingface_hub < 2)
+        tree = hub.get_cached_repo_tree(source, revision=revision, cache_dir=cache_dir)
+        return sorted(f.path for f in tree)
+    with contextlib.suppress(Exception):
+        snapshot = Path(hub.snapshot_download(source, revision=revision, cache_dir=cache_dir,
+                                              local_files_only=True))
+        return sorted(p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*")
+                      if p.is_file())
+    return None
+
+
+def _pattern(name: str) -> str:
+    """A file name as an fnmatch pattern that matches only itself (``allow_patterns``)."""
+    return "".join(f"[{c}]" if c in "*?[]" else c for c in name)
 
 
 def resolve_file(
@@ -126,18 +219,24 @@ def list_files(
         return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
     source = os.fspath(source)
     _validate_repo_id(source)
-    hub = _hub()
-    offline = local_files_only or hub.constants.HF_HUB_OFFLINE
-    try:
-        if offline:  # the cached snapshot of that revision is all we know
-            snapshot = Path(hub.snapshot_download(
-                source, revision=revision, cache_dir=cache_dir, local_files_only=True, token=token,
-            ))
-            return sorted(p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*")
-                          if p.is_file())
-        return sorted(hub.HfApi().list_repo_files(source, revision=revision, token=token))
-    except Exception as exc:
-        raise _hub_error(exc, source, None, revision) from exc
+    commit = _commit_of(revision)
+    if commit is not revision or (commit and re.fullmatch(r"[0-9a-f]{40}", commit)):
+        cached = _cached_listing(source, revision, cache_dir)  # a commit never changes
+        if cached is not None:
+            return cached
+    error: Exception | None = None
+    if not _offline(local_files_only):
+        try:
+            return sorted(_hub().HfApi().list_repo_files(source, revision=commit, token=token))
+        except Exception as exc:
+            if not _unreachable(exc):
+                raise _hub_error(exc, source, None, revision) from exc
+            error = exc
+    cached = _cached_listing(source, revision, cache_dir)
+    if cached is None:
+        raise _hub_error(error or _hub().errors.LocalEntryNotFoundError("not cached"), source,
+                         None, revision) from error
+    return cached
 
 
 def fetch(
@@ -156,8 +255,9 @@ def fetch(
     _validate_repo_id(source)
     try:
         return Path(_hub().snapshot_download(
-            source, revision=revision, cache_dir=cache_dir, allow_patterns=names,
-            local_files_only=bool(local_files_only), token=token,
+            source, revision=revision, cache_dir=cache_dir,
+            allow_patterns=[_pattern(n) for n in names],
+            local_files_only=_offline(local_files_only), token=token,
         ))
     except Exception as exc:
         raise _hub_error(exc, source, None, revision) from exc
@@ -189,8 +289,8 @@ def atomic_directory(
 
     Files already in ``target`` that the save does not write (a README, other components) are kept
     (hard-linked into the new folder), except top-level names for which ``replaces(name)`` is true
-    (stale shards of an older checkpoint, say). If the save raises, ``target`` is untouched and the staging
-    folder removed.
+    (stale shards of an older checkpoint, say). If the save raises, ``target`` is untouched and the
+    staging folder removed.
     """
     target = Path(target).absolute()
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -238,6 +338,34 @@ def _link_or_copy(src, dst) -> None:
 
 
 # Pushing -----------------------------------------------------------------------------------------
+def upload_folder(
+    folder: str | os.PathLike,
+    repo_id: str,
+    commit_message: str,
+    private: bool | None = None,
+    token: str | bool | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
+) -> str:
+    """Upload a folder to Hub repo ``repo_id`` (created if missing; ``revision`` names a branch,
+    created from main if missing) in one commit; returns the commit URL."""
+    _validate_repo_id(repo_id)
+    api = _hub().HfApi(token=token)
+    try:
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        if revision is not None and not create_pr:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        info = api.upload_folder(repo_id=repo_id, folder_path=os.fspath(folder),
+                                 revision=revision, create_pr=create_pr,
+                                 commit_message=commit_message)
+    except Exception as exc:
+        raise _hub_error(exc, repo_id, None, revision, action="push to") from exc
+    return str(info)
+
+
+_PUSH_OPTIONS = ("repo_id", "commit_message", "private", "token", "revision", "create_pr")
+
+
 class PushToHubMixin:
     """``push_to_hub(repo_id)`` for anything that can save itself into a folder."""
 
@@ -257,18 +385,22 @@ class PushToHubMixin:
         """Save into a temporary folder and upload it to ``repo_id`` (created if missing) in one
         commit; returns the commit URL."""
         _validate_repo_id(repo_id)
-        hub = _hub()
-        api = hub.HfApi(token=token)
-        try:
-            api.create_repo(repo_id, private=private, exist_ok=True)
-            if revision is not None:
-                api.create_branch(repo_id, branch=revision, exist_ok=True)
-            with tempfile.TemporaryDirectory() as folder:
-                self._save_for_push(folder, variant=variant)
-                info = api.upload_folder(
-                    repo_id=repo_id, folder_path=folder, revision=revision, create_pr=create_pr,
-                    commit_message=commit_message or f"Upload {type(self).__name__}",
-                )
-        except Exception as exc:
-            raise _hub_error(exc, repo_id, None, revision) from exc
-        return str(info)
+        with tempfile.TemporaryDirectory() as folder:
+            self._save_for_push(folder, variant=variant)
+            return upload_folder(folder, repo_id,
+                                 commit_message or f"Upload {type(self).__name__}",
+                                 private=private, token=token, revision=revision,
+                                 create_pr=create_pr)
+
+    def _push_saved_folder(self, save_directory: str | os.PathLike, **options) -> str:
+        """``save_pretrained(folder, push_to_hub=True, repo_id=..., ...)``: upload the folder just
+        saved. As in diffusers, the repo id defaults to the folder's name."""
+        unknown = sorted(set(options) - set(_PUSH_OPTIONS))
+        if unknown:
+            from .errors import ConfigError
+
+            raise ConfigError(f"save_pretrained(push_to_hub=True) got unknown options {unknown}; "
+                              f"it takes {list(_PUSH_OPTIONS)}")
+        repo_id = options.pop("repo_id", None) or Path(save_directory).absolute().name
+        message = options.pop("commit_message", None) or f"Upload {type(self).__name__}"
+        return upload_folder(save_directory, repo_id, message, **options)

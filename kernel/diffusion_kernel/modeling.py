@@ -20,7 +20,15 @@ from torch import nn
 
 from .configuration import ConfigMixin, read_json
 from .errors import CheckpointError, ConfigError, FileAccessError
-from .hub import PushToHubMixin, atomic_directory, atomic_write_text, fetch, list_files
+from .hub import (
+    PushToHubMixin,
+    atomic_directory,
+    atomic_write_text,
+    check_relative_path,
+    fetch,
+    list_files,
+    pin_revision,
+)
 from .weights import PICKLE_SUFFIXES, SafetensorsFile, load_pickle, save_safetensors
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -85,7 +93,8 @@ class ModelMixin(nn.Module, ConfigMixin, PushToHubMixin):
         **push_kwargs: Any,
     ) -> None:
         """Write ``config.json`` and the weights (sharded above ``max_shard_size``) atomically:
-        if anything fails, the folder keeps its previous checkpoint."""
+        if anything fails, the folder keeps its previous checkpoint. ``push_to_hub=True`` then
+        uploads the folder to Hub repo ``repo_id=`` (default: the folder's name)."""
         if not safe_serialization:
             raise CheckpointError("diffusion-kernel writes safetensors only; drop "
                                   "safe_serialization=False (pickle weights can run code on load)")
@@ -98,18 +107,19 @@ class ModelMixin(nn.Module, ConfigMixin, PushToHubMixin):
             self.save_config(staging)
             self._save_weights(staging, variant, parse_size(max_shard_size))
         if push_to_hub:
-            self.push_to_hub(variant=variant, **push_kwargs)
+            self._push_saved_folder(save_directory, **push_kwargs)
 
     def _save_weights(self, folder: Path, variant: str | None, max_shard_size: int) -> None:
         state = self.state_dict()
         shards: list[dict[str, torch.Tensor]] = [{}]
         size = 0
+        seen: set[int] = set()  # storages already written (tied weights share one)
         for key, tensor in state.items():
             nbytes = tensor.numel() * tensor.element_size()
             if shards[-1] and size + nbytes > max_shard_size:
                 shards.append({})
                 size = 0
-            shards[-1][key] = _unshare(tensor)
+            shards[-1][key] = _unshare(tensor, seen)
             size += nbytes
         if len(shards) == 1:
             save_safetensors(shards[0], folder / add_variant(WEIGHTS_NAME, variant))
@@ -153,7 +163,10 @@ class ModelMixin(nn.Module, ConfigMixin, PushToHubMixin):
                               f"got {torch_dtype!r}")
         hub = dict(revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
                    token=token)
-        prefix = f"{subfolder.strip('/')}/" if subfolder else ""
+        hub["revision"] = pin_revision(source, **hub)  # every file from one commit
+        if subfolder:
+            subfolder = check_relative_path(subfolder.strip("/"), "subfolder")
+        prefix = f"{subfolder}/" if subfolder else ""
         available = [f[len(prefix):] for f in list_files(source, **hub) if f.startswith(prefix)]
         if cls.config_name not in available:
             raise FileAccessError(
@@ -216,6 +229,11 @@ class ModelMixin(nn.Module, ConfigMixin, PushToHubMixin):
         try:
             for key, (src, name) in sources.items():
                 tensor = src.tensor(name) if isinstance(src, SafetensorsFile) else src[name]
+                if expected[key].is_floating_point() and not tensor.is_floating_point():
+                    raise CheckpointError(
+                        f"tensor {key!r} in {', '.join(str(f) for f in files)} has dtype "
+                        f"{tensor.dtype} but {type(self).__name__} expects floating point values; "
+                        f"the checkpoint does not belong to this model or is corrupt")
                 target = self._target_dtype(key, expected[key], tensor, dtype)
                 converted = tensor.to(device=device or "cpu", dtype=target)
                 if isinstance(src, SafetensorsFile) and converted.data_ptr() != tensor.data_ptr():
@@ -288,12 +306,14 @@ class ModelMixin(nn.Module, ConfigMixin, PushToHubMixin):
                 module.gradient_checkpointing = False
 
 
-def _unshare(tensor: torch.Tensor) -> torch.Tensor:
-    """safetensors refuses tensors that share memory (tied weights); give each its own copy."""
+def _unshare(tensor: torch.Tensor, seen: set[int]) -> torch.Tensor:
+    """safetensors refuses tensors that share memory (tied weights, views of a larger tensor);
+    give each its own copy."""
     tensor = tensor.detach()
-    if tensor.untyped_storage().nbytes() != tensor.numel() * tensor.element_size():
-        return tensor.clone()
-    return tensor
+    storage = tensor.untyped_storage()
+    shared = storage.data_ptr() in seen or storage.nbytes() != tensor.numel() * tensor.element_size()
+    seen.add(storage.data_ptr())
+    return tensor.clone() if shared else tensor
 
 
 def _read_index(path: Path) -> dict[str, str]:

@@ -20,7 +20,14 @@ import torch
 
 from .configuration import FORMAT_VERSION, FrozenConfig, read_json
 from .errors import NotRegisteredError, PipelineError
-from .hub import PushToHubMixin, atomic_directory, atomic_write_text, fetch, list_files
+from .hub import (
+    PushToHubMixin,
+    atomic_directory,
+    atomic_write_text,
+    fetch,
+    list_files,
+    pin_revision,
+)
 
 MODEL_INDEX = "model_index.json"
 _OWN_LIBRARIES = ("diffusers", "diffusion_kernel")
@@ -185,7 +192,9 @@ class DiffusionPipeline(PushToHubMixin):
     def save_pretrained(self, save_directory: str | os.PathLike, variant: str | None = None,
                         safe_serialization: bool = True, push_to_hub: bool = False,
                         **push_kwargs: Any) -> None:
-        """Write ``model_index.json`` and one subfolder per component, atomically."""
+        """Write ``model_index.json`` and one subfolder per component, atomically.
+        ``push_to_hub=True`` then uploads the folder to Hub repo ``repo_id=`` (default: the
+        folder's name)."""
         with atomic_directory(save_directory, replaces=lambda n: n in self.components) as staging:
             atomic_write_text(staging / MODEL_INDEX,
                               json.dumps(self.config.to_dict(), indent=2) + "\n")
@@ -205,7 +214,7 @@ class DiffusionPipeline(PushToHubMixin):
                         kwargs.pop("safe_serialization")
                 save(staging / name, **kwargs)
         if push_to_hub:
-            self.push_to_hub(variant=variant, **push_kwargs)
+            self._push_saved_folder(save_directory, **push_kwargs)
 
     # Loading -----------------------------------------------------------------------------------
     @classmethod
@@ -226,6 +235,7 @@ class DiffusionPipeline(PushToHubMixin):
         them (``scheduler=EulerDiscreteScheduler.from_config(...)``)."""
         hub = dict(revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
                    token=token)
+        hub["revision"] = pin_revision(source, **hub)  # every file from one commit
         files = list_files(source, **hub)
         if MODEL_INDEX not in files:
             raise PipelineError(f"no {MODEL_INDEX} in {os.fspath(source)!r}: not a pipeline folder "
@@ -235,6 +245,10 @@ class DiffusionPipeline(PushToHubMixin):
         pipeline_cls = cls._pipeline_class(index)
         overrides = {**dict.fromkeys(pipeline_cls._components_not_loaded), **overrides}
         specs = {k: v for k, v in index.items() if not k.startswith("_")}
+        bad = [k for k in specs if not k.isidentifier()]
+        if bad:  # a component name is a folder name: "../x" would read outside the pipeline
+            raise PipelineError(f"{MODEL_INDEX} in {os.fspath(source)!r} names components "
+                                f"{bad}; component names must be Python identifiers")
         needed = [f for f in files if f.split("/")[0] in specs and f.split("/")[0] not in overrides]
         root = fetch(source, [MODEL_INDEX, *select_files(needed, variant, allow_pickle)], **hub)
 

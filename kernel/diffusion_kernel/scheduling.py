@@ -79,10 +79,11 @@ class SchedulerMixin(ConfigMixin, PushToHubMixin):
 
     def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False,
                         **push_kwargs: Any) -> None:
-        """Write ``scheduler_config.json`` into ``save_directory`` (optionally push it)."""
+        """Write ``scheduler_config.json`` into ``save_directory``; ``push_to_hub=True`` then
+        uploads the folder to Hub repo ``repo_id=`` (default: the folder's name)."""
         self.save_config(save_directory)
         if push_to_hub:
-            self.push_to_hub(**push_kwargs)
+            self._push_saved_folder(save_directory, **push_kwargs)
 
     def _save_for_push(self, folder: str | os.PathLike, variant: str | None = None) -> None:
         self.save_config(folder)
