@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
+USER = "test-user"  # the owner of the token, for repos created without a namespace
 GITATTRIBUTES = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"
 _ACTIONS = ("revision", "tree", "refs", "commits", "paths-info", "preupload", "commit", "branch",
             "tag")
@@ -446,7 +447,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send_json({"errors": [], "warnings": []})
         if raw == "whoami-v2" and method == "GET":
             self._check_write()
-            return self._send_json({"type": "user", "name": "test-user", "orgs": [],
+            return self._send_json({"type": "user", "name": USER, "orgs": [],
                                     "auth": {"accessToken": {"role": "write"}}})
         kind, _, rest = raw.partition("/")
         if kind != "models":
@@ -476,7 +477,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _create_repo(self, payload: dict) -> None:
         self._check_write()
-        name, org = payload["name"], payload.get("organization")
+        # Without an organization, the Hub creates the repo in the token owner's namespace.
+        name, org = payload["name"], payload.get("organization") or USER
         if payload.get("type", "model") not in ("model", None):
             raise HubError(400, "only model repos are served")
         repo_id = f"{org}/{name}" if org else name
@@ -551,7 +553,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _api_commits_GET(self, repo: Repo, args: list[str], body: bytes) -> None:
         commit = self._revision_arg(repo, args)
         self._send_json([{"id": c.oid, "title": c.title, "message": c.message,
-                          "authors": [{"user": "test-user"}], "date": c.date}
+                          "authors": [{"user": USER}], "date": c.date}
                          for c in repo.history(commit)])
 
     def _api_preupload_POST(self, repo: Repo, args: list[str], body: bytes) -> None:
