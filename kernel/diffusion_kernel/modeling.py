@@ -323,6 +323,8 @@ def _read_index(path: Path) -> dict[str, str]:
         raise CheckpointError(f"shard index {path} has no 'weight_map' object")
     from .hub import check_relative_path
 
+    if not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(f"shard index {path}: every 'weight_map' value must be a file name")
     return {k: check_relative_path(v, "shard file name") for k, v in weight_map.items()}
 
 

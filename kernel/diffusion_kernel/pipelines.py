@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from .configuration import FORMAT_VERSION, FrozenConfig, read_json
-from .errors import NotRegisteredError, PipelineError
+from .errors import NotRegisteredError, PipelineError, UnsafeCheckpointError
 from .hub import (
     PushToHubMixin,
     atomic_directory,
@@ -380,11 +380,17 @@ def _variant_of(path: str) -> str | None:
 
 def _pick_weights(weights: list[str], variant: str | None, allow_pickle: bool) -> list[str]:
     kinds = [[w for w in weights if w.endswith(".safetensors")]]
+    pickles = [w for w in weights if w.endswith(_PICKLE_SUFFIXES)]
     if allow_pickle:
-        kinds.append([w for w in weights if w.endswith(_PICKLE_SUFFIXES)])
+        kinds.append(pickles)
     for group in kinds:
         for wanted in ([variant, None] if variant else [None]):
             picked = [w for w in group if _variant_of(w) == wanted]
             if picked:
                 return picked
+    if pickles:  # refused here, before anything is downloaded
+        raise UnsafeCheckpointError(
+            f"{pickles[0].rpartition('/')[0] or 'the pipeline'} has only pickle weights "
+            f"({', '.join(pickles)}), which can run code when loaded; they are refused. Convert "
+            f"them to safetensors, or pass allow_pickle=True if you trust their source.")
     return []

@@ -142,15 +142,18 @@ class DPMSolverMultistepScheduler(MultistepScheduler):
                 order = 1
             elif i == n - 2 and short:
                 order = min(order, 2)
-            order = min(order, i + 1)
             h = lam[i + 1] - lam[i]
+            if h == 0:  # a repeated final sigma: the step is the identity (order 1 keeps it so)
+                order = 1
+            order = min(order, i + 1)
             pc = phi_coefficients(self.algorithm_type, h, alpha[i], sigma[i], alpha[i + 1],
                                   sigma[i + 1])
-            r0 = (lam[i] - lam[i - 1]) / h if i >= 1 else np.nan
-            r1 = (lam[i - 1] - lam[i - 2]) / h if i >= 2 else np.nan
-            per_order = {k: (float(pc.x), tuple(map(float, multistep_weights(
-                k, pc, r0, r1, self.solver_type)))[:k], float(pc.noise))
-                for k in range(1, order + 1)}
+            with np.errstate(divide="ignore", invalid="ignore"):  # h = 0 or inf: order 1 only
+                r0 = (lam[i] - lam[i - 1]) / h if i >= 1 else np.nan
+                r1 = (lam[i - 1] - lam[i - 2]) / h if i >= 2 else np.nan
+                per_order = {k: (float(pc.x), tuple(map(float, multistep_weights(
+                    k, pc, r0, r1, self.solver_type)))[:k], float(pc.noise))
+                    for k in range(1, order + 1)}
             self._max_order.append(order)
             self._coefs.append(per_order)
 

@@ -140,9 +140,10 @@ class DPMSolverSinglestepScheduler(MultistepScheduler):
                 h = lam[i + 1] - lam[s]
                 pc = phi_coefficients(self.algorithm_type, h, alpha[s], sigma[s], alpha[i + 1],
                                       sigma[i + 1])
-                r0 = (lam[i] - lam[s]) / h
-                r1 = (lam[i - 1] - lam[s]) / h if k == 3 else np.nan
-                weights = singlestep_weights(k, pc, r0, r1, self.solver_type)
+                with np.errstate(divide="ignore", invalid="ignore"):  # h = 0 or inf: unused
+                    r0 = (lam[i] - lam[s]) / h
+                    r1 = (lam[i - 1] - lam[s]) / h if k == 3 else np.nan
+                    weights = singlestep_weights(k, pc, r0, r1, self.solver_type)
                 per_order[k] = (float(pc.x), tuple(map(float, weights)), float(pc.noise))
             self._coefs.append(per_order)
 

@@ -130,8 +130,10 @@ class UniPCMultistepScheduler(MultistepScheduler):
         self._max_order, self._predictor, self._corrector = [], [], []
         for j in range(n):
             order = min(c.solver_order, n - j) if c.lower_order_final else c.solver_order
-            if self.sigmas[j + 1] == 0:
-                order = 1  # a step to sigma = 0 has h = inf: only the first-order form is finite
+            if self.sigmas[j + 1] == 0 or self.sigmas[j + 1] == self.sigmas[j]:
+                # a step to sigma = 0 (h = inf) or onto a repeated final sigma (h = 0): only the
+                # first-order form is finite (the format returns inf/NaN there)
+                order = 1
             order = min(order, j + 1)
             self._max_order.append(order)
             pred, corr = {}, {}

@@ -1,0 +1,161 @@
+"""Parity of the multistep exponential-integrator schedulers (DPM-Solver(++) multistep and
+singlestep, UniPC, DEIS) with diffusers 0.42.1: the same config, model and seeds give the same
+final sample within 1e-5 relative (float32), over a grid of algorithm types, orders, timestep
+spacings, prediction types, beta schedules and sigma discretisations, at odd step counts 7 and 13
+(and 20, past the < 15-step lower-order switch), batch 2."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import learned_variance_model
+
+RTOL = 1e-5
+STEPS = (7, 13)
+LDM = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
+SIGMA_MIN = {"final_sigmas_type": "sigma_min"}
+
+DPM_MULTISTEP = {
+    "default-2m-midpoint": {},
+    "order1": {"solver_order": 1},
+    "order3": {"solver_order": 3},
+    "2m-heun": {"solver_type": "heun"},
+    "3m-heun": {"solver_order": 3, "solver_type": "heun"},
+    "dpmsolver-order1": {"algorithm_type": "dpmsolver", "solver_order": 1, **SIGMA_MIN},
+    "dpmsolver-order2": {"algorithm_type": "dpmsolver", **SIGMA_MIN},
+    "dpmsolver-order2-heun": {"algorithm_type": "dpmsolver", "solver_type": "heun", **SIGMA_MIN},
+    "dpmsolver-order3": {"algorithm_type": "dpmsolver", "solver_order": 3, **SIGMA_MIN},
+    "sde++-order1": {"algorithm_type": "sde-dpmsolver++", "solver_order": 1},
+    "sde++-order2": {"algorithm_type": "sde-dpmsolver++"},
+    "sde++-order2-heun": {"algorithm_type": "sde-dpmsolver++", "solver_type": "heun"},
+    "sde++-order3": {"algorithm_type": "sde-dpmsolver++", "solver_order": 3},
+    "sde-order2": {"algorithm_type": "sde-dpmsolver", **SIGMA_MIN},
+    "sde-order2-heun": {"algorithm_type": "sde-dpmsolver", "solver_type": "heun", **SIGMA_MIN},
+    "karras": {"use_karras_sigmas": True},
+    "karras-order3-sigma-min": {"use_karras_sigmas": True, "solver_order": 3, **SIGMA_MIN},
+    "exponential": {"use_exponential_sigmas": True},
+    "lu-lambdas-order3": {"use_lu_lambdas": True, "solver_order": 3},
+    "v-trailing-zero-snr": {"prediction_type": "v_prediction", "timestep_spacing": "trailing",
+                            "rescale_betas_zero_snr": True},
+    "sample-thresholding": {"prediction_type": "sample", "thresholding": True,
+                            "sample_max_value": 1.5},
+    "ldm-leading-offset": {**LDM, "timestep_spacing": "leading", "steps_offset": 1},
+    "cosine-lambda-clipped": {"beta_schedule": "squaredcos_cap_v2", "lambda_min_clipped": -5.1},
+    "euler-at-final": {"euler_at_final": True, "solver_order": 3},
+    "no-lower-order-final": {"lower_order_final": False, "solver_order": 3},
+    "trained-betas": {"trained_betas": torch.linspace(1e-4, 0.03, 1000).tolist()},
+}
+
+DPM_SINGLESTEP = {
+    "default-2s": {},
+    "order1": {"solver_order": 1},
+    "order3": {"solver_order": 3},
+    "2s-heun": {"solver_type": "heun"},
+    "3s-heun": {"solver_order": 3, "solver_type": "heun"},
+    "dpmsolver-order2": {"algorithm_type": "dpmsolver", **SIGMA_MIN},
+    "dpmsolver-order3-heun": {"algorithm_type": "dpmsolver", "solver_order": 3,
+                              "solver_type": "heun", **SIGMA_MIN},
+    "sde++-order2": {"algorithm_type": "sde-dpmsolver++"},
+    "sde++-order3": {"algorithm_type": "sde-dpmsolver++", "solver_order": 3},
+    "karras": {"use_karras_sigmas": True},
+    "exponential-order3": {"use_exponential_sigmas": True, "solver_order": 3},
+    "v-prediction": {"prediction_type": "v_prediction", **LDM},
+    "sigma-min-no-lower-order-final": {"lower_order_final": False, **SIGMA_MIN},
+    "sigma-min-order3": {"solver_order": 3, **SIGMA_MIN},
+    "cosine-lambda-clipped": {"beta_schedule": "squaredcos_cap_v2", "lambda_min_clipped": -5.1},
+    "sample-thresholding": {"prediction_type": "sample", "thresholding": True},
+}
+
+UNIPC = {
+    "default-bh2-order2": {},
+    "order1": {"solver_order": 1},
+    "order3": {"solver_order": 3},
+    "bh1": {"solver_type": "bh1", **SIGMA_MIN},
+    "noise-prediction": {"predict_x0": False, **SIGMA_MIN},
+    "noise-prediction-order3-bh1": {"predict_x0": False, "solver_order": 3,
+                                    "solver_type": "bh1", **SIGMA_MIN},
+    "karras": {"use_karras_sigmas": True},
+    "exponential-order3": {"use_exponential_sigmas": True, "solver_order": 3},
+    "v-trailing-zero-snr": {"prediction_type": "v_prediction", "timestep_spacing": "trailing",
+                            "rescale_betas_zero_snr": True},
+    "disable-corrector": {"disable_corrector": [0, 2, 3]},
+    "no-lower-order-final": {"lower_order_final": False, "solver_order": 3, **SIGMA_MIN},
+    "ldm-leading-offset": {**LDM, "timestep_spacing": "leading", "steps_offset": 1},
+    "sample-thresholding": {"prediction_type": "sample", "thresholding": True},
+    "cosine": {"beta_schedule": "squaredcos_cap_v2"},
+}
+
+DEIS = {
+    "default-order2": {},
+    "order1": {"solver_order": 1},
+    "order3": {"solver_order": 3},
+    "karras": {"use_karras_sigmas": True},
+    "exponential-order3": {"use_exponential_sigmas": True, "solver_order": 3},
+    "v-trailing": {"prediction_type": "v_prediction", "timestep_spacing": "trailing"},
+    "no-lower-order-final": {"lower_order_final": False, "solver_order": 3},
+    "ldm-leading-offset": {**LDM, "timestep_spacing": "leading", "steps_offset": 1},
+    "sample-thresholding": {"prediction_type": "sample", "thresholding": True},
+    "cosine": {"beta_schedule": "squaredcos_cap_v2"},
+}
+
+GRID = [
+    pytest.param(name, config, n, id=f"{short}-{label}-{n}")
+    for name, short, table in (
+        ("DPMSolverMultistepScheduler", "dpm-multistep", DPM_MULTISTEP),
+        ("DPMSolverSinglestepScheduler", "dpm-singlestep", DPM_SINGLESTEP),
+        ("UniPCMultistepScheduler", "unipc", UNIPC),
+        ("DEISMultistepScheduler", "deis", DEIS),
+    )
+    for label, config in table.items()
+    for n in STEPS
+]
+
+
+@pytest.mark.parametrize("name,config,num_inference_steps", GRID)
+def test_final_sample_matches_diffusers(parity, name, config, num_inference_steps):
+    ours, theirs = parity.run(name, config, num_inference_steps)
+    parity.check(ours, theirs, rtol=RTOL)
+
+
+@pytest.mark.parametrize("name,config", [
+    ("DPMSolverMultistepScheduler", {"solver_order": 3}),
+    ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}),
+    ("DPMSolverSinglestepScheduler", {"solver_order": 3}),
+    ("UniPCMultistepScheduler", {"solver_order": 3}),
+    ("DEISMultistepScheduler", {"solver_order": 3}),
+], ids=["dpm-3m", "dpm-sde-3m", "dpm-3s", "unipc-3", "deis-3"])
+def test_twenty_step_run_matches_diffusers(parity, name, config):
+    """Past 15 steps the final-step order rules change (lower_order_final applies below 15)."""
+    parity.check(*parity.run(name, config, 20), rtol=RTOL)
+
+
+@pytest.mark.parametrize("name,config", [
+    ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
+    ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver", **SIGMA_MIN}),
+    ("DPMSolverSinglestepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}),
+], ids=["dpm-sde++", "dpm-sde", "dpm-singlestep-sde++"])
+def test_sde_noise_from_per_sample_generators_matches_diffusers(parity, name, config):
+    ours, theirs = parity.run(name, config, 13, generator_seeds=[11, 12])
+    parity.check(ours, theirs, rtol=RTOL)
+
+
+@pytest.mark.parametrize("name", ["DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
+                                  "UniPCMultistepScheduler", "DEISMultistepScheduler"])
+def test_img2img_run_from_begin_index_matches_diffusers(parity, name):
+    init = torch.linspace(-1, 1, 2 * 3 * 8 * 8).reshape(2, 3, 8, 8)
+    ours, theirs = parity.run(name, {}, 13, init_sample=init, begin_index=5)
+    parity.check(ours, theirs, rtol=RTOL)
+
+
+@pytest.mark.parametrize("name", ["DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler"])
+def test_custom_timesteps_match_diffusers(parity, name):
+    timesteps = [999, 880, 700, 512, 400, 301, 200, 120, 60, 17]
+    ours, theirs = parity.run(name, {}, None, set_timesteps_kwargs={"timesteps": timesteps})
+    parity.check(ours, theirs, rtol=RTOL)
+
+
+def test_learned_variance_channels_are_dropped_like_diffusers(parity):
+    config = {"variance_type": "learned_range"}
+    ours, theirs = parity.run("DPMSolverMultistepScheduler", config, 7,
+                              model=learned_variance_model)
+    parity.check(ours, theirs, rtol=RTOL)
