@@ -34,7 +34,7 @@ class GaussianData:
         return self.mu + self.s**2 / (self.s**2 + sigma**2) * (x - self.mu)
 
     def noise_prediction(self, x_vp: torch.Tensor, sigma: float) -> torch.Tensor:
-        """The exact epsilon-model output for a VP-scaled input x_t = x_sigma / sqrt(1 + sigma^2)."""
+        """The exact epsilon-model output for a VP-scaled input x_t = x_sigma / sqrt(1+sigma^2)."""
         x = x_vp * math.sqrt(1.0 + sigma**2)
         return (x - self.denoiser(x, sigma)) / sigma
 
