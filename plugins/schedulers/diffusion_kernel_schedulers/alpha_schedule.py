@@ -36,11 +36,12 @@ def x0_and_eps(model_output: torch.Tensor, sample: torch.Tensor, sqrt_alpha_bar:
     """(x_0, eps) implied by the model output at a timestep with the given sqrt(alpha_bar)."""
     a, b = sqrt_alpha_bar, sqrt_one_minus_alpha_bar
     if prediction_type == "epsilon":  # x_0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar)
-        return (sample - b * model_output) / a, model_output
+        return torch.add(sample, model_output, alpha=-b).div_(a), model_output
     if prediction_type == "sample":
-        return model_output, (sample - a * model_output) / b
+        return model_output, torch.add(sample, model_output, alpha=-a).div_(b)
     # v-prediction: x_0 = sqrt(abar) x_t - sqrt(1 - abar) v, eps = sqrt(abar) v + sqrt(1 - abar) x_t
-    return a * sample - b * model_output, a * model_output + b * sample
+    return (torch.add(a * sample, model_output, alpha=-b),
+            torch.add(a * model_output, sample, alpha=b))
 
 
 def limit_x0(x0: torch.Tensor, config) -> torch.Tensor:

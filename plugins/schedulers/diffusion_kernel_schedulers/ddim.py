@@ -134,7 +134,7 @@ class DDIMScheduler(AlphaSchedulerMixin):
         if eta > 0:
             if variance_noise is None:
                 variance_noise = gaussian_noise(model_output, generator)
-            prev_sample = prev_sample + sigma * variance_noise
+            prev_sample.add_(variance_noise, alpha=sigma)
         if not return_dict:
             return prev_sample, x0
         return SchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)

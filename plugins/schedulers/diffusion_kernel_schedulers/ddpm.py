@@ -156,7 +156,11 @@ class DDPMScheduler(AlphaSchedulerMixin):
         # 3. + sigma_t z (Algorithm 2, line 4)
         if c["noise"]:
             noise = gaussian_noise(model_output, generator)
-            prev_sample = prev_sample + self._std(c, predicted_variance) * noise
+            std = self._std(c, predicted_variance)
+            if isinstance(std, float):
+                prev_sample.add_(noise, alpha=std)
+            else:
+                prev_sample.addcmul_(std, noise)
         if not return_dict:
             return prev_sample, x0
         return SchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
