@@ -215,18 +215,18 @@ class ModelMixin(nn.Module, ConfigMixin, PushToHubMixin):
         expected = self.state_dict(keep_vars=True)
         sources: dict[str, tuple[Any, str]] = {}
         opened = []
-        for path in files:
-            if path.name.endswith(PICKLE_SUFFIXES):
-                state = load_pickle(path, allow_pickle)
-                sources.update({k: (state, k) for k in state})
-            else:
-                file = SafetensorsFile(path, mmap_file=mmap)
-                opened.append(file)
-                sources.update({k: (file, k) for k in file.keys()})
-        sources = self._rename_checkpoint_keys(sources)
-        self._check_keys(expected, sources, files)
         loaded: dict[str, torch.Tensor] = {}
-        try:
+        try:  # files are closed whatever goes wrong (a bad key, a bad tensor)
+            for path in files:
+                if path.name.endswith(PICKLE_SUFFIXES):
+                    state = load_pickle(path, allow_pickle)
+                    sources.update({k: (state, k) for k in state})
+                else:
+                    file = SafetensorsFile(path, mmap_file=mmap)
+                    opened.append(file)
+                    sources.update({k: (file, k) for k in file.keys()})
+            sources = self._rename_checkpoint_keys(sources)
+            self._check_keys(expected, sources, files)
             for key, (src, name) in sources.items():
                 tensor = src.tensor(name) if isinstance(src, SafetensorsFile) else src[name]
                 if expected[key].is_floating_point() and not tensor.is_floating_point():
@@ -311,7 +311,8 @@ def _unshare(tensor: torch.Tensor, seen: set[int]) -> torch.Tensor:
     give each its own copy."""
     tensor = tensor.detach()
     storage = tensor.untyped_storage()
-    shared = storage.data_ptr() in seen or storage.nbytes() != tensor.numel() * tensor.element_size()
+    partial = storage.nbytes() != tensor.numel() * tensor.element_size()
+    shared = partial or storage.data_ptr() in seen
     seen.add(storage.data_ptr())
     return tensor.clone() if shared else tensor
 
