@@ -103,7 +103,9 @@ class Attention(nn.Module):
             out = out.transpose(1, 2).reshape(feature_map_shape)
         if self.residual_connection:
             out = out + residual
-        return out / self.rescale_output_factor
+        if self.rescale_output_factor != 1.0:
+            out = out / self.rescale_output_factor
+        return out
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N, heads * d) -> (B, heads, N, d)."""

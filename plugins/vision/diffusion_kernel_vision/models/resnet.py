@@ -151,4 +151,7 @@ class ResnetBlock2D(nn.Module):
 
         if self.conv_shortcut is not None:
             input_tensor = self.conv_shortcut(input_tensor)
-        return (input_tensor + hidden_states) / self.output_scale_factor
+        output = input_tensor + hidden_states
+        if self.output_scale_factor != 1.0:  # x / 1.0 == x: skip a full pass over the map
+            output = output / self.output_scale_factor
+        return output
