@@ -250,9 +250,20 @@ class DiffusionPipeline(PushToHubMixin):
             raise PipelineError(f"{MODEL_INDEX} in {os.fspath(source)!r} names components "
                                 f"{bad}; component names must be Python identifiers")
         needed = [f for f in files if f.split("/")[0] in specs and f.split("/")[0] not in overrides]
+        if variant and not any(_variant_of(f) == variant for f in needed):
+            present = sorted({_variant_of(f) for f in needed if f.endswith(_WEIGHT_SUFFIXES)}
+                             - {None})
+            raise PipelineError(f"no component of {os.fspath(source)!r} has weights for variant "
+                                f"{variant!r} (variants present: {present or 'none'}); drop "
+                                f"variant= or pass one of those")
         root = fetch(source, [MODEL_INDEX, *select_files(needed, variant, allow_pickle)], **hub)
 
         expected = pipeline_cls._expected_components()
+        # Plain values beside the components ("requires_safety_checker": true) are constructor
+        # arguments, as in diffusers; keyword arguments win over them.
+        params = pipeline_cls._init_parameters()
+        overrides = {**{k: v for k, v in specs.items() if k in params and k not in expected
+                        and not isinstance(v, list | tuple)}, **overrides}
         components: dict[str, Any] = {}
         names = [n for n in specs if n in overrides or n in expected or not expected]
         from tqdm.auto import tqdm
@@ -329,9 +340,10 @@ def _load_component(name: str, spec: Any, root: Path, torch_dtype, variant, allo
         raise PipelineError(f"component {name!r}: cannot load [{library!r}, {class_name!r}]: "
                             f"{exc}{hint}") from None
     component_cls = entry.load()
-    if entry.kind == "models":
-        return component_cls.from_pretrained(folder, torch_dtype=torch_dtype, variant=variant,
-                                             allow_pickle=allow_pickle)
+    if entry.kind == "models":  # a component without the variant loads its plain weights
+        return component_cls.from_pretrained(folder, torch_dtype=torch_dtype,
+                                             variant=variant if _has_variant(folder, variant)
+                                             else None, allow_pickle=allow_pickle)
     return component_cls.from_pretrained(folder)
 
 
@@ -350,7 +362,7 @@ def _load_transformers(class_name: str, folder: Path, torch_dtype, variant) -> A
         kwargs["use_safetensors"] = True
         if torch_dtype is not None:
             kwargs["dtype"] = torch_dtype
-        if variant and any(f".{variant}." in p.name for p in folder.iterdir()):
+        if _has_variant(folder, variant):
             kwargs["variant"] = variant
     return component_cls.from_pretrained(folder, **kwargs)
 
@@ -376,6 +388,10 @@ def _variant_of(path: str) -> str | None:
     if len(parts) < 2:
         return None
     return re.sub(r"-\d{5}-of-\d{5}$", "", parts[-1])
+
+
+def _has_variant(folder: Path, variant: str | None) -> bool:
+    return bool(variant) and any(_variant_of(p.name) == variant for p in folder.iterdir())
 
 
 def _pick_weights(weights: list[str], variant: str | None, allow_pickle: bool) -> list[str]:
