@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from diffusion_kernel.configuration import config_parameters
 from diffusion_kernel.errors import ConfigError, SchedulerError
 from diffusion_kernel.scheduling import SchedulerMixin, SchedulerOutput, check_option
 
@@ -150,25 +151,25 @@ class MultistepScheduler(SchedulerMixin):
         c, owner = self.config, type(self).__name__
         self._owner = owner
         check_option("prediction_type", c.prediction_type, tuple(prediction_types), owner)
-        check_option("timestep_spacing", getattr(c, "timestep_spacing", "linspace"),
+        check_option("timestep_spacing", self._option("timestep_spacing", "linspace"),
                      TIMESTEP_SPACINGS, owner)
-        check_option("final_sigmas_type", getattr(c, "final_sigmas_type", "sigma_min"),
+        check_option("final_sigmas_type", self._option("final_sigmas_type", "sigma_min"),
                      FINAL_SIGMAS_TYPES, owner)
         if int(c.solver_order) not in (1, 2, 3):
             raise ConfigError(f"{owner}: solver_order must be 1, 2 or 3, got {c.solver_order!r}")
         self._sigma_kind = sigma_kind(c.use_karras_sigmas, c.use_exponential_sigmas,
-                                      getattr(c, "use_beta_sigmas", False), owner)
-        if getattr(c, "use_lu_lambdas", False):
+                                      self._option("use_beta_sigmas", False), owner)
+        if self._option("use_lu_lambdas", False):
             if self._sigma_kind != "default":
                 raise ConfigError(f"{owner}: use_lu_lambdas cannot be combined with "
                                   f"use_karras_sigmas or use_exponential_sigmas; set one of them")
             self._sigma_kind = "lu"
         for flag, what in (("use_flow_sigmas", "flow-matching sigmas"),
                            ("use_dynamic_shifting", "dynamic timestep shifting")):
-            if getattr(c, flag, False):
+            if self._option(flag, False):
                 raise ConfigError(f"{owner}: {flag} ({what}) is not supported by this "
                                   f"implementation; set {flag}=False")
-        rescale = getattr(c, "rescale_betas_zero_snr", False)
+        rescale = self._option("rescale_betas_zero_snr", False)
         self.betas = betas_for(c.beta_schedule, c.num_train_timesteps, c.beta_start, c.beta_end,
                                c.trained_betas, rescale, owner)
         self.alphas_cumprod = alphas_cumprod_for(self.betas, rescale)
@@ -180,6 +181,13 @@ class MultistepScheduler(SchedulerMixin):
         self.timesteps = None
         self.num_inference_steps = None
         self.sigmas = None
+
+    def _option(self, name: str, default: Any) -> Any:
+        """A config value this class takes, else ``default``. Keys kept from another scheduler's
+        config (a swap) are in the config too, but are not this solver's options."""
+        if name in config_parameters(type(self)):
+            return self.config[name]
+        return default
 
     def _reset_run(self) -> None:
         self._history: list[torch.Tensor] = []
@@ -268,7 +276,7 @@ class MultistepScheduler(SchedulerMixin):
     def _default_timesteps(self, n: int) -> np.ndarray:
         c = self.config
         return solver_timesteps(c.timestep_spacing, n, c.num_train_timesteps,
-                                getattr(c, "steps_offset", 0), owner=type(self).__name__)
+                                self._option("steps_offset", 0), owner=type(self).__name__)
 
     def _run_sigmas(self, timesteps: np.ndarray, n: int, custom: bool):
         """(sigmas, timesteps) of the run without the final sigma."""
@@ -276,14 +284,13 @@ class MultistepScheduler(SchedulerMixin):
         kind = self._sigma_kind
         if kind == "default":
             return np.interp(timesteps, np.arange(len(train)), train), timesteps
-        c = self.config
         if kind == "lu":
             # uniform steps in lambda = -log sigma over the training range (Lu et al. 2022,
             # sec. 3.3): the exponential discretisation of sigma
             sigmas = exponential_sigmas(float(train[0]), float(train[-1]), n)
         else:
-            sigmas = discretise(train[::-1].copy(), kind, n, getattr(c, "sigma_min", None),
-                                getattr(c, "sigma_max", None))
+            sigmas = discretise(train[::-1].copy(), kind, n, self._option("sigma_min", None),
+                                self._option("sigma_max", None))
         t = sigma_to_t(sigmas, np.log(train))
         if self._rounds_timesteps(kind):
             t = t.round()
@@ -295,7 +302,7 @@ class MultistepScheduler(SchedulerMixin):
         return kind == "karras"
 
     def _final_sigma(self, sigmas: np.ndarray) -> float:
-        final = getattr(self.config, "final_sigmas_type", "sigma_min")
+        final = self._option("final_sigmas_type", "sigma_min")
         if final == "zero":
             return 0.0
         if self._repeat_last_sigma_when_discretised and self._sigma_kind != "default":
@@ -310,7 +317,7 @@ class MultistepScheduler(SchedulerMixin):
         """Checks shared by every ``step``; returns the model output (learned variance dropped)
         and the step index."""
         self._require_timesteps()
-        if getattr(self.config, "variance_type", None) in ("learned", "learned_range") and \
+        if self._option("variance_type", None) in ("learned", "learned_range") and \
                 model_output.shape[1] == 2 * sample.shape[1]:
             model_output = model_output[:, : sample.shape[1]]  # drop the variance channels
         self._check_model_output(model_output, sample)
