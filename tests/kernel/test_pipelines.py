@@ -1,5 +1,5 @@
 """The pipeline base: model_index.json in the diffusers format, components through the registry
-or transformers, overrides, dtype and variants, atomic saves, progress bars and step-end callbacks."""
+or transformers, overrides, dtype and variants, atomic saves, progress bars, step-end callbacks."""
 
 from __future__ import annotations
 
