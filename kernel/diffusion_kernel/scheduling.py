@@ -145,4 +145,5 @@ def scheduler_from_name(name: str, config: Mapping[str, Any] | None = None, **ov
 
     cls = registry.schedulers.get(name)
     preset = dict(registry.schedulers.preset(name))
-    return cls.from_config(dict(config or {}), **{**preset, **overrides})
+    # Passed as is: a FrozenConfig names its owner class, so that class's keys are not warned about.
+    return cls.from_config(config or {}, **{**preset, **overrides})
