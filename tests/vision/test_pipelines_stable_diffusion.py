@@ -8,12 +8,12 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-
 from diffusion_kernel.errors import PipelineError
 from diffusion_kernel.pipelines import DiffusionPipeline
 from diffusion_kernel_vision.pipelines.stable_diffusion import StableDiffusionPipeline
 
 from . import tiny
+from .tiny import single_thread  # noqa: F401
 
 TOL = 1e-4
 SCHEDULERS = [

@@ -14,11 +14,22 @@ import string
 import tempfile
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(tempfile.mkdtemp(prefix="dk-vision-tiny-"))
 REFERENCE_FALLBACKS: set[str] = set()
 MAX_TOKENS = 16
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    """Tiny models run fastest on one thread, above all on a shared, loaded machine (several
+    threads contend and a 0.15 s call takes seconds). Import this fixture into a test module."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def write_tiny_clip_tokenizer(folder: Path) -> Path:
