@@ -123,7 +123,7 @@ class DEISMultistepScheduler(MultistepScheduler):
         return torch.add(sample, x0, alpha=-float(self.alpha[i])).div_(float(self.sigma_t[i]))
 
     def step(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor,
-             return_dict: bool = True, **unused: Any):
+             return_dict: bool = True):
         """One DEIS step from ``timestep`` to the next run timestep. Returns
         ``SchedulerOutput`` with ``prev_sample``."""
         model_output, i = self._begin_step(model_output, timestep, sample)

@@ -224,14 +224,17 @@ class MultistepScheduler(SchedulerMixin):
     # ------------------------------------------------------------------------------ the run
     def set_timesteps(self, num_inference_steps: int | None = None,
                       device: str | torch.device | None = None,
-                      timesteps: Sequence[int] | None = None, **unused: Any) -> None:
+                      timesteps: Sequence[int] | None = None, sigmas: Any = None,
+                      mu: float | None = None) -> None:
         """Prepare a run of ``num_inference_steps`` (or of the given descending ``timesteps``):
         fills ``timesteps`` and ``sigmas``, precomputes every step's coefficients and clears the
-        solver's history (calling it again starts a fresh run)."""
+        solver's history (calling it again starts a fresh run). Custom ``sigmas`` and ``mu``
+        (dynamic shifting of flow-matching sigmas) are not supported."""
         owner = type(self).__name__
-        if unused.get("sigmas") is not None:
-            raise SchedulerError(f"{owner}.set_timesteps: custom sigmas are not supported; pass "
-                                 f"num_inference_steps or timesteps")
+        if sigmas is not None or mu is not None:
+            raise SchedulerError(f"{owner}.set_timesteps: custom sigmas and mu (flow-matching "
+                                 f"shifts) are not supported; pass num_inference_steps or "
+                                 f"timesteps")
         if (num_inference_steps is None) == (timesteps is None):
             raise SchedulerError(f"{owner}.set_timesteps: pass exactly one of "
                                  f"num_inference_steps or timesteps")

@@ -172,7 +172,7 @@ class UniPCMultistepScheduler(MultistepScheduler):
         return self.noise_prediction(model_output, sample, i)
 
     def step(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor,
-             return_dict: bool = True, **unused: Any):
+             return_dict: bool = True):
         """Correct the sample with this model output (UniC), then predict the next one (UniP).
         Returns ``SchedulerOutput`` with ``prev_sample``."""
         model_output, i = self._begin_step(model_output, timestep, sample)
