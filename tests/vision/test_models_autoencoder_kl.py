@@ -166,3 +166,13 @@ def test_config_without_the_checkpoints_quant_conv_raises_checkpoint_error(tmp_p
     _reference_checkpoint(VAE_TINY, tmp_path)
     with pytest.raises(CheckpointError, match="unexpected keys: .*quant_conv"):
         AutoencoderKL.from_pretrained(tmp_path, use_quant_conv=False)
+
+
+def test_full_size_stable_diffusion_vae_keys_and_shapes_equal_reference():
+    config = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, sample_size=512,
+                  down_block_types=("DownEncoderBlock2D",) * 4,
+                  up_block_types=("UpDecoderBlock2D",) * 4)
+    with torch.device("meta"):
+        reference, ours = ReferenceVAE(**config), AutoencoderKL(**config)
+    assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == \
+        {k: tuple(v.shape) for k, v in reference.state_dict().items()}
