@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import learned_variance_model
+from conftest import assert_parity, diffusers_scheduler_class, learned_variance_model, run_loop
+from diffusion_kernel import registry
 
 RTOL = 1e-5
 STEPS = (7, 13)
@@ -159,3 +160,12 @@ def test_learned_variance_channels_are_dropped_like_diffusers(parity):
     ours, theirs = parity.run("DPMSolverMultistepScheduler", config, 7,
                               model=learned_variance_model)
     parity.check(ours, theirs, rtol=RTOL)
+
+
+def test_unipc_correcting_another_solvers_predictions_matches_diffusers():
+    """``solver_p``: DPM-Solver++ predicts, UniC corrects."""
+    ours = registry.schedulers.get("UniPCMultistepScheduler")(
+        solver_p=registry.schedulers.get("DPMSolverMultistepScheduler")())
+    theirs = diffusers_scheduler_class("UniPCMultistepScheduler")(
+        solver_p=diffusers_scheduler_class("DPMSolverMultistepScheduler")())
+    assert_parity(run_loop(ours, 13), run_loop(theirs, 13), rtol=RTOL)
