@@ -113,9 +113,7 @@ def sigmas_from_alphas_cumprod(alphas_cumprod: torch.Tensor) -> np.ndarray:
 def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) -> np.ndarray:
     """sigma_i = (sigma_max^(1/rho) + i/(n-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho
     (Karras et al. 2022, eq. 5), descending."""
-    ramp = np.linspace(0, 1, n)
-    min_inv_rho, max_inv_rho = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
-    return (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
+    return karras_sigmas_at(np.linspace(0, 1, n), sigma_min, sigma_max, rho)
 
 
 def exponential_sigmas(sigma_min: float, sigma_max: float, n: int) -> np.ndarray:
@@ -194,3 +192,10 @@ def exp_betas(num_train_timesteps: int, max_beta: float = 0.999) -> torch.Tensor
              for i in range(T)]
     return torch.tensor(betas, dtype=torch.float32)
 
+
+def karras_sigmas_at(ramp, sigma_min: float, sigma_max: float, rho: float = 7.0):
+    """Karras et al. 2022, eq. 5 at positions ``ramp`` in [0, 1] (0 -> sigma_max, 1 -> sigma_min):
+    (sigma_max^(1/rho) + ramp (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho. ``ramp`` may be a numpy
+    array or a tensor; the result has its type and dtype."""
+    min_inv_rho, max_inv_rho = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
