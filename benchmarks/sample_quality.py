@@ -20,12 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
-
 from diffusion_kernel.pipelines import DiffusionPipeline
 from diffusion_kernel.scheduling import scheduler_from_name
 from diffusion_kernel_vision.commands import SHIPPED_MODEL
 from diffusion_kernel_vision.datasets import load_digits
+from torch import nn
 
 SCHEDULERS = ["ddim", "euler", "heun", "dpm++2m", "dpm++3m", "unipc", "deis", "dpm++2m-karras",
               "euler-a", "lms", "pndm"]
@@ -93,7 +92,8 @@ def generate(pipe, scheduler_name, nfe, num, seed=0, batch=500):
         steps = max(1, nfe // getattr(pipe.scheduler, "order", 1))
     out = []
     for start in range(0, num, batch):
-        gens = [torch.Generator().manual_seed(seed + i) for i in range(start, min(num, start + batch))]
+        stop = min(num, start + batch)
+        gens = [torch.Generator().manual_seed(seed + i) for i in range(start, stop)]
         images = pipe(batch_size=len(gens), generator=gens, num_inference_steps=steps,
                       output_type="pt").images
         out.append(images)
@@ -118,7 +118,8 @@ def plot(results, floor, path):
     d = ImageDraw.Draw(img)
     values = [r["fd"] for rows in results.values() for r in rows.values()] + [floor]
     lo, hi = math.log10(max(min(values), 1e-3)), math.log10(max(values))
-    xs = {b: margin + i * (width - 2.5 * margin) / (len(BUDGETS) - 1) for i, b in enumerate(BUDGETS)}
+    span = (width - 2.5 * margin) / (len(BUDGETS) - 1)
+    xs = {b: margin + i * span for i, b in enumerate(BUDGETS)}
 
     def y(v):
         return height - margin - (math.log10(max(v, 1e-3)) - lo) / max(hi - lo, 1e-9) * (

@@ -8,7 +8,8 @@ Everything about the noise schedule comes from the scheduler passed in (its ``al
 from __future__ import annotations
 
 import copy
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 
@@ -178,8 +179,8 @@ def snr(scheduler: Any, timesteps: torch.Tensor) -> torch.Tensor:
 
 def min_snr_weights(scheduler: Any, timesteps: torch.Tensor, gamma: float = 5.0,
                     prediction_type: str | None = None) -> torch.Tensor:
-    """Per-sample loss weights of min-SNR-gamma (Hang et al. 2023, eq. 8), expressed for the
-    loss on each prediction type: epsilon min(SNR, g)/SNR, v min(SNR, g)/(SNR + 1), x0 min(SNR, g)."""
+    """Per-sample loss weights of min-SNR-gamma (Hang et al. 2023, eq. 8), expressed for the loss
+    on each prediction type: epsilon min(SNR, g)/SNR, v min(SNR, g)/(SNR + 1), x0 min(SNR, g)."""
     prediction_type = prediction_type or scheduler.config.prediction_type
     ratio = snr(scheduler, timesteps)
     clipped = torch.clamp(ratio, max=gamma)

@@ -1,4 +1,4 @@
-"""`diffusion-kernel train unconditional` end to end, on scikit-learn's digits at 8x8 (tiny UNet)."""
+"""`diffusion-kernel train unconditional` end to end, on scikit-learn's digits at 8x8."""
 
 import json
 import os
@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
-
-from diffusion_kernel import CheckpointError, ConfigError, FileAccessError, NotRegisteredError
+from diffusion_kernel import ConfigError, FileAccessError
 from diffusion_kernel.cli import main
 from diffusion_kernel.weights import SafetensorsFile
+from PIL import Image
 
 TINY = ["--data", "digits", "--resolution", "8", "--block-out-channels", "16,32",
         "--attention-levels", "1", "--norm-num-groups", "8", "--train-batch-size", "8",
@@ -23,17 +22,25 @@ def _train(out, *extra):
     assert main(["train", "unconditional", *TINY, "--output-dir", str(out), *extra]) == 0
 
 
+def _fails(capsys, args) -> str:
+    """Run the CLI expecting a user error: exit status 2 and the message on stderr."""
+    capsys.readouterr()
+    assert main(["train", "unconditional", *args]) == 2
+    return capsys.readouterr().err
+
+
 def _unet_weights(folder) -> dict[str, torch.Tensor]:
     with SafetensorsFile(Path(folder) / "unet" / "diffusion_pytorch_model.safetensors",
                          mmap_file=False) as f:
         return {k: t.clone() for k, t in f.items()}
 
 
-def _assert_same_weights(a, b, atol=0.0):
+def _assert_same_weights(a, b, atol=0.0, key_bias_atol=None):
     wa, wb = _unet_weights(a), _unet_weights(b)
     assert wa.keys() == wb.keys()
     for key in wa:
-        torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=atol, msg=key)
+        tol = key_bias_atol if key_bias_atol and key.endswith("to_k.bias") else atol
+        torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=tol, msg=key)
 
 
 def test_training_writes_a_pipeline_that_lowers_the_loss(tmp_path):
@@ -50,7 +57,6 @@ def test_training_writes_a_pipeline_that_lowers_the_loss(tmp_path):
 
 def test_the_saved_pipeline_loads_in_the_reference_and_samples_identically(tmp_path):
     from diffusers import DDPMPipeline as ReferencePipeline
-
     from diffusion_kernel import DiffusionPipeline
 
     _train(tmp_path / "run", "--max-steps", "2", "--checkpointing-steps", "0")
@@ -86,54 +92,57 @@ def test_two_processes_equal_one_process_on_the_whole_batch(tmp_path):
            "--checkpointing-steps", "0", "--no-ema"]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    _assert_same_weights(tmp_path / "one", tmp_path / "two", atol=1e-5)
+    # Softmax attention is invariant to the key bias, so its true gradient is zero; what reaches it
+    # is float round-off, which Adam rescales to full-size steps. Those differ by reduction order.
+    _assert_same_weights(tmp_path / "one", tmp_path / "two", atol=1e-5, key_bias_atol=2e-4)
 
 
-def test_resume_from_a_missing_checkpoint_is_a_clear_error(tmp_path):
-    with pytest.raises(FileAccessError, match="no checkpoints"):
-        _train(tmp_path / "run", "--max-steps", "2", "--resume", "latest")
-    with pytest.raises(FileAccessError, match="not a checkpoint folder"):
-        _train(tmp_path / "run", "--max-steps", "2", "--resume", str(tmp_path / "nowhere"))
-    assert not (tmp_path / "run" / "model_index.json").exists()
+def test_resume_from_a_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
+    out = ["--output-dir", str(tmp_path / "run"), "--max-steps", "2"]
+    assert "no checkpoints" in _fails(capsys, [*TINY, *out, "--resume", "latest"])
+    err = _fails(capsys, [*TINY, *out, "--resume", str(tmp_path / "nowhere")])
+    assert "not a checkpoint folder" in err
+    assert not (tmp_path / "run").exists()
 
 
-def test_resume_from_a_corrupt_checkpoint_is_a_clear_error(tmp_path):
+def test_resume_from_a_corrupt_checkpoint_is_a_clear_error(tmp_path, capsys):
     _train(tmp_path / "run", "--max-steps", "2", "--checkpointing-steps", "2")
     checkpoint = tmp_path / "run" / "checkpoints" / "step-2"
     for f in checkpoint.iterdir():
         if f.suffix == ".safetensors":
             f.write_bytes(f.read_bytes()[:100])
     before = (tmp_path / "run" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
-    with pytest.raises(CheckpointError, match="step-2"):
-        _train(tmp_path / "run", "--max-steps", "4", "--resume", "latest")
+    err = _fails(capsys, [*TINY, "--output-dir", str(tmp_path / "run"), "--max-steps", "4",
+                          "--resume", "latest"])
+    assert "step-2" in err and "corrupt" in err
     after = (tmp_path / "run" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
     assert before == after  # the finished pipeline of the first run is untouched
 
 
-def test_an_empty_image_folder_is_a_clear_error(tmp_path):
+def test_an_empty_image_folder_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileAccessError, match="no images"):
-        main(["train", "unconditional", "--data", str(tmp_path / "empty"),
-              "--output-dir", str(tmp_path / "out")])
+    err = _fails(capsys, ["--data", str(tmp_path / "empty"), "--output-dir", str(tmp_path / "out")])
+    assert "no images" in err
     assert not (tmp_path / "out").exists()
 
 
 def test_an_unreadable_image_is_named(tmp_path):
+    from diffusion_kernel_vision.datasets import load_image_folder
+
     (tmp_path / "imgs").mkdir()
     (tmp_path / "imgs" / "broken.png").write_bytes(b"not a png")
     with pytest.raises(FileAccessError, match="broken.png"):
-        main(["train", "unconditional", "--data", str(tmp_path / "imgs"),
-              "--output-dir", str(tmp_path / "out")])
+        load_image_folder(tmp_path / "imgs")
 
 
-def test_images_of_mixed_sizes_or_modes_are_refused_unless_unified(tmp_path):
+def test_images_of_mixed_sizes_or_modes_are_refused_unless_unified(tmp_path, capsys):
     folder = tmp_path / "imgs"
     folder.mkdir()
     Image.new("RGB", (8, 8), "red").save(folder / "a.png")
     Image.new("RGB", (10, 10), "blue").save(folder / "b.png")
     Image.new("L", (8, 8), 100).save(folder / "c.png")
-    with pytest.raises(ConfigError, match="different sizes.*--resolution"):
-        main(["train", "unconditional", "--data", str(folder), "--output-dir", str(tmp_path / "o")])
+    err = _fails(capsys, ["--data", str(folder), "--output-dir", str(tmp_path / "o")])
+    assert "different sizes" in err and "--resolution" in err
     from diffusion_kernel_vision.datasets import load_image_folder
 
     with pytest.raises(ConfigError, match="different modes.*--mode"):
@@ -143,7 +152,8 @@ def test_images_of_mixed_sizes_or_modes_are_refused_unless_unified(tmp_path):
     assert images.min() >= -1 and images.max() <= 1
 
 
-def test_an_unknown_sample_scheduler_fails_before_training(tmp_path):
-    with pytest.raises(NotRegisteredError, match="Did you mean"):
-        _train(tmp_path / "run", "--max-steps", "2", "--sample-scheduler", "eulr")
+def test_an_unknown_sample_scheduler_fails_before_training(tmp_path, capsys):
+    err = _fails(capsys, [*TINY, "--output-dir", str(tmp_path / "run"), "--max-steps", "2",
+                          "--sample-scheduler", "eulr"])
+    assert "Did you mean" in err and "euler" in err
     assert not (tmp_path / "run").exists()

@@ -4,7 +4,6 @@ import pytest
 import torch
 from diffusers.training_utils import EMAModel as ReferenceEMA
 from diffusers.training_utils import compute_snr
-
 from diffusion_kernel import ConfigError, registry
 from diffusion_kernel.training import (
     EMAModel,

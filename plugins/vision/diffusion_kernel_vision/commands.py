@@ -77,7 +77,6 @@ def run_train_unconditional(args: argparse.Namespace) -> int:
 
 def run_generate(args: argparse.Namespace) -> int:
     import torch
-
     from diffusion_kernel.errors import ConfigError, FileAccessError
     from diffusion_kernel.pipelines import DiffusionPipeline
     from diffusion_kernel.scheduling import scheduler_from_name

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from diffusion_kernel.errors import ConfigError, FileAccessError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -85,7 +84,8 @@ def _resize_and_crop(image, resolution: int):
     from PIL import Image
 
     scale = resolution / min(image.size)
-    size = (max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale)))
+    size = (max(resolution, round(image.width * scale)),
+            max(resolution, round(image.height * scale)))
     image = image.resize(size, Image.Resampling.BICUBIC)
     left, top = (image.width - resolution) // 2, (image.height - resolution) // 2
     return image.crop((left, top, left + resolution, top + resolution))

@@ -19,7 +19,8 @@ def make_grid(images: list, columns: int | None = None, padding: int = 2):
                                       rows * (height + padding) + padding))
     for i, image in enumerate(images):
         row, column = divmod(i, columns)
-        grid.paste(image, (padding + column * (width + padding), padding + row * (height + padding)))
+        x, y = padding + column * (width + padding), padding + row * (height + padding)
+        grid.paste(image, (x, y))
     return grid
 
 

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
 from diffusion_kernel import registry
 from diffusion_kernel.errors import CheckpointError, ConfigError, FileAccessError
 from diffusion_kernel.hub import atomic_write_text
@@ -77,7 +76,7 @@ class TrainConfig:
             raise ConfigError("--gradient-accumulation-steps must be positive")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ConfigError(f"--mixed-precision {self.mixed_precision!r}: choose no, fp16, bf16")
-        if len(self.attention_levels) and max(self.attention_levels) >= len(self.block_out_channels):
+        if any(level >= len(self.block_out_channels) for level in self.attention_levels):
             raise ConfigError("--attention-levels must index --block-out-channels")
 
     def unet_config(self, channels: int, resolution: int) -> dict:
@@ -129,8 +128,8 @@ def _resolve_resume(cfg: TrainConfig) -> Path | None:
     if cfg.resume == "latest":
         found = list_checkpoints(Path(cfg.output_dir))
         if not found:
-            raise FileAccessError(f"--resume latest: no checkpoints in {cfg.output_dir}/checkpoints;"
-                                  f" start without --resume")
+            raise FileAccessError(f"--resume latest: no checkpoints in "
+                                  f"{cfg.output_dir}/checkpoints; start without --resume")
         return found[-1]
     path = Path(cfg.resume)
     if not (path / STATE_FILE).is_file():
