@@ -149,7 +149,7 @@ class VaeImageProcessor(ProcessorMixin):
                 batch = [self.numpy_to_pt(a if a.ndim == 4 else a[None]) for a in images]
             else:
                 batch = [t if t.ndim == 4 else t[None] for t in images]
-            tensor = torch.cat(batch, dim=0)
+            tensor = batch[0] if len(batch) == 1 else torch.cat(batch, dim=0)
             if tensor.shape[1] == self.config.vae_latent_channels:
                 return tensor  # latents already
             if self.config.do_resize:
