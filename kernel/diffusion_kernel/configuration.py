@@ -201,6 +201,10 @@ class ConfigMixin:
         if hidden and same_class:
             _warn_unknown(cls, hidden)
         _check_types(cls, params, init_kwargs)
+        required = [k for k, p in params.items() if p.default is p.empty and k not in init_kwargs]
+        if required:
+            raise ConfigError(f"{cls.__name__} needs config fields {required}, which the config "
+                              f"lacks; add them to the config or pass them as keyword arguments")
         obj = cls.__new__(cls)
         object.__setattr__(obj, "_pending_hidden_config", hidden)
         obj.__init__(**{k: _thaw_for_init(v) for k, v in init_kwargs.items()})

@@ -14,6 +14,7 @@ import os
 import sys
 import threading
 import traceback
+import warnings
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
@@ -74,15 +75,24 @@ class PluginManager:
         return name.lower() in allowed or (distribution or "").lower() in allowed
 
     def _load_entry_points(self) -> None:
-        eps = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name)
+        def dist_name(ep) -> str | None:
+            return ep.dist.metadata["Name"] if getattr(ep, "dist", None) is not None else None
+
+        # Sorted by plugin name, then distribution name: the order never depends on sys.path.
+        eps = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP),
+                     key=lambda ep: (ep.name, dist_name(ep) or ""))
         for ep in eps:
-            dist = getattr(ep, "dist", None)
-            dist_name = dist.metadata["Name"] if dist is not None else None
-            info = PluginInfo(ep.name, dist_name, dist.version if dist is not None else None)
-            if ep.name in self.plugins:
-                continue  # the same distribution seen twice on sys.path: the first one wins
+            info = PluginInfo(ep.name, dist_name(ep), ep.dist.version if ep.dist else None)
+            if ep.name in self.plugins:  # two distributions, one plugin name
+                warnings.warn(
+                    f"plugin name {ep.name!r} is claimed by distributions "
+                    f"{self.plugins[ep.name].distribution!r} and {info.distribution!r}; keeping "
+                    f"{self.plugins[ep.name].distribution!r}. Uninstall one of them.",
+                    stacklevel=2,
+                )
+                continue
             self.plugins[ep.name] = info
-            if not self._allowed(ep.name, dist_name):
+            if not self._allowed(ep.name, info.distribution):
                 info.status = "disabled"
                 info.error = f"not in {ALLOWLIST_ENV}"
                 continue
@@ -110,6 +120,10 @@ class PluginManager:
         """Register an in-process plugin object (tests, notebooks) and add its classes."""
         with self._lock:
             self.ensure_loaded()
+            if name in self.plugins or self.pm.is_registered(plugin):
+                raise PluginError(f"a plugin named {name!r} (or this very object) is already "
+                                  f"registered; call unregister_plugin({name!r}) first or pick "
+                                  f"another name")
             self.pm.register(plugin, name=name)
             self.plugins[name] = PluginInfo(name, None, None)
             self._fill_from(name)
