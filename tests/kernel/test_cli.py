@@ -59,6 +59,19 @@ def test_info_of_an_unknown_name_fails_with_suggestions(toys, capsys):
     assert "Did you mean: ToyScheduler" in captured.err
 
 
+def test_info_of_a_broken_lazy_target_reports_the_plugin_error(register_plugin, capsys):
+    class Broken:
+        @hookimpl
+        def register_models(self, register):
+            register("no_such_module_abc:Ghost")
+
+    register_plugin(Broken(), "ghostly")
+    assert main(["info", "Ghost"]) == 2
+    err = capsys.readouterr().err
+    assert "model 'Ghost' is registered by plugin 'ghostly'" in err
+    assert "ModuleNotFoundError" in err
+
+
 def test_no_command_prints_help(capsys):
     assert main([]) == 0
     assert "usage: diffusion-kernel" in capsys.readouterr().out

@@ -171,6 +171,16 @@ def test_unknown_keys_are_kept_warned_once_and_saved_again(tmp_path):
     assert json.loads((tmp_path / "widget_config.json").read_text())["shiny"] is True
 
 
+def test_a_missing_required_field_is_named():
+    class Needy(ConfigMixin):
+        def __init__(self, channels: int, depth: int = 2):
+            pass
+
+    with pytest.raises(ConfigError, match=r"Needy needs config fields \['channels'\]"):
+        Needy.from_config({"depth": 3})
+    assert Needy.from_config({"depth": 3}, channels=4).config.channels == 4
+
+
 def test_private_keys_are_dropped_without_warning(no_warnings):
     w = Widget.from_config({"_class_name": "Widget", "_diffusers_version": "0.1", "_x": 1})
     assert not any(k.startswith("_") for k in w.config)

@@ -4,6 +4,8 @@ plugins, and deterministic name conflicts between installed distributions."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from kernel_helpers import last_json, make_distribution, run_python
 
@@ -163,6 +165,34 @@ def test_name_conflict_between_distributions_is_deterministic_and_warned(tmp_pat
         assert len(warned) == 1
         assert "'ClashScheduler' is claimed by plugin 'alpha' and by plugin 'zeta'" in warned[0]
         assert "keeping 'alpha'" in warned[0]
+
+
+def test_one_plugin_name_in_two_distributions_keeps_one_and_warns(tmp_path):
+    # Whatever the order on sys.path, the distribution with the smaller name wins.
+    for dist, first in (("dist-b", "b"), ("dist-a", "a")):
+        site = tmp_path / first
+        make_distribution(site, dist, "dup", f"dup_{first}", f'''
+            from diffusion_kernel import hookimpl
+            @hookimpl
+            def register_models(register):
+                register("x:Model{first.upper()}")
+        ''')
+    code = """
+        import json, warnings
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            from diffusion_kernel import plugin_manager, registry
+            names = registry.models.names()
+        print(json.dumps([names, plugin_manager.plugins["dup"].distribution,
+                          [str(w.message) for w in caught]]))
+    """
+    for order in (["a", "b"], ["b", "a"]):
+        path = os.pathsep.join(str(tmp_path / o) for o in order)
+        names, dist, warned = last_json(run_python(code, None, PYTHONPATH=path,
+                                                   DIFFUSION_KERNEL_PLUGINS="dup").stdout)
+        assert (names, dist) == (["ModelA"], "dist-a")
+        assert warned == ["plugin name 'dup' is claimed by distributions 'dist-a' and 'dist-b'; "
+                          "keeping 'dist-a'. Uninstall one of them."]
 
 
 def test_console_script_lists_plugins_with_status(site):

@@ -217,6 +217,16 @@ def test_unregister_plugin_removes_its_names(register_plugin):
     assert "temp" not in plugin_manager.plugins
 
 
+def test_registering_a_taken_plugin_name_raises_plugin_error(register_plugin, toys):
+    import kernel_toys
+
+    with pytest.raises(PluginError, match="a plugin named 'toys' .* is already registered"):
+        plugin_manager.register_plugin(kernel_toys.ToyPlugin(), "toys")
+    with pytest.raises(PluginError, match="already registered"):
+        plugin_manager.register_plugin(kernel_toys.ToyPlugin(), "schedulers")  # installed one
+    assert registry.models.get("ToyModel") is kernel_toys.ToyModel
+
+
 def test_plugin_info_records_what_each_plugin_registered(toys):
     info = plugin_manager.plugins["toys"]
     assert info.status == "loaded"
