@@ -38,7 +38,8 @@ def ref():
 
 @pytest.fixture(autouse=True)
 def _fresh_schedulers(ours, ref):
-    ours.scheduler, ref.scheduler = tiny.scheduler_pair("DDIMScheduler", ref.scheduler.config)
+    ours.scheduler, ref.scheduler = tiny.scheduler_pair(
+        "DDIMScheduler", tiny.scheduler_config(tiny.stable_diffusion_folder()))
 
 
 def run(pipe, prompt="a cat", **kwargs):
@@ -54,7 +55,8 @@ def run(pipe, prompt="a cat", **kwargs):
     ("EulerAncestralDiscreteScheduler", {}),
 ], ids=["DDIM", "Euler", "DPM++", "EulerAncestral"])
 def test_images_match_reference_for_scheduler(ours, ref, name, options):
-    ours.scheduler, ref.scheduler = tiny.scheduler_pair(name, ref.scheduler.config, **options)
+    ours.scheduler, ref.scheduler = tiny.scheduler_pair(
+        name, tiny.scheduler_config(tiny.stable_diffusion_folder()), **options)
     mine, theirs = run(ours), run(ref)
     assert mine.shape == (1, 32, 32, 3)
     np.testing.assert_allclose(mine, theirs, atol=TOL)

@@ -49,7 +49,8 @@ def ref(folder):
 @pytest.fixture(autouse=True)
 def _fresh_schedulers(ours, ref):
     """Each test starts from the checkpoint's DDIM scheduler."""
-    ours.scheduler, ref.scheduler = tiny.scheduler_pair("DDIMScheduler", ref.scheduler.config)
+    ours.scheduler, ref.scheduler = tiny.scheduler_pair(
+        "DDIMScheduler", tiny.scheduler_config(tiny.stable_diffusion_folder()))
 
 
 def run(pipe, prompt="a cat", **kwargs):
@@ -59,7 +60,8 @@ def run(pipe, prompt="a cat", **kwargs):
 
 @pytest.mark.parametrize("name,options", SCHEDULERS, ids=[s[0] for s in SCHEDULERS])
 def test_images_match_reference_for_scheduler(ours, ref, name, options):
-    ours.scheduler, ref.scheduler = tiny.scheduler_pair(name, ref.scheduler.config, **options)
+    ours.scheduler, ref.scheduler = tiny.scheduler_pair(
+        name, tiny.scheduler_config(tiny.stable_diffusion_folder()), **options)
     mine, theirs = run(ours), run(ref)
     assert mine.shape == (1, 32, 32, 3)
     assert mine.std() > 0.01  # a real image, not a constant
@@ -80,8 +82,8 @@ def test_generator_list_matches_reference(ours, ref):
 
 def test_per_image_generators_make_images_independent_of_the_batch(ours, ref):
     # A stochastic sampler, so the scheduler's own noise must follow the generators too.
-    ours.scheduler, _ = tiny.scheduler_pair("EulerAncestralDiscreteScheduler",
-                                            ref.scheduler.config)
+    ours.scheduler, _ = tiny.scheduler_pair(
+        "EulerAncestralDiscreteScheduler", tiny.scheduler_config(tiny.stable_diffusion_folder()))
     prompts, seeds = ["a cat", "the dog"], [11, 12, 13, 14]
     batch = run(ours, prompt=prompts, num_images_per_prompt=2, generator=seeded(*seeds))
     alone = [run(ours, prompt=prompts[k // 2], generator=[seeded(s)])[0]
@@ -226,3 +228,13 @@ def test_bad_arguments_raise_a_pipeline_error_naming_the_fix(ours, kwargs, messa
     prompt = kwargs.pop("prompt", "a cat")
     with pytest.raises(PipelineError, match=message):
         run(ours, prompt=prompt, **kwargs)
+
+
+def test_tests_run_on_our_own_models_and_schedulers(ours):
+    """The parity tests above compare OUR components with the reference (not the reference with
+    itself): only the text encoder and tokenizer come from transformers."""
+    libraries = {name: type(c).__module__.split(".")[0] for name, c in ours.components.items()
+                 if c is not None}
+    assert libraries == {"vae": "diffusion_kernel_vision", "unet": "diffusion_kernel_vision",
+                         "scheduler": "diffusion_kernel_schedulers",
+                         "text_encoder": "transformers", "tokenizer": "transformers"}

@@ -164,7 +164,7 @@ def _ours_available(class_name: str) -> bool:
     from diffusion_kernel import registry
 
     try:
-        registry.get(class_name)
+        registry.find(class_name).load()
     except Exception:  # not registered, or its module does not import yet
         return False
     return True
@@ -197,6 +197,11 @@ def load_reference(pipeline_name: str, folder: Path, **kwargs):
     return pipe
 
 
+def scheduler_config(folder: Path) -> dict:
+    """The scheduler config a checkpoint folder was saved with."""
+    return json.loads((Path(folder) / "scheduler" / "scheduler_config.json").read_text())
+
+
 def scheduler_pair(class_name: str, config, **overrides):
     """The same scheduler built by us (or the reference while ours is missing) and by the
     reference, from one config."""
@@ -206,7 +211,7 @@ def scheduler_pair(class_name: str, config, **overrides):
     if _ours_available(class_name):
         from diffusion_kernel import registry
 
-        ours = registry.get(class_name).from_config(dict(config), **overrides)
+        ours = registry.find(class_name).load().from_config(dict(config), **overrides)
     else:
         REFERENCE_FALLBACKS.add(class_name)
         ours = getattr(diffusers, class_name).from_config(dict(config), **overrides)

@@ -205,12 +205,12 @@ class StableDiffusionBase(DiffusionPipeline):
         the ``steps``; the scheduler is told where it begins (``set_begin_index``)."""
         skipped = steps - min(int(steps * strength), steps)
         begin = skipped * self.scheduler.order
-        if hasattr(self.scheduler, "set_begin_index"):
-            self.scheduler.set_begin_index(begin)
         timesteps = self.scheduler.timesteps[begin:]
         if len(timesteps) == 0:
             raise PipelineError(f"strength={strength} with {steps} inference steps leaves no "
                                 f"denoising step; raise strength or num_inference_steps")
+        if hasattr(self.scheduler, "set_begin_index"):
+            self.scheduler.set_begin_index(begin)
         return timesteps
 
     def encode_images(self, image: torch.Tensor, batch_size: int,
