@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import ConfigError
+from .errors import ConfigError, DiffusionKernelError
 
 # The version of the on-disk format we read and write (the diffusers layout).
 FORMAT_VERSION = "0.42.1"
@@ -207,7 +207,15 @@ class ConfigMixin:
                               f"lacks; add them to the config or pass them as keyword arguments")
         obj = cls.__new__(cls)
         object.__setattr__(obj, "_pending_hidden_config", hidden)
-        obj.__init__(**{k: _thaw_for_init(v) for k, v in init_kwargs.items()})
+        try:
+            obj.__init__(**{k: _thaw_for_init(v) for k, v in init_kwargs.items()})
+        except DiffusionKernelError:
+            raise
+        except Exception as exc:  # values of the right kind that the constructor cannot use
+            raise ConfigError(
+                f"{cls.__name__} cannot be built from this config ({type(exc).__name__}: {exc}); "
+                f"check the config values {sorted(init_kwargs)}"
+            ) from exc
         return obj
 
     # Files -------------------------------------------------------------------------------------
@@ -252,7 +260,7 @@ def read_json(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {exc}") from exc
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise ConfigError(
             f"config file {path} is not valid JSON ({exc}); fix or re-save it"
         ) from exc

@@ -328,7 +328,7 @@ def _load_component(name: str, spec: Any, root: Path, torch_dtype, variant, allo
     library, class_name = spec
     folder = root / name
     if library == "transformers":
-        return _load_transformers(class_name, folder, torch_dtype, variant)
+        return _load_transformers(class_name, folder, torch_dtype, variant, allow_pickle)
     from .plugins import registry
 
     try:
@@ -347,7 +347,7 @@ def _load_component(name: str, spec: Any, root: Path, torch_dtype, variant, allo
     return component_cls.from_pretrained(folder)
 
 
-def _load_transformers(class_name: str, folder: Path, torch_dtype, variant) -> Any:
+def _load_transformers(class_name: str, folder: Path, torch_dtype, variant, allow_pickle) -> Any:
     try:
         import transformers
     except ImportError as exc:
@@ -359,7 +359,7 @@ def _load_transformers(class_name: str, folder: Path, torch_dtype, variant) -> A
                             f"{transformers.__version__}); upgrade transformers")
     kwargs: dict[str, Any] = {}
     if issubclass(component_cls, transformers.PreTrainedModel):
-        kwargs["use_safetensors"] = True
+        kwargs["use_safetensors"] = None if allow_pickle else True  # None: safetensors first
         if torch_dtype is not None:
             kwargs["dtype"] = torch_dtype
         if _has_variant(folder, variant):

@@ -58,23 +58,30 @@ class SafetensorsFile:
                                 f"{self._size - 8} after the length field")
         try:
             header = json.loads(self._file.read(length))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise self._corrupt(f"its header is not valid JSON ({exc})") from None
         if not isinstance(header, dict):
             raise self._corrupt("its header is not a JSON object")
         metadata = header.pop("__metadata__", None) or {}
+        if not isinstance(metadata, dict):
+            raise self._corrupt("its __metadata__ is not a JSON object")
         data_start = 8 + length
         for name, info in header.items():
             self._check_entry(name, info, self._size - data_start)
         return header, metadata, data_start
 
     def _check_entry(self, name, info, data_size) -> None:
-        try:
-            dtype = DTYPES[info["dtype"]]
-            shape = [int(d) for d in info["shape"]]
-            begin, end = (int(v) for v in info["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise self._corrupt(f"its entry for {name!r} is malformed: {info!r}") from None
+        def ints(value) -> bool:
+            return isinstance(value, list) and all(
+                isinstance(v, int) and not isinstance(v, bool) for v in value)
+
+        if not (isinstance(info, dict) and info.get("dtype") in DTYPES and ints(info.get("shape"))
+                and ints(info.get("data_offsets")) and len(info["data_offsets"]) == 2):
+            raise self._corrupt(f"its entry for {name!r} is malformed (it needs a known dtype, "
+                                f"a shape and two data offsets, all integers): {info!r}")
+        dtype = DTYPES[info["dtype"]]
+        shape = info["shape"]
+        begin, end = info["data_offsets"]
         if any(d < 0 for d in shape) or not 0 <= begin <= end:
             raise self._corrupt(f"its entry for {name!r} has invalid shape or offsets: {info!r}")
         if end > data_size:
