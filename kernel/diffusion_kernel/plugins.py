@@ -188,8 +188,6 @@ class PluginManager:
                 obj = None
             else:
                 name = name or target.__name__
-                doc = (target.__doc__ or "").strip()
-                summary = summary or (doc.splitlines()[0] if doc else None)
                 obj = target
                 target = f"{target.__module__}:{target.__qualname__}"
             if isinstance(aliases, str):
