@@ -239,7 +239,8 @@ def _tiny_clip():
     torch.manual_seed(0)
     return CLIPTextModel(CLIPTextConfig(hidden_size=8, intermediate_size=16, num_hidden_layers=1,
                                         num_attention_heads=2, vocab_size=32,
-                                        max_position_embeddings=8))
+                                        max_position_embeddings=8, bos_token_id=0,
+                                        eos_token_id=1, pad_token_id=1))
 
 
 def test_transformers_component_loads_through_transformers(tmp_path, toys):
@@ -255,6 +256,18 @@ def test_transformers_component_loads_through_transformers(tmp_path, toys):
         expected = pipe.text_encoder(ids).last_hidden_state
         got = loaded.text_encoder.float()(ids).last_hidden_state
     torch.testing.assert_close(got, expected, rtol=2e-2, atol=2e-2)
+
+
+def test_pickle_only_transformers_component_loads_when_allowed(tmp_path, toys):
+    pipe = ToyTextPipeline(text_encoder=_tiny_clip(), unet=ToyModel(), scheduler=ToyScheduler())
+    pipe.save_pretrained(tmp_path)
+    os.remove(tmp_path / "text_encoder" / "model.safetensors")
+    torch.save(pipe.text_encoder.state_dict(), tmp_path / "text_encoder" / "pytorch_model.bin")
+    with pytest.raises(UnsafeCheckpointError, match="text_encoder has only pickle weights"):
+        ToyTextPipeline.from_pretrained(tmp_path)
+    loaded = ToyTextPipeline.from_pretrained(tmp_path, allow_pickle=True)
+    for key, value in pipe.text_encoder.state_dict().items():
+        torch.testing.assert_close(loaded.text_encoder.state_dict()[key], value)
 
 
 def test_unknown_transformers_class_says_to_upgrade(tmp_path, toys):
