@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import re
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -55,22 +56,39 @@ def parse_size(size: int | str) -> int:
     return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
 
 
+_ORIGINAL_REGISTER_PARAMETER = nn.Module.register_parameter
+_meta_lock = threading.Lock()
+_meta_loads = 0  # loads under way, in all threads: the patch is installed while any runs
+_meta_thread = threading.local()  # .depth: loads under way in this thread
+
+
+def _register_parameter_on_meta(module, name, param):
+    if getattr(_meta_thread, "depth", 0) and param is not None and param.device.type != "meta":
+        param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+    _ORIGINAL_REGISTER_PARAMETER(module, name, param)
+
+
 @contextlib.contextmanager
 def parameters_on_meta() -> Iterator[None]:
     """Create parameters on the meta device (no memory, no init); buffers stay real, because
-    non-persistent ones (not in the checkpoint) must be computed by the constructor."""
-    original = nn.Module.register_parameter
+    non-persistent ones (not in the checkpoint) must be computed by the constructor.
 
-    def register_parameter(module, name, param):
-        if param is not None and param.device.type != "meta":
-            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
-        original(module, name, param)
-
-    nn.Module.register_parameter = register_parameter
+    Only the calling thread is affected: a model built meanwhile in another thread gets real
+    parameters, and overlapping loads restore ``nn.Module.register_parameter`` when the last ends.
+    """
+    global _meta_loads
+    with _meta_lock:
+        _meta_loads += 1
+        nn.Module.register_parameter = _register_parameter_on_meta
+    _meta_thread.depth = getattr(_meta_thread, "depth", 0) + 1
     try:
         yield
     finally:
-        nn.Module.register_parameter = original
+        _meta_thread.depth -= 1
+        with _meta_lock:
+            _meta_loads -= 1
+            if _meta_loads == 0:
+                nn.Module.register_parameter = _ORIGINAL_REGISTER_PARAMETER
 
 
 class ModelMixin(nn.Module, ConfigMixin, PushToHubMixin):
