@@ -423,3 +423,44 @@ def test_num_parameters_and_deepcopy():
     assert model.num_parameters(trainable_only=True) == (3 + 3) + (3 * 2 + 2)
     clone = copy.deepcopy(model)
     assert clone.config == model.config and clone.proj_in.weight is not model.proj_in.weight
+
+
+# Concurrency ---------------------------------------------------------------------------------
+def test_loading_in_one_thread_does_not_put_other_threads_models_on_meta(saved, monkeypatch):
+    import threading
+
+    inside, release = threading.Event(), threading.Event()
+    real_init = nn.LayerNorm.__init__
+
+    def slow_init(self, *args, **kwargs):  # holds the loading thread inside the constructor
+        real_init(self, *args, **kwargs)
+        if threading.current_thread().name == "loader":
+            inside.set()
+            release.wait(10)
+
+    monkeypatch.setattr(nn.LayerNorm, "__init__", slow_init)
+    results = {}
+    load = lambda: results.update(loaded=ToyModel.from_pretrained(saved[1]))
+    loader = threading.Thread(name="loader", target=load)
+    loader.start()
+    assert inside.wait(10)
+    built_meanwhile = ToyModel()  # another thread builds a model while the load is under way
+    release.set()
+    loader.join(10)
+    assert built_meanwhile.built_on == "cpu"
+    assert all(p.device.type == "cpu" for p in built_meanwhile.parameters())
+    assert results["loaded"].built_on == "meta"
+
+
+def test_overlapping_loads_leave_parameter_registration_as_it_was(saved):
+    import threading
+
+    original = nn.Module.register_parameter
+    threads = [threading.Thread(target=ToyModel.from_pretrained, args=(saved[1],))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert nn.Module.register_parameter is original
+    assert ToyModel().built_on == "cpu"
