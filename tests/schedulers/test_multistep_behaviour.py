@@ -32,7 +32,8 @@ def test_step_before_set_timesteps_raises_scheduler_error(name):
     ("DPMSolverMultistepScheduler", "solver_type", "rk4"),
     ("DPMSolverMultistepScheduler", "timestep_spacing", "uniform"),
     ("DPMSolverMultistepScheduler", "final_sigmas_type", "none"),
-    ("DPMSolverMultistepScheduler", "prediction_type", "flow_prediction"),
+    ("DPMSolverMultistepScheduler", "prediction_type", "velocity"),
+    ("UniPCMultistepScheduler", "time_shift_type", "cosine"),
     ("DPMSolverMultistepScheduler", "beta_schedule", "cubic"),
     ("DPMSolverMultistepScheduler", "variance_type", "fixed"),
     ("DPMSolverSinglestepScheduler", "algorithm_type", "sde-dpmsolver"),
@@ -52,12 +53,20 @@ def test_unknown_option_value_raises_config_error_listing_the_valid_ones(name, o
      "no third-order update"),
     ({"use_karras_sigmas": True, "use_exponential_sigmas": True}, "mutually exclusive"),
     ({"use_karras_sigmas": True, "use_lu_lambdas": True}, "use_lu_lambdas cannot be combined"),
-    ({"use_flow_sigmas": True}, "use_flow_sigmas"),
     ({"use_beta_sigmas": True}, "use_beta_sigmas"),
+    ({"use_flow_sigmas": True, "use_karras_sigmas": True}, "cannot be combined with karras"),
+    ({"use_dynamic_shifting": True}, "set use_flow_sigmas=True"),
+    ({"prediction_type": "flow_prediction", "algorithm_type": "dpmsolver",
+      "final_sigmas_type": "sigma_min"}, "needs the data-prediction form"),
 ])
 def test_contradictory_or_unsupported_config_raises_config_error(config, message):
     with pytest.raises(ConfigError, match=message):
         make("DPMSolverMultistepScheduler", **config)
+
+
+def test_unipc_shift_terminal_needs_flow_sigmas():
+    with pytest.raises(ConfigError, match="shift_terminal is only supported"):
+        make("UniPCMultistepScheduler", shift_terminal=0.1)
 
 
 def test_unipc_noise_prediction_cannot_end_at_sigma_zero():
@@ -79,6 +88,19 @@ def test_set_timesteps_needs_exactly_one_of_steps_or_timesteps(name):
         make(name).set_timesteps()
     with pytest.raises(SchedulerError, match="exactly one"):
         make(name).set_timesteps(5, timesteps=[900, 500, 100])
+
+
+@pytest.mark.parametrize("config,kwargs,message", [
+    ({}, {"num_inference_steps": 5, "mu": 0.5}, "mu is needed exactly when"),
+    ({"use_flow_sigmas": True, "use_dynamic_shifting": True}, {"num_inference_steps": 5},
+     "mu is needed exactly when"),
+    ({}, {"sigmas": [0.9, 0.5]}, "custom sigmas need use_flow_sigmas=True"),
+    ({"use_flow_sigmas": True}, {"timesteps": [900, 500]}, "takes custom sigmas, not timesteps"),
+    ({"use_flow_sigmas": True}, {"sigmas": [0.9, 1.5]}, r"values in \(0, 1\]"),
+])
+def test_flow_matching_run_arguments_are_checked(config, kwargs, message):
+    with pytest.raises(SchedulerError, match=message):
+        make("UniPCMultistepScheduler", **config).set_timesteps(**kwargs)
 
 
 @pytest.mark.parametrize("timesteps", [[100, 500, 900], [900, 900, 100], [1000, 10], [-1]])

@@ -94,7 +94,8 @@ class DEISMultistepScheduler(MultistepScheduler):
         """Per run index i and usable order: (weight of x_i, weights of m_i, m_{i-1}, ...)."""
         c, n = self.config, self.num_inference_steps
         alpha, sigma, lam = self.alpha, self.sigma_t, self.lambda_
-        rho = self.sigmas.double().numpy()  # rho = sigma_t / alpha_t
+        with np.errstate(divide="ignore"):
+            rho = sigma / alpha  # the VE sigma (sigma / (1 - sigma) for flow sigmas)
         short = c.lower_order_final and n < 15
         self._max_order, self._coefs = [], []
         for i in range(n):

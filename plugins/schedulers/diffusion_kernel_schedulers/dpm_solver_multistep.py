@@ -114,6 +114,8 @@ class DPMSolverMultistepScheduler(MultistepScheduler):
         self._init_common()
         self._stochastic = self.algorithm_type.startswith("sde-")
         self._data_pred = self.algorithm_type.endswith("++")
+        self._require_data_prediction_for_flow(
+            self._data_pred, "use algorithm_type 'dpmsolver++' or 'sde-dpmsolver++'")
 
     def _rounds_timesteps(self, kind: str) -> bool:
         # the format keeps fractional (then truncated) timesteps for the cosine schedule

@@ -117,6 +117,8 @@ class DPMSolverSinglestepScheduler(MultistepScheduler):
         self._init_common()
         self._stochastic = self.algorithm_type == "sde-dpmsolver++"
         self._data_pred = self.algorithm_type != "dpmsolver"
+        self._require_data_prediction_for_flow(
+            self._data_pred, "use algorithm_type 'dpmsolver++' or 'sde-dpmsolver++'")
 
     def _default_timesteps(self, n: int) -> np.ndarray:
         # linspace over the training steps whose lambda is above lambda_min_clipped

@@ -25,6 +25,7 @@ Here:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,13 +44,17 @@ from .schedules import (
     broadcast_to,
     dynamic_threshold,
     exponential_sigmas,
+    shift_flow_sigmas,
     sigma_to_t,
     sigmas_from_alphas_cumprod,
+    stretch_flow_sigmas_to_terminal,
+    time_shift_flow_sigmas,
 )
 from .sigma_schedule import KARRAS_DIFFUSION_SCHEDULERS, discretise, sigma_kind
 
 FINAL_SIGMAS_TYPES = ("zero", "sigma_min")
 VARIANCE_TYPES = (None, "learned", "learned_range")
+FLOW_PREDICTION_TYPES = (*PREDICTION_TYPES, "flow_prediction")
 DPM_ALGORITHM_TYPES = ("dpmsolver", "dpmsolver++", "sde-dpmsolver", "sde-dpmsolver++")
 DPM_SOLVER_TYPES = ("midpoint", "heun")
 
@@ -145,9 +150,16 @@ class MultistepScheduler(SchedulerMixin):
     # Whether a "sigma_min" final sigma repeats the last run sigma for Karras/exponential runs
     # (UniPC, DEIS) instead of using the smallest training sigma.
     _repeat_last_sigma_when_discretised = False
+    # Flow-matching runs (use_flow_sigmas): which sigma grid the format uses ("shifted_ramp":
+    # shift(1 - linspace(1, 1/T, n+1)) reversed, DPM-Solver/DEIS; "ramp_then_shift":
+    # shift(linspace(1, 1/T, n+1)), UniPC), whether Karras sigmas may be combined with it, and
+    # the time_shift_type values for dynamic shifting.
+    _flow_grid = "shifted_ramp"
+    _flow_allows_karras = False
+    _time_shift_types: tuple[str, ...] = ("exponential",)
 
     # ---------------------------------------------------------------- construction (subclasses)
-    def _init_common(self, prediction_types: Sequence[str] = PREDICTION_TYPES) -> None:
+    def _init_common(self, prediction_types: Sequence[str] = FLOW_PREDICTION_TYPES) -> None:
         c, owner = self.config, type(self).__name__
         self._owner = owner
         check_option("prediction_type", c.prediction_type, tuple(prediction_types), owner)
@@ -164,11 +176,7 @@ class MultistepScheduler(SchedulerMixin):
                 raise ConfigError(f"{owner}: use_lu_lambdas cannot be combined with "
                                   f"use_karras_sigmas or use_exponential_sigmas; set one of them")
             self._sigma_kind = "lu"
-        for flag, what in (("use_flow_sigmas", "flow-matching sigmas"),
-                           ("use_dynamic_shifting", "dynamic timestep shifting")):
-            if self._option(flag, False):
-                raise ConfigError(f"{owner}: {flag} ({what}) is not supported by this "
-                                  f"implementation; set {flag}=False")
+        self._check_flow_options(owner)
         rescale = self._option("rescale_betas_zero_snr", False)
         self.betas = betas_for(c.beta_schedule, c.num_train_timesteps, c.beta_start, c.beta_end,
                                c.trained_betas, rescale, owner)
@@ -181,6 +189,28 @@ class MultistepScheduler(SchedulerMixin):
         self.timesteps = None
         self.num_inference_steps = None
         self.sigmas = None
+
+    def _check_flow_options(self, owner: str) -> None:
+        """Flow-matching sigmas (x_t = (1 - s) x_0 + s eps: alpha_t = 1 - s, sigma_t = s) and
+        their shifts; the combinations the format leaves undefined are refused."""
+        self._flow = bool(self._option("use_flow_sigmas", False))
+        check_option("time_shift_type", self._option("time_shift_type", "exponential"),
+                     self._time_shift_types, owner)
+        if self._option("use_dynamic_shifting", False) and not self._flow:
+            raise ConfigError(f"{owner}: use_dynamic_shifting shifts flow-matching sigmas; set "
+                              f"use_flow_sigmas=True or use_dynamic_shifting=False")
+        if self._option("shift_terminal", None) is not None and not self._flow:
+            raise ConfigError(f"{owner}: shift_terminal is only supported with "
+                              f"use_flow_sigmas=True")
+        if self._flow and self._sigma_kind != "default" and not (
+                self._sigma_kind == "karras" and self._flow_allows_karras):
+            raise ConfigError(f"{owner}: use_flow_sigmas cannot be combined with "
+                              f"{self._sigma_kind} sigmas; set one of them")
+
+    def _require_data_prediction_for_flow(self, data_prediction: bool, what: str) -> None:
+        if self.config.prediction_type == "flow_prediction" and not data_prediction:
+            raise ConfigError(f"{type(self).__name__}: prediction_type 'flow_prediction' needs "
+                              f"the data-prediction form; {what}")
 
     def _option(self, name: str, default: Any) -> Any:
         """A config value this class takes, else ``default``. Keys kept from another scheduler's
@@ -224,48 +254,93 @@ class MultistepScheduler(SchedulerMixin):
     # ------------------------------------------------------------------------------ the run
     def set_timesteps(self, num_inference_steps: int | None = None,
                       device: str | torch.device | None = None,
-                      timesteps: Sequence[int] | None = None, sigmas: Any = None,
-                      mu: float | None = None) -> None:
-        """Prepare a run of ``num_inference_steps`` (or of the given descending ``timesteps``):
-        fills ``timesteps`` and ``sigmas``, precomputes every step's coefficients and clears the
-        solver's history (calling it again starts a fresh run). Custom ``sigmas`` and ``mu``
-        (dynamic shifting of flow-matching sigmas) are not supported."""
+                      timesteps: Sequence[int] | None = None,
+                      sigmas: Sequence[float] | None = None, mu: float | None = None) -> None:
+        """Prepare a run of ``num_inference_steps``, of the given descending ``timesteps``, or
+        (flow-matching runs) of the given descending ``sigmas``: fills ``timesteps`` and
+        ``sigmas``, precomputes every step's coefficients and clears the solver's history
+        (calling it again starts a fresh run). ``mu`` is the resolution-dependent shift that
+        ``use_dynamic_shifting`` needs."""
         owner = type(self).__name__
-        if sigmas is not None or mu is not None:
-            raise SchedulerError(f"{owner}.set_timesteps: custom sigmas and mu (flow-matching "
-                                 f"shifts) are not supported; pass num_inference_steps or "
-                                 f"timesteps")
-        if (num_inference_steps is None) == (timesteps is None):
+        given = [x is not None for x in (num_inference_steps, timesteps, sigmas)]
+        if sum(given) != 1:
             raise SchedulerError(f"{owner}.set_timesteps: pass exactly one of "
-                                 f"num_inference_steps or timesteps")
+                                 f"num_inference_steps, timesteps or (flow-matching) sigmas")
+        if sigmas is not None and not self._flow:
+            raise SchedulerError(f"{owner}.set_timesteps: custom sigmas need use_flow_sigmas="
+                                 f"True; pass num_inference_steps or timesteps")
+        if timesteps is not None and self._flow:
+            raise SchedulerError(f"{owner}.set_timesteps: a flow-matching run takes custom "
+                                 f"sigmas, not timesteps")
+        dynamic = self._option("use_dynamic_shifting", False)
+        if dynamic and mu is None or mu is not None and not dynamic:
+            raise SchedulerError(f"{owner}.set_timesteps: mu is needed exactly when "
+                                 f"use_dynamic_shifting=True (it is {dynamic})")
         T = self.config.num_train_timesteps
-        if timesteps is not None:
-            custom = np.asarray(list(timesteps) if not isinstance(timesteps, torch.Tensor)
-                                else timesteps.cpu().numpy())
-            self._check_custom_timesteps(custom, T, owner)
-            run_timesteps = custom.astype(np.int64)
-            n = len(run_timesteps)
-        else:
+        if num_inference_steps is not None:
             n = num_inference_steps
             if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= T:
                 raise SchedulerError(f"{owner}.set_timesteps: num_inference_steps must be an "
                                      f"integer in [1, {T}] (num_train_timesteps), got {n!r}")
-            run_timesteps = self._default_timesteps(int(n))
-        sigmas, run_timesteps = self._run_sigmas(run_timesteps, int(n), custom=timesteps
-                                                 is not None)
-        sigmas = np.concatenate([sigmas, [self._final_sigma(sigmas)]]).astype(np.float32)
-        self.sigmas = torch.from_numpy(sigmas)
+        if self._flow:
+            run_sigmas = self._flow_sigmas(num_inference_steps, sigmas, mu)
+            run_timesteps = (run_sigmas * T).astype(np.int64)  # the format truncates
+        elif timesteps is not None:
+            custom = np.asarray(list(timesteps) if not isinstance(timesteps, torch.Tensor)
+                                else timesteps.cpu().numpy())
+            self._check_custom_timesteps(custom, T, owner)
+            run_sigmas, run_timesteps = self._run_sigmas(custom.astype(np.int64), len(custom))
+        else:
+            run_sigmas, run_timesteps = self._run_sigmas(self._default_timesteps(int(n)), int(n))
+        final = self._final_sigma(run_sigmas)
+        run_sigmas = np.concatenate([run_sigmas, [final]]).astype(np.float32)
+        self.sigmas = torch.from_numpy(run_sigmas)
         self.timesteps = torch.from_numpy(np.asarray(run_timesteps)).to(device=device,
                                                                         dtype=torch.int64)
         self.num_inference_steps = len(self.timesteps)
         # alpha_t, sigma_t, lambda_t at every run sigma, in float64 from the float32 sigmas
-        s = sigmas.astype(np.float64)
-        self.alpha = 1.0 / np.sqrt(s**2 + 1.0)
-        self.sigma_t = s * self.alpha
-        with np.errstate(divide="ignore"):
-            self.lambda_ = -np.log(s)  # +inf at a final sigma of 0
+        s = run_sigmas.astype(np.float64)
+        if self._flow:
+            self.alpha, self.sigma_t = 1.0 - s, s
+        else:
+            self.alpha = 1.0 / np.sqrt(s**2 + 1.0)
+            self.sigma_t = s * self.alpha
+        with np.errstate(divide="ignore"):  # +inf at a final sigma of 0
+            self.lambda_ = np.log(self.alpha) - np.log(self.sigma_t)
         self._reset_run()
         self._plan()
+
+    def _flow_sigmas(self, n: int | None, custom: Sequence[float] | None,
+                     mu: float | None) -> np.ndarray:
+        """Descending flow-matching sigmas of a run (without the final one), shifted."""
+        c, T = self.config, self.config.num_train_timesteps
+        if self._sigma_kind == "karras":  # Karras sigmas of the VP schedule, as flow sigmas
+            if custom is not None:
+                raise SchedulerError(f"{type(self).__name__}.set_timesteps: custom sigmas cannot "
+                                     f"be combined with use_karras_sigmas")
+            sigmas = discretise(self._train_sigmas[::-1].copy(), "karras", n,
+                                self._option("sigma_min", None), self._option("sigma_max", None))
+            return sigmas / (sigmas + 1)
+        if custom is not None:
+            sigmas = np.asarray(custom, dtype=np.float64)
+            if sigmas.ndim != 1 or len(sigmas) == 0 or np.any(sigmas <= 0) or np.any(sigmas > 1):
+                raise SchedulerError(f"{type(self).__name__}.set_timesteps: sigmas must be a "
+                                     f"non-empty list of values in (0, 1]")
+        elif self._flow_grid == "ramp_then_shift":
+            sigmas = np.linspace(1, 1 / T, n + 1)[:-1]
+        else:
+            ramp = 1.0 - np.linspace(1, 1 / T, n + 1)
+            shift = math.exp(mu) if mu is not None else c.flow_shift
+            return shift_flow_sigmas(ramp, shift)[::-1][:-1].copy()
+        if mu is not None:
+            sigmas = time_shift_flow_sigmas(sigmas, mu, c.time_shift_type)
+        else:
+            sigmas = shift_flow_sigmas(sigmas, c.flow_shift)
+        if self._option("shift_terminal", None):
+            sigmas = stretch_flow_sigmas_to_terminal(sigmas, self._option("shift_terminal", None))
+        if abs(sigmas[0] - 1) < 1e-6:
+            sigmas[0] -= 1e-6  # sigma = 1 is alpha = 0: lambda would be -inf
+        return sigmas
 
     def _check_custom_timesteps(self, custom: np.ndarray, T: int, owner: str) -> None:
         if self._sigma_kind != "default":
@@ -281,7 +356,7 @@ class MultistepScheduler(SchedulerMixin):
         return solver_timesteps(c.timestep_spacing, n, c.num_train_timesteps,
                                 self._option("steps_offset", 0), owner=type(self).__name__)
 
-    def _run_sigmas(self, timesteps: np.ndarray, n: int, custom: bool):
+    def _run_sigmas(self, timesteps: np.ndarray, n: int):
         """(sigmas, timesteps) of the run without the final sigma."""
         train = self._train_sigmas
         kind = self._sigma_kind
@@ -308,7 +383,8 @@ class MultistepScheduler(SchedulerMixin):
         final = self._option("final_sigmas_type", "sigma_min")
         if final == "zero":
             return 0.0
-        if self._repeat_last_sigma_when_discretised and self._sigma_kind != "default":
+        if self._repeat_last_sigma_when_discretised and (self._sigma_kind != "default"
+                                                         or self._flow):
             return float(sigmas[-1])
         return float(self._train_sigmas[0])
 
@@ -355,14 +431,16 @@ class MultistepScheduler(SchedulerMixin):
     def data_prediction(self, model_output: torch.Tensor, sample: torch.Tensor,
                         i: int) -> torch.Tensor:
         """x_theta(x_i): the model's estimate of the clean sample at run index ``i``, from an
-        epsilon, v (Salimans & Ho 2022, sec. 4) or sample prediction, dynamically thresholded
-        when configured."""
+        epsilon, v (Salimans & Ho 2022, sec. 4), flow-velocity or sample prediction, dynamically
+        thresholded when configured."""
         a, s = float(self.alpha[i]), float(self.sigma_t[i])
         kind = self.config.prediction_type
         if kind == "epsilon":
             x0 = torch.add(sample, model_output, alpha=-s).div_(a)  # (x - sigma_t eps) / alpha_t
         elif kind == "v_prediction":
             x0 = torch.mul(sample, a).add_(model_output, alpha=-s)  # alpha_t x - sigma_t v
+        elif kind == "flow_prediction":
+            x0 = torch.add(sample, model_output, alpha=-s)  # x - sigma v, v = eps - x_0
         else:
             x0 = model_output
         if self.config.thresholding:

@@ -199,3 +199,25 @@ def karras_sigmas_at(ramp, sigma_min: float, sigma_max: float, rho: float = 7.0)
     array or a tensor; the result has its type and dtype."""
     min_inv_rho, max_inv_rho = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     return (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
+
+
+def shift_flow_sigmas(sigmas: np.ndarray, shift: float) -> np.ndarray:
+    """Flow-matching sigmas moved towards the noisy end: shift s / (1 + (shift - 1) s)
+    (Esser et al. 2024, SD3, eq. 23)."""
+    return shift * sigmas / (1 + (shift - 1) * sigmas)
+
+
+def time_shift_flow_sigmas(sigmas: np.ndarray, mu: float,
+                           time_shift_type: str = "exponential") -> np.ndarray:
+    """Resolution-dependent ("dynamic") shift of flow-matching sigmas, as in Flux:
+    e^mu / (e^mu + (1/s - 1)) ("exponential", = ``shift_flow_sigmas`` with shift e^mu) or
+    mu / (mu + (1/s - 1)) ("linear")."""
+    if time_shift_type == "exponential":
+        return math.exp(mu) / (math.exp(mu) + (1 / sigmas - 1))
+    return mu / (mu + (1 / sigmas - 1))
+
+
+def stretch_flow_sigmas_to_terminal(sigmas: np.ndarray, shift_terminal: float) -> np.ndarray:
+    """Rescale 1 - s so that the last sigma equals ``shift_terminal`` (LTX-Video)."""
+    one_minus = 1 - sigmas
+    return 1 - one_minus / (one_minus[-1] / (1 - shift_terminal))

@@ -108,8 +108,12 @@ class UniPCMultistepScheduler(MultistepScheduler):
         self.disable_corrector = tuple(disable_corrector or ())
         self.solver_p = solver_p
         self._init_common()
+        self._require_data_prediction_for_flow(self.predict_x0, "set predict_x0=True")
 
     _repeat_last_sigma_when_discretised = True
+    _flow_grid = "ramp_then_shift"
+    _flow_allows_karras = True
+    _time_shift_types = ("exponential", "linear")
 
     def set_timesteps(self, num_inference_steps: int | None = None,
                       device: str | torch.device | None = None, **kwargs: Any) -> None:
