@@ -25,6 +25,8 @@ _warned_unknown: set[tuple[str, str]] = set()
 
 
 def _freeze(value: Any) -> Any:
+    if isinstance(value, FrozenConfig):  # already frozen: freezing it again would redo its
+        return value  # whole subtree at every level, exponential in the nesting depth
     if isinstance(value, list | tuple):
         return tuple(_freeze(v) for v in value)
     if isinstance(value, Mapping):

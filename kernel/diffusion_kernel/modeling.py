@@ -168,6 +168,8 @@ class ModelMixin(nn.Module, ConfigMixin, PushToHubMixin):
         token: str | bool | None = None,
         allow_pickle: bool = False,
         mmap: bool = True,
+        use_safetensors: bool | None = None,
+        low_cpu_mem_usage: bool = True,
         **config_overrides: Any,
     ):
         """Load a model from a folder or Hub repo in the diffusers layout.
@@ -175,7 +177,11 @@ class ModelMixin(nn.Module, ConfigMixin, PushToHubMixin):
         ``torch_dtype`` converts floating weights tensor by tensor; ``device`` moves them;
         ``mmap=False`` streams the file instead of mapping it (for network disks);
         ``allow_pickle=True`` accepts ``.bin`` weights (loaded with ``weights_only=True``).
+        Taken for diffusers compatibility (so they do not end up in the config):
+        ``use_safetensors=True`` refuses pickles even with ``allow_pickle``; ``low_cpu_mem_usage``
+        changes nothing, loading always builds on the meta device.
         """
+        allow_pickle = allow_pickle and not use_safetensors
         if torch_dtype is not None and not isinstance(torch_dtype, torch.dtype):
             raise ConfigError(f"torch_dtype must be a torch.dtype like torch.float16, "
                               f"got {torch_dtype!r}")

@@ -229,10 +229,15 @@ class DiffusionPipeline(PushToHubMixin):
         token: str | bool | None = None,
         allow_pickle: bool = False,
         device: str | torch.device | None = None,
+        use_safetensors: bool | None = None,
+        low_cpu_mem_usage: bool = True,
         **overrides: Any,
     ) -> DiffusionPipeline:
         """Load a pipeline folder or Hub repo; keyword arguments named like components replace
-        them (``scheduler=EulerDiscreteScheduler.from_config(...)``)."""
+        them (``scheduler=EulerDiscreteScheduler.from_config(...)``). ``use_safetensors`` and
+        ``low_cpu_mem_usage`` are taken for diffusers compatibility, as in
+        ``ModelMixin.from_pretrained``."""
+        allow_pickle = allow_pickle and not use_safetensors
         hub = dict(revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
                    token=token)
         hub["revision"] = pin_revision(source, **hub)  # every file from one commit
