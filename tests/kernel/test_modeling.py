@@ -464,3 +464,15 @@ def test_overlapping_loads_leave_parameter_registration_as_it_was(saved):
         t.join(30)
     assert nn.Module.register_parameter is original
     assert ToyModel().built_on == "cpu"
+
+
+def test_diffusers_loading_flags_are_accepted_and_stay_out_of_the_config(saved):
+    loaded = ToyModel.from_pretrained(saved[1], use_safetensors=True, low_cpu_mem_usage=False)
+    assert "use_safetensors" not in loaded.config and "low_cpu_mem_usage" not in loaded.config
+    assert loaded.built_on == "meta"
+
+
+def test_use_safetensors_refuses_pickles_even_when_allowed(saved):
+    _as_pickle(saved[1], saved[0].state_dict())
+    with pytest.raises(UnsafeCheckpointError):
+        ToyModel.from_pretrained(saved[1], allow_pickle=True, use_safetensors=True)

@@ -123,6 +123,11 @@ def test_plain_values_in_model_index_reach_the_constructor(saved):
     assert ToyPipeline.from_pretrained(saved[1], guidance=4.0).guidance == 4.0
 
 
+def test_diffusers_loading_flags_are_accepted(saved):
+    loaded = ToyPipeline.from_pretrained(saved[1], use_safetensors=True, low_cpu_mem_usage=True)
+    assert "use_safetensors" not in loaded.unet.config
+
+
 def test_unknown_keyword_arguments_are_rejected(saved):
     with pytest.raises(PipelineError, match=r"got unknown arguments \['vae'\]"):
         ToyPipeline.from_pretrained(saved[1], vae=object())
