@@ -42,13 +42,22 @@ VARIANTS = {
     "learned_time_embedding_timestep_class_embedding": dict(
         DDPM_TINY, time_embedding_type="learned", num_train_timesteps=100,
         class_embed_type="timestep", time_embedding_dim=96),
+    "ncsnpp_skip_blocks_fourier_time": dict(  # score-SDE (VE) NCSN++ layout
+        DDPM_TINY, block_out_channels=(32, 64, 64), layers_per_block=1, norm_num_groups=None,
+        time_embedding_type="fourier", mid_block_scale_factor=1.41421356237, norm_eps=1e-6,
+        attention_head_dim=None, freq_shift=1,
+        down_block_types=("SkipDownBlock2D", "AttnSkipDownBlock2D", "SkipDownBlock2D"),
+        up_block_types=("SkipUpBlock2D", "AttnSkipUpBlock2D", "SkipUpBlock2D")),
 }
 
 
 def _inputs(config, batch=2):
     torch.manual_seed(1)
+    timesteps = torch.tensor([5, 90])[:batch]
+    if config.get("time_embedding_type") == "fourier":  # noise levels sigma
+        timesteps = torch.tensor([0.3, 42.0])[:batch]
     kwargs = dict(sample=torch.randn(batch, config.get("in_channels", 3), 16, 16),
-                  timestep=torch.tensor([5, 90])[:batch])
+                  timestep=timesteps)
     if config.get("num_class_embeds"):
         kwargs["class_labels"] = torch.tensor([1, 7])[:batch]
     if config.get("class_embed_type") == "timestep":
@@ -140,6 +149,11 @@ def test_class_conditional_model_requires_class_labels():
         ours(torch.randn(1, 3, 16, 16), 3)
 
 
-def test_unsupported_time_embedding_type_is_a_config_error():
-    with pytest.raises(ConfigError, match="fourier"):
-        UNet2DModel(**dict(DDPM_TINY, time_embedding_type="fourier"))
+def test_unknown_time_embedding_type_is_a_config_error_naming_the_known_ones():
+    with pytest.raises(ConfigError, match="'positional', 'fourier' or 'learned'"):
+        UNet2DModel(**dict(DDPM_TINY, time_embedding_type="sinusoidal"))
+
+
+def test_unknown_block_type_is_a_config_error_listing_supported_ones():
+    with pytest.raises(ConfigError, match="KDownBlock2D.*AttnSkipDownBlock2D"):
+        UNet2DModel(**dict(DDPM_TINY, down_block_types=("KDownBlock2D", "DownBlock2D")))

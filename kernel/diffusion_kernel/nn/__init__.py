@@ -7,7 +7,12 @@ Nothing here is 1D- or 2D-specific: modality plugins build their blocks on these
 from .activations import GEGLU, GELU, FeedForward, get_activation
 from .attention import Attention, AttentionSlicingMixin, set_attention_slice
 from .checkpointing import maybe_checkpoint
-from .embeddings import TimestepEmbedding, Timesteps, get_timestep_embedding
+from .embeddings import (
+    GaussianFourierProjection,
+    TimestepEmbedding,
+    Timesteps,
+    get_timestep_embedding,
+)
 from .outputs import ModelOutput
 
 __all__ = [
@@ -16,6 +21,7 @@ __all__ = [
     "Attention",
     "AttentionSlicingMixin",
     "FeedForward",
+    "GaussianFourierProjection",
     "ModelOutput",
     "TimestepEmbedding",
     "Timesteps",

@@ -78,3 +78,24 @@ class TimestepEmbedding(nn.Module):
         if self.post_act is not None:
             sample = self.post_act(sample)
         return sample
+
+
+class GaussianFourierProjection(nn.Module):
+    """Random Fourier features of a noise level (Tancik et al. 2020; used for the continuous noise
+    scale of score-based models, Song et al. 2021, appendix H.1): ``[sin(2 pi w x), cos(2 pi w
+    x)]`` with fixed random frequencies ``w ~ N(0, scale^2)`` (key ``weight``), of ``log(x)``
+    with ``log``."""
+
+    def __init__(self, embedding_size: int = 256, scale: float = 1.0, log: bool = True,
+                 flip_sin_to_cos: bool = False):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(embedding_size) * scale, requires_grad=False)
+        self.log = log
+        self.flip_sin_to_cos = flip_sin_to_cos
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.log:
+            x = torch.log(x)
+        angles = x[:, None] * self.weight[None, :] * 2 * math.pi
+        sin, cos = torch.sin(angles), torch.cos(angles)
+        return torch.cat([cos, sin] if self.flip_sin_to_cos else [sin, cos], dim=-1)

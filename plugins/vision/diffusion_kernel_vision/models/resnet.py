@@ -3,11 +3,15 @@ the 2x down- and upsampling layers between resolutions. Weight keys follow the d
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from diffusion_kernel.errors import ConfigError
 from diffusion_kernel.nn import get_activation
 from torch import nn
 from torch.nn import functional as F
+
+from .fir import fir_downsample_2d, fir_upsample_2d
 
 
 class Downsample2D(nn.Module):
@@ -66,7 +70,9 @@ class ResnetBlock2D(nn.Module):
 
     ``time_embedding_norm="scale_shift"`` applies the time embedding as ``h * (1 + s) + b`` after
     the second norm (Dhariwal & Nichol 2021, "adaptive group norm", sec. 3); ``temb_channels=None``
-    builds a block without time input (autoencoders). ``up``/``down`` resample inside the block.
+    builds a block without time input (autoencoders). ``up``/``down`` resample inside the block:
+    nearest/average pooling by default, FIR filtering with ``kernel="fir"`` (NCSN++), nearest /
+    2x2 average pooling functions with ``kernel="sde_vp"``.
     """
 
     def __init__(
@@ -85,6 +91,7 @@ class ResnetBlock2D(nn.Module):
         time_embedding_norm: str = "default",
         output_scale_factor: float = 1.0,
         use_in_shortcut: bool | None = None,
+        kernel: str | None = None,
         up: bool = False,
         down: bool = False,
         conv_shortcut_bias: bool = True,
@@ -113,8 +120,15 @@ class ResnetBlock2D(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, conv_2d_out_channels, 3, padding=1)
         self.nonlinearity = get_activation(non_linearity)
-        self.upsample = Upsample2D(in_channels) if up else None
-        self.downsample = Downsample2D(in_channels) if down else None
+        self.upsample = self.downsample = None
+        if up:
+            self.upsample = {"fir": fir_upsample_2d,
+                             "sde_vp": partial(F.interpolate, scale_factor=2.0, mode="nearest")
+                             }.get(kernel) or Upsample2D(in_channels)
+        elif down:
+            self.downsample = {"fir": fir_downsample_2d,
+                               "sde_vp": partial(F.avg_pool2d, kernel_size=2, stride=2)
+                               }.get(kernel) or Downsample2D(in_channels)
         if use_in_shortcut is None:
             use_in_shortcut = in_channels != conv_2d_out_channels
         self.conv_shortcut = (nn.Conv2d(in_channels, conv_2d_out_channels, 1,

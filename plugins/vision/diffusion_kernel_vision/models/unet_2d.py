@@ -13,7 +13,13 @@ from dataclasses import dataclass
 import torch
 from diffusion_kernel.errors import ConfigError
 from diffusion_kernel.modeling import ModelMixin
-from diffusion_kernel.nn import AttentionSlicingMixin, ModelOutput, TimestepEmbedding, Timesteps
+from diffusion_kernel.nn import (
+    AttentionSlicingMixin,
+    GaussianFourierProjection,
+    ModelOutput,
+    TimestepEmbedding,
+    Timesteps,
+)
 from torch import nn
 
 from .unet_blocks import get_down_block, get_mid_block, get_up_block
@@ -73,9 +79,9 @@ class UNet2DModel(ModelMixin, AttentionSlicingMixin):
                 f"UNet2DModel: down_block_types ({n_blocks}), up_block_types "
                 f"({len(up_block_types)}) and block_out_channels ({len(block_out_channels)}) "
                 f"must have the same length")
-        if time_embedding_type not in ("positional", "learned"):
-            raise ConfigError(f"UNet2DModel: time_embedding_type={time_embedding_type!r} is not "
-                              f"supported here; use 'positional' or 'learned'")
+        if time_embedding_type not in ("positional", "learned", "fourier"):
+            raise ConfigError(f"UNet2DModel: unknown time_embedding_type "
+                              f"{time_embedding_type!r}; use 'positional', 'fourier' or 'learned'")
         if time_embedding_type == "learned" and num_train_timesteps is None:
             raise ConfigError("UNet2DModel: time_embedding_type='learned' needs "
                               "num_train_timesteps")
@@ -85,13 +91,17 @@ class UNet2DModel(ModelMixin, AttentionSlicingMixin):
         time_embed_dim = time_embedding_dim or block_out_channels[0] * 4
 
         self.conv_in = nn.Conv2d(in_channels, block_out_channels[0], 3, padding=1)
+        timestep_input_dim = block_out_channels[0]
         if time_embedding_type == "positional":
             self.time_proj = Timesteps(block_out_channels[0], flip_sin_to_cos, freq_shift)
+        elif time_embedding_type == "fourier":  # of log(sigma), NCSN++ (score SDE, VE)
+            self.time_proj = GaussianFourierProjection(block_out_channels[0], scale=16)
+            timestep_input_dim = 2 * block_out_channels[0]
         else:  # one learned vector per training timestep
             self.time_proj = nn.Embedding(num_train_timesteps, block_out_channels[0])
-        self.time_embedding = TimestepEmbedding(block_out_channels[0], time_embed_dim)
+        self.time_embedding = TimestepEmbedding(timestep_input_dim, time_embed_dim)
         self.class_embedding = class_embedding(class_embed_type, num_class_embeds,
-                                               block_out_channels[0], time_embed_dim)
+                                               timestep_input_dim, time_embed_dim)
 
         common = dict(temb_channels=time_embed_dim, resnet_eps=norm_eps, resnet_act_fn=act_fn,
                       resnet_groups=norm_num_groups, dropout=dropout,
@@ -158,17 +168,30 @@ class UNet2DModel(ModelMixin, AttentionSlicingMixin):
         elif class_labels is not None:
             raise ConfigError("this UNet has no class embedding; do not pass class_labels")
 
+        image = sample  # the NCSN++ skip blocks also carry a path in image space
         sample = self.conv_in(sample)
         skips = (sample,)
         for block in self.down_blocks:
-            sample, states = block(sample, emb)
+            if getattr(block, "uses_skip_sample", False):
+                sample, states, image = block(sample, emb, image)
+            else:
+                sample, states = block(sample, emb)
             skips += states
         if self.mid_block is not None:
             sample = self.mid_block(sample, emb)
+        image = None
         for block in self.up_blocks:
             block_skips, skips = skips[-len(block.resnets):], skips[:-len(block.resnets)]
-            sample = block(sample, block_skips, emb)
+            if getattr(block, "uses_skip_sample", False):
+                sample, image = block(sample, block_skips, emb, image)
+            else:
+                sample = block(sample, block_skips, emb)
         sample = self.conv_out(self.conv_act(self.conv_norm_out(sample)))
+        if image is not None:
+            sample = sample + image
+        if self.config.time_embedding_type == "fourier":
+            # NCSN++ outputs the score times sigma: divide by sigma (Song et al. 2021, app. H).
+            sample = sample / timesteps.reshape(-1, *([1] * (sample.ndim - 1)))
         if not return_dict:
             return (sample,)
         return UNet2DOutput(sample=sample)

@@ -12,6 +12,7 @@ attention exist in published checkpoints:
 
 The block type names of the diffusers format map to these three classes with the right options
 (``get_down_block`` / ``get_up_block`` / ``get_mid_block``); the weight keys are the format's.
+The NCSN++ "skip" block types build the blocks of ``unet_skip_blocks``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from torch import nn
 
 from .resnet import Downsample2D, ResnetBlock2D, Upsample2D
 from .transformer_2d import Transformer2DModel
+from .unet_skip_blocks import SKIP_DOWN_BLOCK_TYPES, SKIP_UP_BLOCK_TYPES, SkipDownBlock, SkipUpBlock
 
 # Block type -> (attention kind, has a time embedding, takes skip connections).
 DOWN_BLOCK_TYPES = {
@@ -244,19 +246,32 @@ class UNetMidBlock(_AttentionLevel):
         return hidden_states
 
 
-def _block_kind(block_type: str, table: dict, role: str) -> tuple[str | None, bool]:
+def _block_kind(block_type: str, table: dict, role: str, skip_table: dict
+                ) -> tuple[str | None, bool]:
     name = block_type[len("UNetRes"):] if block_type.startswith("UNetRes") else block_type
     if name not in table:
         raise ConfigError(f"unsupported {role} block type {block_type!r}; supported: "
-                          f"{sorted(table)}")
+                          f"{sorted([*table, *skip_table])}")
     return table[name]
+
+
+_SKIP_OPTIONS = ("resnet_eps", "resnet_act_fn", "dropout", "resnet_time_scale_shift",
+                 "attention_head_dim")
+
+
+def _skip_options(options: dict) -> dict:
+    return {k: v for k, v in options.items() if k in _SKIP_OPTIONS}
 
 
 def get_down_block(block_type: str, *, in_channels: int, out_channels: int,
                    temb_channels: int | None, num_layers: int, add_downsample: bool,
-                   downsample_type: str | None = None, **options: Any) -> UNetDownBlock:
+                   downsample_type: str | None = None, **options: Any
+                   ) -> UNetDownBlock | SkipDownBlock:
     """The down block a config's ``down_block_types`` entry names."""
-    kind, timed = _block_kind(block_type, DOWN_BLOCK_TYPES, "down")
+    if block_type in SKIP_DOWN_BLOCK_TYPES:
+        return SkipDownBlock(SKIP_DOWN_BLOCK_TYPES[block_type], in_channels, out_channels,
+                             temb_channels, num_layers, add_downsample, **_skip_options(options))
+    kind, timed = _block_kind(block_type, DOWN_BLOCK_TYPES, "down", SKIP_DOWN_BLOCK_TYPES)
     if kind == "cross" and options.get("cross_attention_dim") is None:
         raise ConfigError(f"{block_type} needs cross_attention_dim in the config")
     # Only the self-attention block of the format offers a resnet downsampler.
@@ -269,9 +284,13 @@ def get_down_block(block_type: str, *, in_channels: int, out_channels: int,
 def get_up_block(block_type: str, *, in_channels: int, out_channels: int,
                  prev_output_channel: int, temb_channels: int | None, num_layers: int,
                  add_upsample: bool, upsample_type: str | None = None,
-                 **options: Any) -> UNetUpBlock:
+                 **options: Any) -> UNetUpBlock | SkipUpBlock:
     """The up block a config's ``up_block_types`` entry names."""
-    kind, timed = _block_kind(block_type, UP_BLOCK_TYPES, "up")
+    if block_type in SKIP_UP_BLOCK_TYPES:
+        return SkipUpBlock(SKIP_UP_BLOCK_TYPES[block_type], in_channels, prev_output_channel,
+                           out_channels, temb_channels, num_layers, add_upsample,
+                           **_skip_options(options))
+    kind, timed = _block_kind(block_type, UP_BLOCK_TYPES, "up", SKIP_UP_BLOCK_TYPES)
     if kind == "cross" and options.get("cross_attention_dim") is None:
         raise ConfigError(f"{block_type} needs cross_attention_dim in the config")
     upsample_type = (upsample_type or "conv") if kind == "self" and timed else "conv"
