@@ -60,6 +60,13 @@ def _docstring_summary(obj: Any) -> str | None:
     return doc.strip().splitlines()[0] if doc and doc.strip() else None
 
 
+def _did_you_mean(name: str, known: list[str]) -> str:
+    """`` Did you mean: A, B?`` with up to five names close to ``name`` (case-insensitive)."""
+    spelled = {k.lower(): k for k in known}  # class names, listed last, win over aliases
+    near = difflib.get_close_matches(name.lower(), spelled, n=5, cutoff=0.5)
+    return f" Did you mean: {', '.join(spelled[k] for k in near)}?" if near else ""
+
+
 class Registry:
     """Names to classes for one kind. Filled by plugins on first use (see ``plugins.py``)."""
 
@@ -107,11 +114,6 @@ class Registry:
         """Every registered class name, sorted. Imports no plugin code."""
         self._ensure_loaded()
         return sorted(self._entries)
-
-    def aliases(self) -> dict[str, str]:
-        """Every alias (lower-cased) and the class name it points to."""
-        self._ensure_loaded()
-        return dict(sorted(self._aliases.items()))
 
     def entries(self) -> list[Entry]:
         self._ensure_loaded()
@@ -172,13 +174,7 @@ class Registry:
         return self._entries.get(target) if target else None
 
     def _miss_message(self, name: str) -> str:
-        known = list(self._entries) + list(self._aliases)
-        near = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
-        near += [
-            k for k in difflib.get_close_matches(name.lower(), [k.lower() for k in known], n=5)
-            if k not in near
-        ]
-        hint = f" Did you mean: {', '.join(near[:5])}?" if near else ""
+        hint = _did_you_mean(name, [*self._aliases, *self._entries])
         if not self._entries:
             return (
                 f"no {self.kind} are registered, so {name!r} cannot be found. Install a plugin "
@@ -218,9 +214,7 @@ class Registries:
             found = reg._find(name)
             if found is not None:
                 return found
-        known = [n for reg in self for n in reg._entries]
-        near = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
-        hint = f" Did you mean: {', '.join(near)}?" if near else ""
+        hint = _did_you_mean(name, [n for reg in self for n in [*reg._aliases, *reg._entries]])
         raise NotRegisteredError(
             f"{name!r} is not a registered model, scheduler, pipeline or processor.{hint} "
             f"Install the plugin that provides it and check `diffusion-kernel plugins`."
