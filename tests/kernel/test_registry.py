@@ -100,6 +100,13 @@ def test_miss_raises_not_registered_error_with_nearest_names(toys):
     assert isinstance(exc.value, LookupError)
 
 
+def test_suggestions_are_spelled_as_registered_whatever_the_case_of_the_miss(toys):
+    with pytest.raises(NotRegisteredError, match="Did you mean: ToyScheduler"):
+        registry.schedulers.get("TOYSHEDULER")
+    with pytest.raises(NotRegisteredError, match="Did you mean: toy-sched"):
+        registry.schedulers.get("TOY-SHED")
+
+
 def test_registries_are_indexed_by_kind_and_reject_unknown_kinds():
     assert registry["models"] is registry.models
     with pytest.raises(NotRegisteredError, match="choose one of models, schedulers"):
