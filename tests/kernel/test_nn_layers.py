@@ -3,12 +3,14 @@
 import pytest
 import torch
 from diffusers.models.attention_processor import Attention as ReferenceAttention
+from diffusers.models.embeddings import GaussianFourierProjection as ReferenceFourier
 from diffusers.models.embeddings import TimestepEmbedding as ReferenceTimestepEmbedding
 from diffusers.models.embeddings import get_timestep_embedding as reference_embedding
 from diffusion_kernel.errors import ConfigError
 from diffusion_kernel.nn import (
     Attention,
     FeedForward,
+    GaussianFourierProjection,
     ModelOutput,
     TimestepEmbedding,
     get_activation,
@@ -33,6 +35,15 @@ def test_timestep_embedding_starts_with_sin_then_cos_unless_flipped():
     assert torch.allclose(get_timestep_embedding(t, 4, flip_sin_to_cos=False)[0, 0],
                           torch.sin(t))
     assert torch.allclose(get_timestep_embedding(t, 4, flip_sin_to_cos=True)[0, 0], torch.cos(t))
+
+
+@pytest.mark.parametrize("log,flip", [(True, False), (False, True)])
+def test_gaussian_fourier_projection_has_reference_keys_and_outputs(log, flip):
+    reference = ReferenceFourier(8, scale=16, log=log, flip_sin_to_cos=flip)
+    ours = GaussianFourierProjection(8, scale=16, log=log, flip_sin_to_cos=flip)
+    ours.load_state_dict(reference.state_dict())
+    sigmas = torch.tensor([0.01, 1.0, 50.0])
+    assert torch.allclose(ours(sigmas), reference(sigmas), atol=1e-5)
 
 
 def test_timestep_mlp_has_reference_keys_and_outputs():

@@ -4,7 +4,10 @@ give the reference's outputs; what we save loads in the reference."""
 import pytest
 import torch
 from diffusers import UNet2DModel as ReferenceUNet
+from diffusers.models.downsampling import downsample_2d as reference_downsample
+from diffusers.models.upsampling import upsample_2d as reference_upsample
 from diffusion_kernel.errors import CheckpointError, ConfigError
+from diffusion_kernel_vision.models.fir import fir_downsample_2d, fir_upsample_2d
 from diffusion_kernel_vision.models.unet_2d import UNet2DModel
 from safetensors.torch import load_file, save_file
 
@@ -157,3 +160,13 @@ def test_unknown_time_embedding_type_is_a_config_error_naming_the_known_ones():
 def test_unknown_block_type_is_a_config_error_listing_supported_ones():
     with pytest.raises(ConfigError, match="KDownBlock2D.*AttnSkipDownBlock2D"):
         UNet2DModel(**dict(DDPM_TINY, down_block_types=("KDownBlock2D", "DownBlock2D")))
+
+
+def test_fir_resampling_matches_reference_and_keeps_the_mean():
+    x = torch.randn(2, 3, 8, 6)
+    up, down = fir_upsample_2d(x), fir_downsample_2d(x)
+    assert up.shape == (2, 3, 16, 12) and down.shape == (2, 3, 4, 3)
+    assert torch.allclose(up, reference_upsample(x, kernel=(1, 3, 3, 1)), atol=1e-6)
+    assert torch.allclose(down, reference_downsample(x, kernel=(1, 3, 3, 1)), atol=1e-6)
+    constant = torch.ones(1, 1, 8, 8)
+    assert torch.allclose(fir_upsample_2d(constant)[..., 2:-2, 2:-2], torch.ones(1, 1, 12, 12))
