@@ -286,6 +286,17 @@ def test_crash_while_writing_a_later_shard_keeps_the_old_shards(tmp_path, monkey
     _same_weights(model, ToyModel.from_pretrained(tmp_path / "m"))
 
 
+def test_a_loaded_model_saves_back_into_the_folder_it_was_mapped_from(saved):
+    loaded = ToyModel.from_pretrained(saved[1])
+    with torch.no_grad():
+        loaded.proj_in.weight.mul_(3.0)
+    loaded.save_pretrained(saved[1])
+    again = ToyModel.from_pretrained(saved[1])
+    _same_weights(loaded, again)
+    torch.testing.assert_close(again.proj_in.weight, saved[0].proj_in.weight * 3.0)
+    assert _leftovers(saved[1]) == []
+
+
 def test_save_over_a_file_raises_and_keeps_the_file(tmp_path):
     (tmp_path / "model").write_text("not a folder")
     with pytest.raises(FileAccessError, match="it is a file, not a folder"):
