@@ -79,7 +79,7 @@ class Attention(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor,
                 encoder_hidden_states: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None, **_unused) -> torch.Tensor:
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """``hidden_states`` (B, N, C) or (B, C, *spatial); ``encoder_hidden_states`` (B, M, D) for
         cross-attention; ``attention_mask`` an additive bias over the key tokens, (B, M) or
         (B, 1, M). Returns a tensor shaped like ``hidden_states``."""

@@ -272,7 +272,9 @@ class UNet2DConditionModel(ModelMixin, AttentionSlicingMixin):
         ``down_block_additional_residuals`` + ``mid_block_additional_residual``: ControlNet
         residuals added to the skip connections and the mid block output.
         ``down_intrablock_additional_residuals``: T2I-adapter features added inside the down
-        blocks. Returns ``UNet2DConditionOutput(sample)`` (or ``(sample,)``).
+        blocks. ``cross_attention_kwargs`` is accepted for interface compatibility and not used
+        (there are no attention processors or LoRA layers here).
+        Returns ``UNet2DConditionOutput(sample)`` (or ``(sample,)``).
         """
         c = self.config
         # Sizes not divisible by the total downsampling: tell each upsampler its target size.

@@ -28,7 +28,8 @@ from .resnet import Downsample2D, ResnetBlock2D, Upsample2D
 from .transformer_2d import Transformer2DModel
 from .unet_skip_blocks import SKIP_DOWN_BLOCK_TYPES, SKIP_UP_BLOCK_TYPES, SkipDownBlock, SkipUpBlock
 
-# Block type -> (attention kind, has a time embedding, takes skip connections).
+# Block type -> (attention kind, U-Net level: takes a time embedding and, going up, the skip
+# connections; the autoencoder levels take neither).
 DOWN_BLOCK_TYPES = {
     "DownBlock2D": (None, True),
     "AttnDownBlock2D": ("self", True),
