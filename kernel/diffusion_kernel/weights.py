@@ -75,7 +75,8 @@ class SafetensorsFile:
             return isinstance(value, list) and all(
                 isinstance(v, int) and not isinstance(v, bool) for v in value)
 
-        if not (isinstance(info, dict) and info.get("dtype") in DTYPES and ints(info.get("shape"))
+        if not (isinstance(info, dict) and isinstance(info.get("dtype"), str)
+                and info["dtype"] in DTYPES and ints(info.get("shape"))
                 and ints(info.get("data_offsets")) and len(info["data_offsets"]) == 2):
             raise self._corrupt(f"its entry for {name!r} is malformed (it needs a known dtype, "
                                 f"a shape and two data offsets, all integers): {info!r}")
