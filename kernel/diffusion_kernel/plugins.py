@@ -50,7 +50,7 @@ class PluginManager:
         self.pm.add_hookspecs(hookspecs)
         self.registry = Registries(self.ensure_loaded)
         self.plugins: dict[str, PluginInfo] = {}
-        self._loaded = False
+        self._loaded = self._loading = False
         self._lock = threading.RLock()
         if os.environ.get(TRACE_ENV):
             self.pm.trace.root.setwriter(lambda msg: print(msg, end="", file=sys.stderr))
@@ -58,14 +58,19 @@ class PluginManager:
 
     # Discovery -----------------------------------------------------------------------------
     def ensure_loaded(self) -> None:
+        """Load the entry points once. Other threads wait until the registries are full; a
+        registry use from inside the loading (a plugin's import) returns at once."""
         if self._loaded:
             return
         with self._lock:
-            if self._loaded:
+            if self._loaded or self._loading:
                 return
-            self._loaded = True
-            self._load_entry_points()
-            self._fill_registries()
+            self._loading = True
+            try:
+                self._load_entry_points()
+                self._fill_registries()
+            finally:
+                self._loaded, self._loading = True, False
 
     def _allowed(self, name: str, distribution: str | None) -> bool:
         raw = os.environ.get(ALLOWLIST_ENV)
