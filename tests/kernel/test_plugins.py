@@ -211,3 +211,25 @@ def test_plugin_subcommand_runs_from_an_installed_plugin(site):
                         "sys.exit(main(['good-hello']))", site, DIFFUSION_KERNEL_PLUGINS="good")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "hello from good"
+
+
+def test_a_thread_listing_during_plugin_loading_waits_for_the_full_registry(tmp_path):
+    make_distribution(tmp_path, "slow-dist", "slow", "slow_plugin", '''
+        import time
+        from diffusion_kernel import hookimpl
+        time.sleep(1.0)  # a slow entry-point import
+
+        @hookimpl
+        def register_models(register):
+            register("slow_impl:SlowModel")
+    ''')
+    code = """
+        import json, threading, time
+        from diffusion_kernel import registry
+        first = threading.Thread(target=registry.models.names)
+        first.start()
+        time.sleep(0.3)  # the first thread is importing the slow plugin now
+        print(json.dumps(registry.models.names()))
+    """
+    result = run_python(code, tmp_path, DIFFUSION_KERNEL_PLUGINS="slow")
+    assert last_json(result.stdout) == ["SlowModel"]
