@@ -5,6 +5,7 @@ plugins, and deterministic name conflicts between installed distributions."""
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 from kernel_helpers import last_json, make_distribution, run_python
@@ -233,3 +234,22 @@ def test_a_thread_listing_during_plugin_loading_waits_for_the_full_registry(tmp_
     """
     result = run_python(code, tmp_path, DIFFUSION_KERNEL_PLUGINS="slow")
     assert last_json(result.stdout) == ["SlowModel"]
+
+
+def test_installed_console_script_runs_the_cli():
+    import shutil
+    import subprocess
+
+    exe = shutil.which("diffusion-kernel")
+    if exe is None:
+        pytest.skip("the diffusion-kernel console script is not installed")
+    env = {**os.environ, "DIFFUSION_KERNEL_PLUGINS": "schedulers,audio"}
+    result = subprocess.run([exe, "registry", "schedulers"], capture_output=True, text=True,
+                            env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "  DDIMScheduler  (aliases: ddim)  [schedulers]" in result.stdout
+    plugins = subprocess.run([exe, "plugins"], capture_output=True, text=True, env=env,
+                             timeout=120).stdout
+    assert re.search(r"^audio: diffusion-kernel-audio \S+ \[loaded\]\n  registers nothing$",
+                     plugins, flags=re.M)
+    assert re.search(r"^vision: diffusion-kernel-vision \S+ \[disabled\]$", plugins, flags=re.M)
