@@ -86,6 +86,20 @@ def test_loaded_weights_are_memory_mapped_and_writable_without_touching_the_file
     _same_weights(model, ToyModel.from_pretrained(folder))
 
 
+def test_loaded_weights_point_into_one_mapping_of_the_file(saved):
+    """No copy: parameters sit in the mapped file at the offsets its header gives."""
+    from diffusion_kernel.weights import SafetensorsFile
+
+    with SafetensorsFile(saved[1] / "diffusion_pytorch_model.safetensors") as file:
+        offsets = {k: v["data_offsets"][0] for k, v in file.header.items()}
+    loaded = ToyModel.from_pretrained(saved[1])
+    state = loaded.state_dict()
+    base = state["proj_in.weight"].data_ptr() - offsets["proj_in.weight"]
+    assert all(state[k].data_ptr() - base == offsets[k] for k in offsets)
+    converted = ToyModel.from_pretrained(saved[1], torch_dtype=torch.float64).state_dict()
+    assert converted["proj_in.weight"].data_ptr() - base != offsets["proj_in.weight"]
+
+
 def test_streamed_loading_without_mmap_gives_the_same_weights(saved):
     _same_weights(saved[0], ToyModel.from_pretrained(saved[1], mmap=False))
 
