@@ -164,6 +164,9 @@ class Registry:
         }
 
     def _find(self, name: str) -> Entry | None:
+        if not isinstance(name, str):  # e.g. a config file's "_class_name": [1]
+            raise NotRegisteredError(f"a class name must be a string, got {type(name).__name__} "
+                                     f"{name!r}; check the config's _class_name")
         self._ensure_loaded()
         if name in self._entries:
             return self._entries[name]
