@@ -10,6 +10,10 @@ Interface (stable; every scheduler test file may use it):
     (prediction, variance values in (0.05, 0.55): a valid variance for DDPM's ``learned`` and an
     interpolation value for ``learned_range``).
 
+``constant_model(sample, t) -> Tensor``
+    A noise estimate that depends on neither the sample nor t (a fixed ramp): every multistep
+    combination of it is itself, which makes multistep methods comparable with one-step ones.
+
 ``run_loop(scheduler, num_inference_steps, *, shape=(2, 3, 8, 8), seed=0, generator_seeds=None,
            set_timesteps_kwargs=None, step_kwargs=None, model=fake_model, init_sample=None,
            begin_index=None) -> Tensor``
@@ -78,6 +82,12 @@ def learned_variance_model(sample: torch.Tensor, t) -> torch.Tensor:
     return torch.cat([fake_model(sample, t), variance_values], dim=1)
 
 
+def constant_model(sample: torch.Tensor, t) -> torch.Tensor:
+    """The same fixed ramp for every sample and timestep."""
+    ramp = torch.linspace(-1, 1, sample[0].numel(), dtype=sample.dtype)
+    return ramp.reshape(sample.shape[1:]).expand_as(sample)
+
+
 # ------------------------------------------------------------------------------------ driver
 
 
@@ -135,7 +145,8 @@ def run_loop(
     timesteps = scheduler.timesteps
     if init_sample is not None:
         begin_index = begin_index or 0
-        scheduler.set_begin_index(begin_index)
+        if hasattr(scheduler, "set_begin_index"):  # diffusers' DDPM/DDIM/PNDM have none
+            scheduler.set_begin_index(begin_index)
         t0 = timesteps[begin_index: begin_index + 1]
         if hasattr(scheduler, "scale_noise"):  # flow matching noises by interpolation
             sample = scheduler.scale_noise(init_sample, t0, noise)

@@ -6,7 +6,14 @@ import diffusers
 import numpy as np
 import pytest
 import torch
-from conftest import assert_parity, fake_model, relative_error, run_loop, run_parity
+from conftest import (
+    assert_parity,
+    constant_model,
+    fake_model,
+    relative_error,
+    run_loop,
+    run_parity,
+)
 from diffusion_kernel import registry
 
 SHAPE = (2, 3, 8, 8)
@@ -92,10 +99,9 @@ def test_ddpm_fixed_large_log_is_fixed_large_computed_in_log_space():
     assert_parity(log_space, run_loop(cls(variance_type="fixed_large"), 7))
 
 
-def constant_eps(sample, t):
-    """A model whose noise estimate depends on neither x nor t: every multistep combination of
-    it is itself, so PNDM's steps reduce to the transfer function phi = the DDIM step."""
-    return torch.linspace(-1, 1, sample[0].numel()).reshape(sample.shape[1:]).expand_as(sample)
+# constant_model: a noise estimate independent of x and t, so every multistep combination of it
+# is itself and PNDM's steps reduce to the transfer function phi = the DDIM step
+constant_eps = constant_model
 
 
 @pytest.mark.parametrize("skip_prk_steps", [False, True])

@@ -55,7 +55,7 @@ class DDPMScheduler(AlphaSchedulerMixin):
         beta_end: float = 0.02,
         beta_schedule: str = "linear",
         trained_betas: Sequence[float] | None = None,
-        variance_type: str = "fixed_small",
+        variance_type: str | None = "fixed_small",
         clip_sample: bool = True,
         prediction_type: str = "epsilon",
         thresholding: bool = False,
@@ -66,6 +66,9 @@ class DDPMScheduler(AlphaSchedulerMixin):
         steps_offset: int = 0,
         rescale_betas_zero_snr: bool = False,
     ):
+        # None comes with configs of other schedulers (DPM-Solver's variance_type=None): the
+        # format treats it as the default, fixed_small
+        variance_type = variance_type or "fixed_small"
         check_option("variance_type", variance_type, VARIANCE_TYPES, type(self).__name__)
         self._init_training_schedule(self.config)
         self.variance_type = variance_type

@@ -96,6 +96,21 @@ class ScoreSdeVeScheduler(SchedulerMixin):
         self.sigmas = self._sigma_min * (self._sigma_max / self._sigma_min) ** self.timesteps.cpu()
         self.discrete_sigmas = self._geometric_levels(n, self._sigma_min, self._sigma_max)
         self.num_inference_steps = n
+        self._begin_index = None
+
+    @property
+    def begin_index(self) -> int | None:
+        return getattr(self, "_begin_index", None)
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Record that the run starts at ``timesteps[begin_index]`` (img2img: noise the input to
+        that time with ``add_noise`` first). ``step_pred`` takes its time explicitly, so this
+        changes no step."""
+        self._require_timesteps()
+        if not 0 <= begin_index < len(self.timesteps):
+            raise SchedulerError(f"begin_index {begin_index} is outside this run of "
+                                 f"{len(self.timesteps)} timesteps")
+        self._begin_index = int(begin_index)
 
     def _levels(self, timestep, batch: int) -> torch.Tensor:
         """The discrete level index of each sample's timestep: step i of n uses level n-1-i."""

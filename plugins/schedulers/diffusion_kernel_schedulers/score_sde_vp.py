@@ -54,6 +54,21 @@ class ScoreSdeVpScheduler(SchedulerMixin):
                                       type(self).__name__)
         self.timesteps = torch.linspace(1, self.config.sampling_eps, n, device=device)
         self.num_inference_steps = n
+        self._begin_index = None
+
+    @property
+    def begin_index(self) -> int | None:
+        return getattr(self, "_begin_index", None)
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Record that the run starts at ``timesteps[begin_index]`` (img2img: noise the input to
+        that time with ``add_noise`` first). ``step_pred`` takes its time explicitly, so this
+        changes no step."""
+        self._require_timesteps()
+        if not 0 <= begin_index < len(self.timesteps):
+            raise SchedulerError(f"begin_index {begin_index} is outside this run of "
+                                 f"{len(self.timesteps)} timesteps")
+        self._begin_index = int(begin_index)
 
     def _log_mean_coeff(self, t: torch.Tensor) -> torch.Tensor:
         c = self.config

@@ -1,0 +1,306 @@
+"""The conformance suite every registered scheduler runs: the public contract of a scheduler
+(diffusers format), checked class by class over ``registry.schedulers``.
+
+Classes whose contract legitimately differs are handled explicitly, each with its reason:
+- score-SDE VE / VP sample with ``step_pred`` (VE also ``step_correct``), not ``step``, and take
+  continuous times: the loop driver (conftest.run_loop) drives them like their papers' samplers;
+  the VE corrector's step size is shared by the batch (batch-mean norms, as in the paper's code),
+  so per-sample independence is checked with ``correct_steps=0``;
+- flow matching noises with ``scale_noise`` for img2img; its ``add_noise`` is the same path at
+  sigma = t / T (the reference class has no ``add_noise``: we compare with ``scale_noise``);
+- the VP class has no ``add_noise`` in the reference: it is checked against the paper's
+  perturbation kernel (Song et al. 2021, eq. 33).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+
+import pytest
+import torch
+from conftest import (
+    assert_parity,
+    constant_model,
+    diffusers_scheduler_class,
+    run_loop,
+    run_parity,
+)
+from diffusion_kernel import registry
+from diffusion_kernel.errors import DiffusionKernelError, SchedulerError
+from diffusion_kernel.scheduling import SchedulerMixin
+
+NAMES = registry.schedulers.names()
+SDE = ("ScoreSdeVeScheduler", "ScoreSdeVpScheduler")
+FLOW = ("FlowMatchEulerDiscreteScheduler",)
+STEPS = 6
+SHAPE = (2, 3, 8, 8)
+
+
+def _class(name):
+    return registry.schedulers.get(name)
+
+
+def _make(name, **config):
+    return _class(name).from_config(config)
+
+
+def _sample_step(scheduler):
+    """The method that takes a model output and a sample: ``step`` or the SDE ``step_pred``."""
+    return scheduler.step_pred if type(scheduler).__name__ in SDE else scheduler.step
+
+
+def _call_step(scheduler, model_output, t, sample):
+    if type(scheduler).__name__ == "ScoreSdeVpScheduler":  # step_pred(score, x, t)
+        return scheduler.step_pred(model_output, sample, t)
+    return _sample_step(scheduler)(model_output, t, sample)
+
+
+def test_every_scheduler_of_the_format_is_registered():
+    assert len(NAMES) == 19, NAMES
+
+
+# --------------------------------------------------------------------------- format and config
+@pytest.mark.parametrize("name", NAMES)
+def test_config_has_the_reference_fields_and_defaults(name):
+    reference = dict(diffusers_scheduler_class(name)().config)
+    ours = _make(name).config
+    for key, value in reference.items():
+        if key.startswith("_"):
+            continue
+        assert key in ours, f"{name} config lacks field {key!r}"
+        mine = ours[key]
+        if isinstance(value, float) or isinstance(mine, float):
+            assert value is not None and mine is not None and math.isclose(mine, value), key
+        else:
+            assert json.loads(json.dumps(mine)) == json.loads(json.dumps(value)), key
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_order_and_compatibles_follow_the_format(name):
+    ours, reference = _make(name), diffusers_scheduler_class(name)()
+    assert ours.order == reference.order
+    expected = {n for n in getattr(reference, "_compatibles", ()) if n in NAMES}
+    assert expected <= set(ours._compatibles)
+    assert type(ours) in ours.compatibles
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_save_and_load_round_trip(name, tmp_path):
+    original = _make(name)
+    original.save_pretrained(tmp_path)
+    for loaded in (_class(name).from_pretrained(tmp_path),
+                   SchedulerMixin.from_pretrained(tmp_path)):
+        assert type(loaded) is type(original)
+        assert loaded.config == original.config
+        assert torch.equal(run_loop(loaded, STEPS), run_loop(original, STEPS))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_saved_config_loads_in_the_reference_and_back(name, tmp_path):
+    _make(name).save_pretrained(tmp_path / "ours")
+    reference = diffusers_scheduler_class(name).from_pretrained(tmp_path / "ours")
+    reference.save_pretrained(tmp_path / "theirs")
+    assert _class(name).from_pretrained(tmp_path / "theirs").config == _make(name).config
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_swap_via_from_config_among_compatibles(name):
+    original = _make(name)
+    for other in original.compatibles:
+        swapped = other.from_config(original.config)
+        assert torch.isfinite(run_loop(swapped, STEPS)).all(), other.__name__
+        back = type(original).from_config(swapped.config)
+        # every field of the original survives the round trip (the other class's own fields
+        # ride along as hidden keys)
+        for key, value in original.config.items():
+            assert back.config[key] == value, f"swap {name} -> {other.__name__} -> back: {key}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_unknown_option_value_raises_config_error_listing_valid_values(name):
+    options = {"prediction_type": "eps", "timestep_spacing": "uniform",
+               "beta_schedule": "quadratic", "time_shift_type": "cubic"}
+    params = inspect.signature(_class(name).__init__).parameters
+    checked = [(k, v) for k, v in options.items() if k in params]
+    for key, bad in checked:
+        with pytest.raises(DiffusionKernelError, match=f"(?s){bad}.*valid"):
+            _make(name, **{key: bad})
+    if not checked:  # the SDE classes have no option-valued fields
+        assert name in SDE
+
+
+# ------------------------------------------------------------------------------------- noising
+@pytest.mark.parametrize("name", NAMES)
+def test_add_noise_at_every_timestep_matches_the_reference(name):
+    ours, reference = _make(name), diffusers_scheduler_class(name)()
+    x0 = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1))
+    noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(2))
+    ours.set_timesteps(STEPS)
+    reference.set_timesteps(STEPS)
+    if name == "ScoreSdeVeScheduler":  # timesteps of add_noise index the discrete levels
+        reference.set_sigmas(STEPS)
+        points = [torch.tensor([i]) for i in range(STEPS)]
+    else:
+        # every step's start (order-2 runs interleave their second evaluations in timesteps:
+        # img2img starts at timesteps[k * order])
+        points = [t.reshape(1) for t in ours.timesteps[:: ours.order]]
+    for t in points:
+        mine = ours.add_noise(x0, noise, t)
+        if name == "ScoreSdeVpScheduler":  # no reference add_noise: the paper's kernel (eq. 33)
+            log_m = -0.25 * t**2 * (20 - 0.1) - 0.5 * t * 0.1
+            expected = log_m.exp() * x0 + (1 - (2 * log_m).exp()).sqrt() * noise
+        elif name in FLOW:  # no reference add_noise: its scale_noise is the same path
+            expected = reference.scale_noise(x0, t, noise)
+        elif name == "DDIMInverseScheduler":  # no reference add_noise: DDIM's, same chain
+            expected = diffusers_scheduler_class("DDIMScheduler")().add_noise(x0, noise, t)
+        else:
+            expected = reference.add_noise(x0, noise, t)
+        assert_parity(mine, expected)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_add_noise_takes_one_timestep_per_sample(name):
+    scheduler = _make(name)
+    scheduler.set_timesteps(STEPS)
+    x0, noise = torch.randn(SHAPE), torch.randn(SHAPE)
+    ts = (torch.tensor([0, STEPS - 1]) if name == "ScoreSdeVeScheduler"
+          else scheduler.timesteps[[0, STEPS - 1]])
+    together = scheduler.add_noise(x0, noise, ts)
+    apart = torch.cat([scheduler.add_noise(x0[i:i + 1], noise[i:i + 1], ts[i:i + 1])
+                       for i in range(2)])
+    assert_parity(together, apart)
+
+
+# ------------------------------------------------------------------------------------ the run
+@pytest.mark.parametrize("name", NAMES)
+def test_init_noise_sigma_and_timesteps_after_set_timesteps(name):
+    scheduler = _make(name)
+    scheduler.set_timesteps(STEPS)
+    assert float(scheduler.init_noise_sigma) > 0
+    assert len(scheduler.timesteps) >= STEPS
+    assert scheduler.timesteps.ndim == 1
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_set_timesteps_again_starts_a_clean_run(name):
+    scheduler = _make(name)
+    first = run_loop(scheduler, STEPS)
+    scheduler.set_timesteps(3)  # an abandoned run must leave nothing behind
+    if name not in SDE:
+        t = scheduler.timesteps[0]
+        _sample_step(scheduler)(torch.randn(SHAPE), t, torch.randn(SHAPE))
+    assert torch.equal(run_loop(scheduler, STEPS), first)
+    assert torch.equal(run_loop(_make(name), STEPS), first)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_batch_of_four_with_seeds_equals_four_runs_of_one(name):
+    # the VE corrector's step size is a batch mean (see module docstring): correct_steps=0
+    config = {"correct_steps": 0} if name == "ScoreSdeVeScheduler" else {}
+    shape = (4, 3, 8, 8)
+    seeds = [11, 22, 33, 44]
+    batch = run_loop(_make(name, **config), STEPS, shape=shape, generator_seeds=seeds)
+    single = torch.cat([run_loop(_make(name, **config), STEPS, shape=(1, *shape[1:]),
+                                 generator_seeds=[s]) for s in seeds])
+    assert_parity(batch, single, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_img2img_from_a_begin_index(name):
+    scheduler = _make(name)
+    scheduler.set_timesteps(STEPS)
+    if name in SDE or name == "DDIMInverseScheduler":
+        # SDE: step_pred takes its time explicitly; inversion runs clean -> noise, so there is
+        # no noised input to start from: set_begin_index only records and validates
+        scheduler.set_begin_index(2)
+        assert scheduler.begin_index == 2
+        with pytest.raises(SchedulerError):
+            scheduler.set_begin_index(len(scheduler.timesteps))
+        return
+    begin = 2 * scheduler.order
+    init = torch.randn(SHAPE, generator=torch.Generator().manual_seed(5)).clamp(-1, 1)
+    if name == "PNDMScheduler":
+        # The reference ignores the begin index (its step counter starts a PRK warm-up mid-run).
+        # Ours restarts the multistep history there. With a noise estimate that depends on
+        # neither x nor t every multistep combination is that estimate and each PNDM step is
+        # the DDIM step (the transfer function, eq. 11), so img2img from t_1 must equal DDIM's.
+        pndm = _make(name, skip_prk_steps=True)  # call 2 is the first PLMS call, at t_1
+        ddim = _make("DDIMScheduler", clip_sample=False, set_alpha_to_one=False)
+        assert_parity(run_loop(pndm, STEPS, init_sample=init, begin_index=2, model=constant_model),
+                      run_loop(ddim, STEPS, init_sample=init, begin_index=1, model=constant_model))
+        with pytest.raises(SchedulerError, match="Valid indices"):
+            prk = _make(name)
+            prk.set_timesteps(STEPS)
+            prk.set_begin_index(1)  # inside the first Runge-Kutta step
+        return
+    ours = run_loop(scheduler, STEPS, init_sample=init, begin_index=begin)
+    assert torch.isfinite(ours).all()
+    reference = diffusers_scheduler_class(name)()
+    assert_parity(ours, run_loop(reference, STEPS, init_sample=init, begin_index=begin))
+
+
+def _takes(cls, argument):
+    return argument in inspect.signature(cls.set_timesteps).parameters
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_custom_timesteps_where_supported(name):
+    """Where the reference takes ``timesteps=``, the same custom run agrees with it; where only
+    ours does, the spaced run's timesteps given explicitly reproduce it."""
+    reference_cls = diffusers_scheduler_class(name)
+    if _takes(reference_cls, "timesteps"):
+        reference = reference_cls()
+        reference.set_timesteps(STEPS)
+        timesteps = reference.timesteps[:: reference.order].tolist()[:-1]  # a custom subset
+        kwargs = {"set_timesteps_kwargs": {"timesteps": timesteps}}
+        assert_parity(*run_parity(name, {}, None, **kwargs))
+    elif _takes(_class(name), "timesteps"):
+        scheduler = _make(name)
+        scheduler.set_timesteps(STEPS)
+        timesteps = scheduler.timesteps[:: scheduler.order].tolist()
+        custom = run_loop(_make(name), None, set_timesteps_kwargs={"timesteps": timesteps})
+        assert_parity(custom, run_loop(_make(name), STEPS))
+    else:
+        pytest.skip(f"{name}.set_timesteps takes no custom timesteps (nor does the reference's)")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_custom_sigmas_where_the_reference_takes_them(name):
+    reference_cls = diffusers_scheduler_class(name)
+    if not _takes(reference_cls, "sigmas"):
+        pytest.skip(f"the reference {name}.set_timesteps takes no custom sigmas")
+    reference = reference_cls()
+    reference.set_timesteps(STEPS)
+    sigmas = [float(s) for s in reference.sigmas[: STEPS - 1]]  # a custom, shorter schedule
+    assert_parity(*run_parity(name, {}, None, set_timesteps_kwargs={"sigmas": sigmas}))
+
+
+# ------------------------------------------------------------------------------------- errors
+@pytest.mark.parametrize("name", NAMES)
+def test_step_before_set_timesteps_raises(name):
+    scheduler = _make(name)
+    x = torch.randn(SHAPE)
+    with pytest.raises(SchedulerError, match="set_timesteps"):
+        _call_step(scheduler, x, torch.tensor(1.0) if name in SDE else 999, x)
+
+
+@pytest.mark.parametrize("bad", [0, -3, "too_many", 2.5])
+@pytest.mark.parametrize("name", NAMES)
+def test_bad_num_inference_steps_raises(name, bad):
+    scheduler = _make(name)
+    if bad == "too_many":  # more steps than the model was trained with
+        bad = scheduler.config.num_train_timesteps + 1
+    with pytest.raises(DiffusionKernelError, match="num_inference_steps"):
+        scheduler.set_timesteps(bad)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_wrong_shape_model_output_raises(name):
+    scheduler = _make(name)
+    scheduler.set_timesteps(STEPS)
+    sample = torch.randn(SHAPE)
+    wrong = torch.randn(2, 3, 8, 4)
+    with pytest.raises(SchedulerError, match="shape"):
+        _call_step(scheduler, wrong, scheduler.timesteps[0], sample)
