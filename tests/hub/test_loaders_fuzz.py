@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusion_kernel import DiffusionKernelError
+from diffusion_kernel import DiffusionKernelError, DiffusionPipeline, ModelMixin, SchedulerMixin
 from diffusion_kernel.configuration import read_json
 from diffusion_kernel.weights import DTYPES, SafetensorsFile
-from hub_toys import HubToyModel, toy_model
+from hub_toys import HubToyModel, HubToyScheduler, toy_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -153,3 +153,40 @@ def test_from_pretrained_with_one_byte_changed_or_the_file_cut(position, value):
 @given(st.binary(max_size=300), st.binary(max_size=300))
 def test_from_pretrained_with_random_config_and_weight_bytes(config, weights):
     _load_folder(config, weights)
+
+
+@FUZZ
+@given(configs)
+def test_model_mixin_from_pretrained_with_a_random_config(config):
+    folder = Path(tempfile.mkdtemp(prefix="fuzz-model-"))
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "diffusion_pytorch_model.safetensors").write_bytes(GOOD_WEIGHTS)
+    _only_library_errors(lambda: ModelMixin.from_pretrained(folder))
+
+
+@FUZZ
+@given(configs, st.booleans())
+def test_scheduler_from_pretrained_with_a_random_config(config, through_the_base_class):
+    folder = Path(tempfile.mkdtemp(prefix="fuzz-scheduler-"))
+    (folder / "scheduler_config.json").write_text(json.dumps(config))
+    cls = SchedulerMixin if through_the_base_class else HubToyScheduler
+    _only_library_errors(lambda: cls.from_pretrained(folder))
+
+
+component_specs = st.lists(st.sampled_from(["diffusers", "transformers", "hub_toys"])
+                           | st.sampled_from(["HubToyModel", "HubToyScheduler"]) | json_values,
+                           max_size=3) | json_values
+model_indexes = st.dictionaries(
+    st.sampled_from(["_class_name", "unet", "scheduler"]) | st.text(max_size=6),
+    st.sampled_from(["HubToyPipeline"]) | component_specs, max_size=4)
+
+
+@FUZZ
+@given(model_indexes)
+def test_pipeline_from_pretrained_with_a_random_model_index(index):
+    folder = Path(tempfile.mkdtemp(prefix="fuzz-pipeline-"))
+    (folder / "model_index.json").write_text(json.dumps(index))
+    (folder / "unet").mkdir()
+    (folder / "unet" / "config.json").write_bytes(GOOD_CONFIG)
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(GOOD_WEIGHTS)
+    _only_library_errors(lambda: DiffusionPipeline.from_pretrained(folder))
