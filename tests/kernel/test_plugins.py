@@ -24,8 +24,7 @@ def register_commands(subparsers):
     p.set_defaults(func=lambda args: print("hello from good") or 0)
 '''
 GOOD_IMPL = '''
-import torch  # a plugin's code module may be heavy; listing must not import it
-
+# A plugin's code module (heavy in real life: torch, models); listing must not import it.
 class GoodModel:
     """The good plugin's model."""
 '''
