@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass
 
 import torch
-from diffusion_kernel.errors import SchedulerError
+from diffusion_kernel.errors import ConfigError, SchedulerError
 from diffusion_kernel.scheduling import SchedulerMixin, SchedulerOutput
 
 from .alpha_schedule import check_num_inference_steps
@@ -57,7 +57,7 @@ class ScoreSdeVeScheduler(SchedulerMixin):
         correct_steps: int = 1,
     ):
         if not 0 < sigma_min < sigma_max:
-            raise SchedulerError(f"ScoreSdeVeScheduler needs 0 < sigma_min < sigma_max, got "
+            raise ConfigError(f"ScoreSdeVeScheduler needs 0 < sigma_min < sigma_max, got "
                                  f"sigma_min={sigma_min}, sigma_max={sigma_max}")
         self.init_noise_sigma = sigma_max
         self.timesteps = None
