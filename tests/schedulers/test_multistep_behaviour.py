@@ -35,7 +35,7 @@ def test_step_before_set_timesteps_raises_scheduler_error(name):
     ("DPMSolverMultistepScheduler", "prediction_type", "velocity"),
     ("UniPCMultistepScheduler", "time_shift_type", "cosine"),
     ("DPMSolverMultistepScheduler", "beta_schedule", "cubic"),
-    ("DPMSolverMultistepScheduler", "variance_type", "fixed"),
+    ("DPMSolverMultistepScheduler", "variance_type", "fixed"),  # DDPM's values are accepted
     ("DPMSolverSinglestepScheduler", "algorithm_type", "sde-dpmsolver"),
     ("UniPCMultistepScheduler", "solver_type", "bh3"),
     ("DEISMultistepScheduler", "algorithm_type", "ddim"),

@@ -53,7 +53,9 @@ from .schedules import (
 from .sigma_schedule import KARRAS_DIFFUSION_SCHEDULERS, discretise, sigma_kind
 
 FINAL_SIGMAS_TYPES = ("zero", "sigma_min")
-VARIANCE_TYPES = (None, "learned", "learned_range")
+# learned variance channels are dropped; DDPM's fixed types (a swapped config) mean there are none
+VARIANCE_TYPES = (None, "learned", "learned_range", "fixed_small", "fixed_small_log", "fixed_large",
+                  "fixed_large_log")
 FLOW_PREDICTION_TYPES = (*PREDICTION_TYPES, "flow_prediction")
 DPM_ALGORITHM_TYPES = ("dpmsolver", "dpmsolver++", "sde-dpmsolver", "sde-dpmsolver++")
 DPM_SOLVER_TYPES = ("midpoint", "heun")
