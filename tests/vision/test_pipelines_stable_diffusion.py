@@ -74,6 +74,26 @@ def test_negative_prompt_and_several_images_per_prompt_match_reference(ours, ref
     np.testing.assert_allclose(run(ours, **kwargs), run(ref, **kwargs), atol=TOL)
 
 
+def test_eta_matches_reference(ours, ref):
+    mine = run(ours, generator=seeded(7), eta=0.5)
+    np.testing.assert_allclose(mine, run(ref, generator=seeded(7), eta=0.5), atol=TOL)
+    assert np.abs(mine - run(ours, generator=seeded(7))).max() > 1e-3  # eta matters
+
+
+def test_clip_skip_uses_the_normalised_hidden_state_before_the_last_layer(ours):
+    # (the reference cannot be asked here: diffusers 0.42.1 looks for .text_model, which
+    # transformers 5 no longer has)
+    tokens = ours.tokenizer(["a cat"], padding="max_length", max_length=tiny.MAX_TOKENS,
+                            return_tensors="pt").input_ids
+    with torch.no_grad():
+        hidden = ours.text_encoder(tokens, output_hidden_states=True).hidden_states[-2]
+        expected = ours.text_encoder.final_layer_norm(hidden)
+    embeds, _ = ours.encode_prompt("a cat", torch.device("cpu"), 1, False, clip_skip=1)
+    torch.testing.assert_close(embeds, expected)
+    plain, _ = ours.encode_prompt("a cat", torch.device("cpu"), 1, False)
+    assert (plain - embeds).abs().max() > 1e-3
+
+
 def test_generator_list_matches_reference(ours, ref):
     mine = run(ours, prompt=["a cat", "the dog"], generator=seeded(3, 4))
     theirs = run(ref, prompt=["a cat", "the dog"], generator=seeded(3, 4))
@@ -162,9 +182,12 @@ def test_model_cpu_offload_gives_the_same_images(folder):
     before = run(pipe)
     pipe.enable_model_cpu_offload()
     assert pipe._execution_device.type in ("cpu", "cuda")
+    # accelerate's hooks sit on every model of model_cpu_offload_seq
+    assert all(hasattr(getattr(pipe, n), "_hf_hook") for n in ("text_encoder", "unet", "vae"))
     np.testing.assert_allclose(run(pipe), before, atol=1e-6)
     np.testing.assert_allclose(run(pipe), before, atol=1e-6)  # hooks survive a call
     pipe.remove_all_hooks()
+    assert not hasattr(pipe.unet, "_hf_hook")
 
 
 def test_attention_slicing_gives_the_same_images(folder):

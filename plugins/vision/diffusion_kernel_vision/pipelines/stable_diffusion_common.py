@@ -141,7 +141,9 @@ class StableDiffusionBase(DiffusionPipeline):
         # clip_skip=k: the hidden state k layers before the last, through the final layer norm.
         hidden = self.text_encoder(ids, attention_mask=mask, output_hidden_states=True)
         hidden = hidden.hidden_states[-(clip_skip + 1)]
-        return self.text_encoder.text_model.final_layer_norm(hidden)
+        # transformers < 5 nests the layers in .text_model; 5.x holds them directly
+        text_model = getattr(self.text_encoder, "text_model", self.text_encoder)
+        return text_model.final_layer_norm(hidden)
 
     def encode_prompt(self, prompt: str | list[str] | None, device: torch.device,
                       num_images_per_prompt: int, do_classifier_free_guidance: bool,
