@@ -21,7 +21,11 @@ from .errors import FileAccessError
 
 
 def _hub():
+    # Submodules are attributes of the package only once imported: import the ones used here.
     import huggingface_hub
+    import huggingface_hub.constants
+    import huggingface_hub.errors
+    import huggingface_hub.utils  # noqa: F401
 
     return huggingface_hub
 
