@@ -45,6 +45,25 @@ def test_bad_step_count_raises_scheduler_error(name, steps):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_more_steps_than_training_timesteps_raises_scheduler_error(name):
+    with pytest.raises(SchedulerError, match="more than the 1000 timesteps"):
+        make(name).set_timesteps(1001)
+
+
+def test_edm_custom_positions_outside_unit_interval_are_refused():
+    with pytest.raises(SchedulerError, match=r"positions along the schedule in \[0, 1\]"):
+        make("EDMEulerScheduler").set_timesteps(sigmas=[80.0, 10.0, 0.5])
+
+
+def test_edm_built_from_an_euler_config_uses_the_paper_sigma_range():
+    edm = registry.schedulers.get("EDMEulerScheduler").from_config(
+        make("EulerDiscreteScheduler").config)
+    edm.set_timesteps(5)
+    assert edm.sigmas[0].item() == pytest.approx(80.0)
+    assert edm.sigmas[-2].item() == pytest.approx(0.002)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_wrong_shape_model_output_raises_scheduler_error(name):
     scheduler = make(name)
     scheduler.set_timesteps(5)

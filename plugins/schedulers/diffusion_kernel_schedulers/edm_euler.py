@@ -43,8 +43,8 @@ class EDMEulerScheduler(SigmaSchedulerMixin):
 
     def __init__(
         self,
-        sigma_min: float = 0.002,
-        sigma_max: float = 80.0,
+        sigma_min: float | None = 0.002,
+        sigma_max: float | None = 80.0,
         sigma_data: float = 0.5,
         sigma_schedule: str = "karras",
         num_train_timesteps: int = 1000,
@@ -56,6 +56,9 @@ class EDMEulerScheduler(SigmaSchedulerMixin):
         check_option("sigma_schedule", sigma_schedule, SIGMA_SCHEDULES, owner)
         check_option("prediction_type", prediction_type, self.prediction_types, owner)
         check_option("final_sigmas_type", final_sigmas_type, FINAL_SIGMAS_TYPES, owner)
+        # None (as in an Euler config swapped in) means the paper's range, Karras et al. Table 1
+        self.sigma_min = 0.002 if sigma_min is None else sigma_min
+        self.sigma_max = 80.0 if sigma_max is None else sigma_max
         self._clear_run()
 
     # -- preconditioning (Karras et al. 2022, Table 1) ---------------------------------------------
@@ -84,7 +87,7 @@ class EDMEulerScheduler(SigmaSchedulerMixin):
     @property
     def init_noise_sigma(self) -> float:
         """sqrt(sigma_max^2 + 1), as in the diffusers format."""
-        return (self.config.sigma_max**2 + 1) ** 0.5
+        return (self.sigma_max**2 + 1) ** 0.5
 
     def set_timesteps(
         self,
@@ -101,13 +104,17 @@ class EDMEulerScheduler(SigmaSchedulerMixin):
             ramp = torch.linspace(0, 1, n, dtype=torch.float64)
         else:
             ramp = torch.as_tensor(sigmas, dtype=torch.float64).reshape(-1)
-            if len(ramp) < 1:
-                raise SchedulerError(f"{owner}.set_timesteps: sigmas (ramp positions) is empty")
+            if len(ramp) < 1 or not bool(((ramp >= 0) & (ramp <= 1)).all()):
+                raise SchedulerError(
+                    f"{owner}.set_timesteps: sigmas= are positions along the schedule in [0, 1] "
+                    f"(0 -> sigma_max, 1 -> sigma_min), as in the diffusers format; got "
+                    f"{ramp.tolist()}"
+                )
             n = len(ramp)
         if cfg.sigma_schedule == "karras":
-            run = karras_sigmas_at(ramp, cfg.sigma_min, cfg.sigma_max, cfg.rho).float()
+            run = karras_sigmas_at(ramp, self.sigma_min, self.sigma_max, cfg.rho).float()
         else:  # evenly spaced in log-sigma; only the number of positions matters
-            run = torch.from_numpy(exponential_sigmas(cfg.sigma_min, cfg.sigma_max, n)).float()
+            run = torch.from_numpy(exponential_sigmas(self.sigma_min, self.sigma_max, n)).float()
         last = float(run[-1]) if cfg.final_sigmas_type == "sigma_min" else 0.0
         sigmas = torch.cat([run, torch.tensor([last])])
         self._set_run(sigmas.numpy(), self.precondition_noise(run), n, device)

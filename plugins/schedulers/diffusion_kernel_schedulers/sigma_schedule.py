@@ -216,13 +216,20 @@ class SigmaSchedulerMixin(SchedulerMixin):
         self._begin_index: int | None = None
 
     # -- a run ----------------------------------------------------------------------------------
-    @staticmethod
-    def _check_num_steps(num_inference_steps: Any, owner: str, minimum: int = 1) -> int:
+    def _check_num_steps(self, num_inference_steps: Any, owner: str) -> int:
+        """A step count between 1 and the number of training timesteps, or a SchedulerError."""
+        most = self.config.num_train_timesteps
         if isinstance(num_inference_steps, bool) or not isinstance(
-                num_inference_steps, (int, np.integer)) or num_inference_steps < minimum:
+                num_inference_steps, (int, np.integer)) or num_inference_steps < 1:
             raise SchedulerError(
-                f"{owner}.set_timesteps: num_inference_steps must be an integer >= {minimum}, "
+                f"{owner}.set_timesteps: num_inference_steps must be an integer >= 1, "
                 f"got {num_inference_steps!r}"
+            )
+        if num_inference_steps > most:
+            raise SchedulerError(
+                f"{owner}.set_timesteps: num_inference_steps={num_inference_steps} is more than "
+                f"the {most} timesteps the model was trained with (num_train_timesteps); use at "
+                f"most {most}"
             )
         return int(num_inference_steps)
 
