@@ -322,3 +322,51 @@ def test_callback_asking_for_an_unknown_tensor_is_rejected(toys):
 
 def test_repr_names_the_components(toys):
     assert repr(_pipe()) == "ToyPipeline(unet=ToyModel, scheduler=ToyScheduler)"
+
+
+def test_diffusers_loads_a_pipeline_we_saved(tmp_path):
+    """model_index.json, the component folders and their files are the reference's format:
+    diffusers' own DiffusionPipeline loads what our base class saved."""
+    import warnings
+
+    import diffusers
+    from diffusion_kernel.modeling import ModelMixin
+    from diffusion_kernel.scheduling import SchedulerMixin
+
+    reference = diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1,
+                                      layers_per_block=1, block_out_channels=(8, 8),
+                                      norm_num_groups=4,
+                                      down_block_types=("DownBlock2D", "DownBlock2D"),
+                                      up_block_types=("UpBlock2D", "UpBlock2D"))
+
+    class UNet2DModel(ModelMixin):  # our side of the checkpoint: the reference's weights
+        def __init__(self, **config):
+            super().__init__()
+            self.inner = reference
+
+        def state_dict(self, *args, **kwargs):
+            return self.inner.state_dict(*args, **kwargs)
+
+    class DDPMScheduler(SchedulerMixin):
+        def __init__(self, num_train_timesteps: int = 1000, beta_schedule: str = "linear"):
+            pass
+
+    class DDPMPipeline(DiffusionPipeline):
+        def __init__(self, unet, scheduler):
+            self.register_modules(unet=unet, scheduler=scheduler)
+
+    for cls in (UNet2DModel, DDPMScheduler):
+        cls.__module__ = "diffusion_kernel_fake.parts"  # as if a plugin of ours defined them
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the wrapper keeps the reference's config keys hidden
+        unet = UNet2DModel.from_config(dict(reference.config))
+    ours = DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=50,
+                                                          beta_schedule="squaredcos_cap_v2"))
+    ours.save_pretrained(tmp_path)
+    assert _index(tmp_path)["unet"] == ["diffusers", "UNet2DModel"]
+    loaded = diffusers.DiffusionPipeline.from_pretrained(tmp_path)
+    assert type(loaded) is diffusers.DDPMPipeline
+    assert loaded.scheduler.config.num_train_timesteps == 50
+    assert loaded.scheduler.config.beta_schedule == "squaredcos_cap_v2"
+    for key, value in reference.state_dict().items():
+        torch.testing.assert_close(loaded.unet.state_dict()[key], value, rtol=0, atol=0)
