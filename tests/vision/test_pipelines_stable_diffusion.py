@@ -261,3 +261,14 @@ def test_tests_run_on_our_own_models_and_schedulers(ours):
     assert libraries == {"vae": "diffusion_kernel_vision", "unet": "diffusion_kernel_vision",
                          "scheduler": "diffusion_kernel_schedulers",
                          "text_encoder": "transformers", "tokenizer": "transformers"}
+
+
+def test_swapping_the_scheduler_from_its_config_matches_the_reference_swap(ours, ref):
+    import diffusers
+    from diffusion_kernel import EulerAncestralDiscreteScheduler
+
+    ours.scheduler = EulerAncestralDiscreteScheduler.from_config(ours.scheduler.config)
+    ref.scheduler = diffusers.EulerAncestralDiscreteScheduler.from_config(ref.scheduler.config)
+    assert type(ours.scheduler).__module__.startswith("diffusion_kernel")
+    assert ours.scheduler.config.beta_schedule == "scaled_linear"  # the schedule carried over
+    np.testing.assert_allclose(run(ours), run(ref), atol=TOL)

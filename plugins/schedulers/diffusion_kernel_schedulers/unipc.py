@@ -18,6 +18,7 @@ where c_x, c_a = sigma_t / sigma_s0, alpha_t (data prediction) or alpha_t / alph
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -116,8 +117,11 @@ class UniPCMultistepScheduler(MultistepScheduler):
     _time_shift_types = ("exponential", "linear")
 
     def set_timesteps(self, num_inference_steps: int | None = None,
-                      device: str | torch.device | None = None, **kwargs: Any) -> None:
-        super().set_timesteps(num_inference_steps, device, **kwargs)
+                      device: str | torch.device | None = None,
+                      timesteps: Sequence[int] | None = None,
+                      sigmas: Sequence[float] | None = None, mu: float | None = None) -> None:
+        """As ``MultistepScheduler.set_timesteps``; a ``solver_p`` gets the same step count."""
+        super().set_timesteps(num_inference_steps, device, timesteps, sigmas, mu)
         if self.solver_p is not None:
             self.solver_p.set_timesteps(self.num_inference_steps, device=device)
 
