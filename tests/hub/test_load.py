@@ -1,6 +1,7 @@
 """Loading models, schedulers and pipelines by Hub repo id: revisions, subfolders, variants,
 dtypes, the cache, offline mode, and fetching only the files a load needs."""
 
+import pytest
 import torch
 from diffusion_kernel import DiffusionPipeline, ModelMixin, SchedulerMixin
 from hub_toys import HubToyModel, HubToyPipeline, HubToyScheduler, same_weights, toy_model
@@ -256,3 +257,24 @@ def test_pipeline_at_a_revision(hub, upload, tmp_path):
     new = _toy_pipeline_repo(upload, tmp_path, seed=2)
     assert same_weights(DiffusionPipeline.from_pretrained(REPO, revision="v1").unet, old)
     assert same_weights(DiffusionPipeline.from_pretrained(REPO).unet, new)
+
+
+def test_hf_hub_offline_set_before_python_starts(hub, upload, tmp_path):
+    """The user's way: HF_HUB_OFFLINE=1 in the environment of a new process, after a download."""
+    import os
+    import subprocess
+    import sys
+
+    model = toy_model(seed=12)
+    upload(_save(model, tmp_path / "m"), REPO)
+    HubToyModel.from_pretrained(REPO)
+    hub.clear_log()
+    script = (f"from hub_toys import HubToyModel\n"
+              f"m = HubToyModel.from_pretrained({REPO!r})\n"
+              f"print(float(m.proj.weight.sum()))\n")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=os.path.dirname(__file__))
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert float(out.stdout.split()[-1]) == pytest.approx(float(model.proj.weight.sum()))
+    assert hub.count() == 0

@@ -273,3 +273,9 @@ def test_delete_repo(api, folder):
     api.delete_repo(REPO)
     with pytest.raises(hf_errors.RepositoryNotFoundError):
         api.repo_info(REPO)
+
+
+def test_a_repo_created_without_namespace_goes_to_the_token_owner(api, folder):
+    url = api.create_repo("solo")
+    assert url.repo_id == "test-user/solo"
+    assert api.whoami()["name"] == "test-user"
