@@ -238,6 +238,18 @@ def test_sharded_checkpoint_loads_in_diffusers(tmp_path):
     _same_weights(reference, again)
 
 
+def test_sharded_variant_uses_the_diffusers_names_and_loads(tmp_path):
+    model = ToyModel(hidden=16).to(torch.float16)
+    model.save_pretrained(tmp_path, variant="fp16", max_shard_size=200)
+    files = sorted(os.listdir(tmp_path))
+    assert "diffusion_pytorch_model.safetensors.index.fp16.json" in files
+    shards = [f for f in files if f.endswith(".safetensors")]
+    assert len(shards) > 1
+    assert shards[0] == f"diffusion_pytorch_model.fp16-00001-of-{len(shards):05d}.safetensors"
+    _same_weights(model, ToyModel.from_pretrained(tmp_path, variant="fp16",
+                                                  torch_dtype=torch.float16))
+
+
 def test_resaving_unsharded_removes_stale_shards(tmp_path):
     model = ToyModel(hidden=16)
     model.save_pretrained(tmp_path, max_shard_size=300)
