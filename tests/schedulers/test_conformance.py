@@ -271,10 +271,14 @@ def test_custom_sigmas_where_the_reference_takes_them(name):
     reference_cls = diffusers_scheduler_class(name)
     if not _takes(reference_cls, "sigmas"):
         pytest.skip(f"the reference {name}.set_timesteps takes no custom sigmas")
-    reference = reference_cls()
+    # UniPC takes custom sigmas only for flow models, in the reference too
+    config = {"use_flow_sigmas": True} if "use_flow_sigmas" in reference_cls().config else {}
+    reference = reference_cls(**config)
     reference.set_timesteps(STEPS)
-    sigmas = [float(s) for s in reference.sigmas[: STEPS - 1]]  # a custom, shorter schedule
-    assert_parity(*run_parity(name, {}, None, set_timesteps_kwargs={"sigmas": sigmas}))
+    sigmas = reference.sigmas[: STEPS - 1].numpy()  # a custom, shorter schedule
+    if name == "EDMEulerScheduler":  # its sigmas= are ramp positions (0: sigma_max, 1: min)
+        sigmas = torch.linspace(0.0, 1.0, STEPS - 1) ** 1.5  # (a tensor, as the reference needs)
+    assert_parity(*run_parity(name, config, None, set_timesteps_kwargs={"sigmas": sigmas}))
 
 
 # ------------------------------------------------------------------------------------- errors
