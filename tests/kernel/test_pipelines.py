@@ -190,6 +190,14 @@ def test_a_component_without_the_variant_falls_back_to_its_plain_weights(tmp_pat
     torch.testing.assert_close(loaded.unet.proj_in.weight, pipe.unet.proj_in.weight)
 
 
+def test_a_sharded_component_loads(saved):
+    pipe, folder = saved
+    pipe.unet.save_pretrained(folder / "unet", max_shard_size=100)
+    assert "diffusion_pytorch_model.safetensors" not in os.listdir(folder / "unet")
+    torch.testing.assert_close(_run(ToyPipeline.from_pretrained(folder)), _run(pipe),
+                               rtol=0, atol=0)
+
+
 def test_a_variant_no_component_has_is_an_error(saved):
     with pytest.raises(PipelineError, match="no component .* variant 'fp16'"):
         ToyPipeline.from_pretrained(saved[1], variant="fp16")
