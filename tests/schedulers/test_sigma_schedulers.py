@@ -50,6 +50,14 @@ def test_more_steps_than_training_timesteps_raises_scheduler_error(name):
         make(name).set_timesteps(1001)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_begin_index_outside_the_run_raises_scheduler_error(name):
+    scheduler = make(name)
+    scheduler.set_timesteps(4)
+    with pytest.raises(SchedulerError, match="outside this run"):
+        scheduler.set_begin_index(len(scheduler.timesteps))
+
+
 def test_edm_custom_positions_outside_unit_interval_are_refused():
     with pytest.raises(SchedulerError, match=r"positions along the schedule in \[0, 1\]"):
         make("EDMEulerScheduler").set_timesteps(sigmas=[80.0, 10.0, 0.5])

@@ -239,9 +239,9 @@ class SigmaSchedulerMixin(SchedulerMixin):
         ``device``; the step and begin indices start clean."""
         self.num_inference_steps = num_inference_steps
         self.sigmas = torch.from_numpy(np.asarray(sigmas, dtype=np.float32).copy())
-        timesteps = torch.as_tensor(np.asarray(timesteps, dtype=np.float32).copy()) if not \
-            isinstance(timesteps, torch.Tensor) else timesteps.to(torch.float32)
-        self.timesteps = timesteps.to(device) if device is not None else timesteps
+        if not isinstance(timesteps, torch.Tensor):
+            timesteps = torch.from_numpy(np.asarray(timesteps, dtype=np.float32).copy())
+        self.timesteps = timesteps.to(device=device, dtype=torch.float32)
         self._sigma_list = self.sigmas.double().tolist()
         self._input_scale = self._input_scales()
         self._step_index = None
@@ -279,6 +279,12 @@ class SigmaSchedulerMixin(SchedulerMixin):
 
     def set_begin_index(self, begin_index: int = 0) -> None:
         """Start the run at ``timesteps[begin_index]`` (img2img: call after set_timesteps)."""
+        self._require_timesteps()
+        if not 0 <= begin_index < len(self.timesteps):
+            raise SchedulerError(
+                f"{type(self).__name__}.set_begin_index: {begin_index} is outside this run of "
+                f"{len(self.timesteps)} timesteps (0..{len(self.timesteps) - 1})"
+            )
         self._begin_index = int(begin_index)
 
     def index_for_timestep(self, timestep: Any, schedule_timesteps: torch.Tensor | None = None
