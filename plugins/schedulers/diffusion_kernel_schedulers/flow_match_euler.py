@@ -192,18 +192,21 @@ class FlowMatchEulerDiscreteScheduler(SchedulerMixin):
         """One Euler step x_next = x + (sigma_next - sigma) v for the predicted velocity v; with
         ``stochastic_sampling`` the clean estimate x_0 = x - sigma v is re-noised to sigma_next
         instead (``generator``: one or one per sample)."""
-        self._require_timesteps()
-        self._check_model_output(model_output, sample)
+        if self.timesteps is None:
+            self._require_timesteps()
+        if model_output.shape != sample.shape:
+            self._check_model_output(model_output, sample)
         i = self._index(timestep)
         sigma, sigma_next = self._sigma_list[i], self._sigma_list[i + 1]
-        x = sample.to(torch.float32)
+        x = sample if sample.dtype == torch.float32 else sample.float()  # step in float32
         if self.config.stochastic_sampling:
             x0 = torch.add(x, model_output, alpha=-sigma)
             noise = gaussian_noise(x, generator)
             prev_sample = torch.add((1.0 - sigma_next) * x0, noise, alpha=sigma_next)
         else:
             prev_sample = torch.add(x, model_output, alpha=sigma_next - sigma)
-        prev_sample = prev_sample.to(model_output.dtype)
+        if prev_sample.dtype != model_output.dtype:
+            prev_sample = prev_sample.to(model_output.dtype)
         if not return_dict:
             return (prev_sample,)
         return SchedulerOutput(prev_sample=prev_sample)
