@@ -77,3 +77,26 @@ def _saved_reference(hub):
     folder = tempfile.mkdtemp(prefix="tiny-ddpm-")
     _reference_pipeline().save_pretrained(folder)
     return folder
+
+
+def test_stable_diffusion_with_transformers_components_loads_by_repo_id(hub, upload):
+    """Text encoder and tokenizer come through transformers from the same Hub snapshot."""
+    import diffusers
+    from vision import tiny
+
+    upload(tiny.stable_diffusion_folder(), REPO)
+    hub.clear_log()
+    ours = DiffusionPipeline.from_pretrained(REPO)
+    from huggingface_hub import HfApi
+
+    transformers_files = {f for f in HfApi().list_repo_files(REPO)
+                          if f.startswith(("text_encoder/", "tokenizer/"))}
+    assert {"text_encoder/model.safetensors", "tokenizer/tokenizer_config.json"
+            } <= transformers_files <= hub.downloaded_files(REPO)
+    reference = diffusers.StableDiffusionPipeline.from_pretrained(REPO)
+    for pipe in (ours, reference):
+        pipe.set_progress_bar_config(disable=True)
+    kwargs = dict(num_inference_steps=2, output_type="np")
+    mine = ours("a cat", generator=torch.Generator().manual_seed(0), **kwargs).images
+    theirs = reference("a cat", generator=torch.Generator().manual_seed(0), **kwargs).images
+    np.testing.assert_allclose(mine, theirs, atol=TOL)
