@@ -172,3 +172,17 @@ def test_ddim_inversion_then_ddim_sampling_returns_the_input(spacing):
     for t in ddim.timesteps:
         x = ddim.step(constant_eps(x, t), t, x).prev_sample
     assert_parity(x, x0)
+
+
+@pytest.mark.parametrize("skip_prk_steps,begin,ddim_begin", [(True, 1, 1), (False, 3, 1)])
+def test_pndm_img2img_start_inside_a_step_restarts_at_the_next_step(skip_prk_steps, begin,
+                                                                    ddim_begin):
+    # begin lands on a call at the same timestep as the next step's start (the PLMS start's
+    # second call; a Runge-Kutta step's last call): the run restarts there, which with a
+    # noise estimate independent of x and t is DDIM from that timestep
+    init = _noise(5).clamp(-1, 1)
+    pndm = registry.schedulers.get("PNDMScheduler")(skip_prk_steps=skip_prk_steps)
+    ddim = registry.schedulers.get("DDIMScheduler")(clip_sample=False, set_alpha_to_one=False)
+    assert_parity(run_loop(pndm, 6, init_sample=init, begin_index=begin, model=constant_eps),
+                  run_loop(ddim, 6, init_sample=init, begin_index=ddim_begin,
+                           model=constant_eps))

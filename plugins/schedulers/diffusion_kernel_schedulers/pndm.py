@@ -91,6 +91,7 @@ class PNDMScheduler(AlphaSchedulerMixin):
 
     def _reset_history(self) -> None:
         self._next_call = 0
+        self._restart_at = 0  # calls before this one (after an img2img start) change nothing
         self._eps_history: list[torch.Tensor] = []  # e at the start of each finished interval
         self._x_start: torch.Tensor | None = None  # x at the start of the current interval
         self._eps_sum: torch.Tensor | None = None  # running RK / Euler combination
@@ -140,18 +141,28 @@ class PNDMScheduler(AlphaSchedulerMixin):
         self._reset_history()
 
     def set_begin_index(self, begin_index: int = 0) -> None:
-        """Start the run at ``timesteps[begin_index]`` (img2img), which must begin an interval;
-        the multistep history starts empty there, as at the start of a run."""
+        """Start the run at ``timesteps[begin_index]`` (img2img); the multistep history starts
+        empty there, as at the start of a run.
+
+        An index inside a multi-call step is accepted when the calls left in that step are at
+        the timestep where the next step starts (the PLMS start's second call, a Runge-Kutta
+        step's last call): those calls then leave the sample as it is, and the scheme restarts
+        at the next step."""
         self._require_timesteps()
         starts = [i for i, c in enumerate(self._plan) if c.stage == 0]
-        if begin_index not in starts:
+        restart = next((i for i in starts if i >= begin_index), None)
+        same_level = restart is not None and all(
+            c.timestep == self._plan[restart].timestep for c in self._plan[begin_index:restart])
+        if not 0 <= begin_index < len(self._plan) or not same_level:
             raise SchedulerError(
-                f"PNDMScheduler can start a run only where a step begins; begin_index "
-                f"{begin_index} is inside a multi-call step. Valid indices: {starts}"
+                f"PNDMScheduler cannot start a run at begin_index {begin_index}: it is inside a "
+                f"multi-call step whose remaining calls are at other timesteps. Valid indices: "
+                f"{sorted(set(starts) | {i for i, c in enumerate(self._plan) if c.stage == 3})}"
             )
         super().set_begin_index(begin_index)
         self._reset_history()
         self._next_call = begin_index
+        self._restart_at = restart
 
     # -- a step ---------------------------------------------------------------------------------
     def _to_eps(self, model_output: torch.Tensor, sample: torch.Tensor, t: int) -> torch.Tensor:
@@ -179,6 +190,9 @@ class PNDMScheduler(AlphaSchedulerMixin):
                 f"PNDM is a multistep method and must be stepped through scheduler.timesteps in "
                 f"order: expected timestep {call.timestep} (call {i}), got {t}"
             )
+        if i < self._restart_at:  # an img2img start inside a step: wait for the next step
+            self._next_call = i + 1
+            return SchedulerOutput(prev_sample=sample) if return_dict else (sample,)
         eps = self._to_eps(model_output, sample, t)
 
         if call.kind == "prk":  # eq. 13
