@@ -278,3 +278,23 @@ def test_hf_hub_offline_set_before_python_starts(hub, upload, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert float(out.stdout.split()[-1]) == pytest.approx(model.proj.weight.sum().item())
     assert hub.count() == 0
+
+
+def test_a_cached_load_asks_the_hub_only_where_the_branch_points(hub, upload, tmp_path):
+    commit = upload(_save(toy_model(), tmp_path / "m"), REPO)
+    HubToyModel.from_pretrained(REPO)
+    hub.clear_log()
+    HubToyModel.from_pretrained(REPO)
+    assert [(r.method, r.path) for r in hub.requests] == [("GET", f"/api/models/{REPO}")]
+    hub.clear_log()
+    HubToyModel.from_pretrained(REPO, revision=commit)  # a commit never moves: no request
+    assert hub.count() == 0
+
+
+def test_a_first_load_lists_the_commit_and_fetches_two_files(hub, upload, tmp_path):
+    commit = upload(_save(toy_model(), tmp_path / "m"), REPO)
+    hub.clear_log()
+    HubToyModel.from_pretrained(REPO)
+    assert hub.count("GET", f"/api/models/{REPO}/tree/{commit}") <= 2
+    assert hub.count("HEAD") == 2 and hub.count("GET", "/resolve/") == 2
+    assert all(commit in r.path for r in hub.requests if "/resolve/" in r.path)
