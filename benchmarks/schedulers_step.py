@@ -109,9 +109,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
-    import logging
+    from diffusers.utils import logging as diffusers_logging
 
-    logging.getLogger("diffusers").setLevel(logging.ERROR)
+    diffusers_logging.set_verbosity_error()  # its config-change notices would break the table
     from diffusion_kernel import registry
 
     names = sorted(registry.schedulers.names())
