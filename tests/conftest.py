@@ -55,8 +55,12 @@ def hub_server():
     """The session's Hub-compatible server on 127.0.0.1 (``tests/hub_server.py``)."""
     from hub_server import HubServer
 
-    _point_hub_client_at(HUB_URL)
-    server = HubServer(port=HUB_PORT, token=HUB_TOKEN).start()
+    try:
+        server = HubServer(port=HUB_PORT, token=HUB_TOKEN).start()
+    except OSError:  # the reserved port was taken meanwhile: serve elsewhere, point there
+        server = HubServer(port=0, token=HUB_TOKEN).start()
+        os.environ["HF_ENDPOINT"] = server.url
+    _point_hub_client_at(server.url)
     yield server
     server.stop()
 
