@@ -25,6 +25,7 @@ Here:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -137,6 +138,12 @@ def phi_coefficients(algorithm_type: str, h: float, alpha_s: float, sigma_s: flo
 # ------------------------------------------------------------------------------ the base class
 
 
+@functools.cache
+def _constructor_parameters(cls: type) -> frozenset[str]:
+    return frozenset(config_parameters(cls))
+
+
+
 class MultistepScheduler(SchedulerMixin):
     """Shared state of the exponential-integrator schedulers; subclasses add the solver.
 
@@ -179,6 +186,8 @@ class MultistepScheduler(SchedulerMixin):
                                   f"use_karras_sigmas or use_exponential_sigmas; set one of them")
             self._sigma_kind = "lu"
         self._check_flow_options(owner)
+        self._learned_variance = self._option("variance_type", None) in ("learned",
+                                                                         "learned_range")
         rescale = self._option("rescale_betas_zero_snr", False)
         self.betas = betas_for(c.beta_schedule, c.num_train_timesteps, c.beta_start, c.beta_end,
                                c.trained_betas, rescale, owner)
@@ -217,7 +226,7 @@ class MultistepScheduler(SchedulerMixin):
     def _option(self, name: str, default: Any) -> Any:
         """A config value this class takes, else ``default``. Keys kept from another scheduler's
         config (a swap) are in the config too, but are not this solver's options."""
-        if name in config_parameters(type(self)):
+        if name in _constructor_parameters(type(self)):
             return self.config[name]
         return default
 
@@ -398,8 +407,7 @@ class MultistepScheduler(SchedulerMixin):
         """Checks shared by every ``step``; returns the model output (learned variance dropped)
         and the step index."""
         self._require_timesteps()
-        if self._option("variance_type", None) in ("learned", "learned_range") and \
-                model_output.shape[1] == 2 * sample.shape[1]:
+        if self._learned_variance and model_output.shape[1] == 2 * sample.shape[1]:
             model_output = model_output[:, : sample.shape[1]]  # drop the variance channels
         self._check_model_output(model_output, sample)
         if self._step_index is None:
