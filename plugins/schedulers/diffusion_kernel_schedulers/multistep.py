@@ -4,7 +4,10 @@ singlestep), UniPC and DEIS.
 A VP diffusion x_t = alpha_t x_0 + sigma_t eps is, in the sigma view (sigma = sigma_t / alpha_t),
 
     alpha_t = 1 / sqrt(1 + sigma^2),   sigma_t = sigma alpha_t,
-    lambda_t = log(alpha_t / sigma_t) = -log sigma          (half the log-SNR).
+    lambda_t = log(alpha_t / sigma_t) = -log sigma          (half the log-SNR);
+
+a flow-matching schedule (``use_flow_sigmas``) is x_t = (1 - s) x_0 + s eps: alpha_t = 1 - s,
+sigma_t = s, with the same lambda_t = log(alpha_t / sigma_t).
 
 Written in lambda, the probability-flow ODE has a linear part that is integrated exactly
 (variation of constants, Lu et al. 2022, eq. 3.4; Lu et al. 2022b, eq. 8); a solver only
@@ -19,8 +22,9 @@ Here:
 - ``phi_coefficients``: the coefficients of the first-, second- and third-order updates of
   DPM-Solver(++), ODE and SDE (shared by the multistep and the singlestep solver);
 - ``MultistepScheduler``: the state every such scheduler shares (training schedule, run sigmas
-  with Karras / exponential / uniform-lambda discretisation and the final sigma, model-output
-  conversion with thresholding, history of converted outputs, step index, ``add_noise``).
+  with Karras / exponential / uniform-lambda discretisation or shifted flow-matching sigmas and
+  the final sigma, model-output conversion with thresholding, history of converted outputs,
+  step index, ``add_noise``).
 """
 
 from __future__ import annotations
