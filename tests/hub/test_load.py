@@ -298,3 +298,18 @@ def test_a_first_load_lists_the_commit_and_fetches_two_files(hub, upload, tmp_pa
     assert hub.count("GET", f"/api/models/{REPO}/tree/{commit}") <= 2
     assert hub.count("HEAD") == 2 and hub.count("GET", "/resolve/") == 2
     assert all(commit in r.path for r in hub.requests if "/resolve/" in r.path)
+
+
+def test_sharded_variant_fetches_only_the_variant_shards(hub, upload, tmp_path):
+    model = toy_model(seed=13, in_features=16, out_features=16)
+    folder = _save(model, tmp_path / "m", max_shard_size=700)
+    _save(toy_model(seed=13, in_features=16, out_features=16).half(), folder, variant="fp16",
+          max_shard_size=400)
+    fp16_shards = {p.name for p in folder.glob("diffusion_pytorch_model.fp16-*.safetensors")}
+    assert len(fp16_shards) >= 2
+    upload(folder, REPO)
+    hub.clear_log()
+    loaded = HubToyModel.from_pretrained(REPO, variant="fp16", torch_dtype=torch.float16)
+    assert hub.downloaded_files(REPO) == {
+        "config.json", "diffusion_pytorch_model.safetensors.index.fp16.json", *fp16_shards}
+    assert same_weights(loaded, model.half())

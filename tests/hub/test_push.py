@@ -119,3 +119,13 @@ def test_push_to_an_invalid_repo_id_is_refused_before_saving(hub, monkeypatch):
     with pytest.raises(FileAccessError, match="not a valid Hub repo id"):
         toy_model().push_to_hub("bad repo id!")
     assert saved == [] and hub.count("POST") == 0
+
+
+def test_a_private_push_loads_with_the_token_only(hub, monkeypatch, tmp_path):
+    model = toy_model(seed=7)
+    model.push_to_hub(REPO, private=True)
+    assert hub.repos[REPO].private
+    monkeypatch.delenv("HF_TOKEN")
+    with pytest.raises(FileAccessError, match="does not exist or is private.*token="):
+        HubToyModel.from_pretrained(REPO)
+    assert same_weights(HubToyModel.from_pretrained(REPO, token=hub.token), model)
