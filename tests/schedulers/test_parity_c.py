@@ -229,3 +229,11 @@ def test_deis_flow_run_matches_diffusers_within_its_float32_rounding(parity):
     for t in exact.timesteps:
         x = exact.step(fake_model(x, t), t, x).prev_sample
     assert relative_error(ours, x) < relative_error(theirs, x)
+
+
+@pytest.mark.parametrize("name", ["DPMSolverMultistepScheduler", "UniPCMultistepScheduler"])
+def test_flow_matching_img2img_run_matches_diffusers(parity, name):
+    """add_noise on a flow schedule is (1 - s) x_0 + s noise."""
+    init = torch.linspace(-1, 1, 2 * 3 * 8 * 8).reshape(2, 3, 8, 8)
+    ours, theirs = parity.run(name, FLOW, 13, init_sample=init, begin_index=4)
+    parity.check(ours, theirs, rtol=RTOL)
