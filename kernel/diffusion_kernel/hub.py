@@ -264,7 +264,8 @@ def fetch(
             local_files_only=_offline(local_files_only), token=token,
         ))
     except Exception as exc:
-        raise _hub_error(exc, source, None, revision) from exc
+        what = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        raise _hub_error(exc, source, None, revision, action=f"download {what} from") from exc
 
 
 # Saving ----------------------------------------------------------------------------------------
