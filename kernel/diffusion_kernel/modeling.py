@@ -252,29 +252,41 @@ class ModelMixin(nn.Module, ConfigMixin, PushToHubMixin):
             sources = self._rename_checkpoint_keys(sources)
             self._check_keys(expected, sources, files)
             for key, (src, name) in sources.items():
-                tensor = src.tensor(name) if isinstance(src, SafetensorsFile) else src[name]
-                if expected[key].is_floating_point() and not tensor.is_floating_point():
+                stored = src.dtype(name) if isinstance(src, SafetensorsFile) else src[name].dtype
+                if expected[key].is_floating_point() and not stored.is_floating_point:
                     raise CheckpointError(
                         f"tensor {key!r} in {', '.join(str(f) for f in files)} has dtype "
-                        f"{tensor.dtype} but {type(self).__name__} expects floating point values; "
+                        f"{stored} but {type(self).__name__} expects floating point values; "
                         f"the checkpoint does not belong to this model or is corrupt")
-                target = self._target_dtype(key, expected[key], tensor, dtype)
-                converted = tensor.to(device=device or "cpu", dtype=target)
-                if isinstance(src, SafetensorsFile) and converted.data_ptr() != tensor.data_ptr():
-                    src.release(name)
-                loaded[key] = converted
+                target = self._target_dtype(key, expected[key], stored, dtype)
+                if isinstance(src, SafetensorsFile):  # one tensor at a time, pages released
+                    loaded[key] = src.load(name, target, device)
+                else:
+                    loaded[key] = src[name].to(device=device or "cpu", dtype=target)
         finally:
             for file in opened:
                 file.close()
-        self.load_state_dict(loaded, strict=True, assign=True)
+        self._assign(loaded)
         if device is not None:  # buffers the checkpoint does not hold
             self.to(device)
 
-    def _target_dtype(self, key: str, current: torch.Tensor, tensor: torch.Tensor, dtype):
-        if not tensor.is_floating_point():
-            return tensor.dtype
+    def _assign(self, loaded: dict[str, torch.Tensor]) -> None:
+        """Put the loaded tensors in place of the meta parameters (and persistent buffers): what
+        ``load_state_dict(assign=True)`` does once keys and shapes are checked, without its walk
+        through every module (a third of the load time of a memory-mapped U-Net)."""
+        for key, tensor in loaded.items():
+            owner_name, _, name = key.rpartition(".")
+            owner = self.get_submodule(owner_name)
+            current = owner._parameters.get(name)
+            if current is not None:
+                tensor = nn.Parameter(tensor, requires_grad=current.requires_grad)
+            setattr(owner, name, tensor)
+
+    def _target_dtype(self, key: str, current: torch.Tensor, stored: torch.dtype, dtype):
+        if not stored.is_floating_point:
+            return stored
         if dtype is None:
-            return current.dtype if current.is_floating_point() else tensor.dtype
+            return current.dtype if current.is_floating_point() else stored
         if any(key == m or key.startswith(m + ".") for m in self._keep_in_fp32_modules):
             return torch.float32
         return dtype

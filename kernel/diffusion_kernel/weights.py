@@ -39,6 +39,7 @@ class SafetensorsFile:
     def __init__(self, path: str | os.PathLike, mmap_file: bool = True):
         self.path = Path(path)
         self._file = open(self.path, "rb")
+        self._buffer: torch.Tensor | None = None  # the streaming buffer, made on first use
         try:
             self.header, self.metadata, self._data_start = self._read_header()
             self._map = (mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_COPY)
@@ -103,7 +104,11 @@ class SafetensorsFile:
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self.header[name]["shape"])
 
+    def dtype(self, name: str) -> torch.dtype:
+        return DTYPES[self.header[name]["dtype"]]
+
     def tensor(self, name: str) -> torch.Tensor:
+        """The tensor as stored: a view of the mapping (mmap), or read into its own memory."""
         info = self.header[name]
         dtype = DTYPES[info["dtype"]]
         begin, end = info["data_offsets"]
@@ -114,12 +119,60 @@ class SafetensorsFile:
             flat = torch.frombuffer(self._map, dtype=dtype, count=count,
                                     offset=self._data_start + begin)
         else:
-            buffer = bytearray(end - begin)
-            self._file.seek(self._data_start + begin)
-            if self._file.readinto(buffer) != len(buffer):
-                raise self._corrupt(f"tensor {name!r} could not be read in full")
-            flat = torch.frombuffer(buffer, dtype=dtype, count=count)
+            flat = torch.empty(count, dtype=dtype)
+            self._read_into(flat, self._data_start + begin, name)
         return flat.reshape(info["shape"])
+
+    def load(self, name: str, dtype: torch.dtype | None = None,
+             device: str | torch.device | None = None) -> torch.Tensor:
+        """The tensor as ``dtype`` on ``device`` (default: as stored, on the CPU), using at most
+        one tensor's worth of extra memory and never keeping two copies of the file.
+
+        Mapped: a tensor that needs no conversion stays a view of the mapping; one that is
+        converted or moved is copied and its mapped pages are released. Streamed: a tensor kept
+        as stored is read straight into its own memory; one that is converted is read in chunks
+        of ``stream_chunk_bytes`` through one reusable buffer, so the full-size original never
+        exists in memory.
+        """
+        source = self.dtype(name)
+        dtype = dtype or source
+        device = torch.device(device or "cpu")
+        if self._map is not None:
+            view = self.tensor(name)
+            out = view.to(device=device, dtype=dtype)
+            if out.data_ptr() != view.data_ptr():
+                self.release(name)
+            return out
+        if dtype == source and device.type == "cpu":
+            return self.tensor(name)
+        info = self.header[name]
+        out = torch.empty(info["shape"], dtype=dtype, device=device)
+        flat = out.view(-1)
+        offset = self._data_start + info["data_offsets"][0]
+        step = max(1, self.stream_chunk_bytes // source.itemsize)
+        for first in range(0, flat.numel(), step):
+            count = min(step, flat.numel() - first)
+            chunk = self._scratch(count * source.itemsize).view(source)
+            self._read_into(chunk, offset + first * source.itemsize, name)
+            flat[first:first + count].copy_(chunk)
+        return out
+
+    stream_chunk_bytes = 64 * 1024 * 1024
+
+    def _scratch(self, nbytes: int) -> torch.Tensor:
+        """A reusable byte buffer of at least ``nbytes`` (a chunk never exceeds the chunk size)."""
+        if self._buffer is None or self._buffer.numel() < nbytes:
+            self._buffer = torch.empty(max(nbytes, min(self.stream_chunk_bytes, self._size)),
+                                       dtype=torch.uint8)
+        return self._buffer[:nbytes]
+
+    def _read_into(self, flat: torch.Tensor, offset: int, name: str) -> None:
+        """Fill a contiguous CPU tensor with the file's bytes from ``offset``: read straight into
+        its memory, with no zero-filled buffer in between."""
+        buffer = memoryview(flat.view(torch.uint8).numpy())
+        self._file.seek(offset)
+        if self._file.readinto(buffer) != len(buffer):
+            raise self._corrupt(f"tensor {name!r} could not be read in full")
 
     def release(self, name: str) -> None:
         """Drop the mapped pages of a tensor that was copied (converted), so they stop counting
@@ -142,6 +195,7 @@ class SafetensorsFile:
     def close(self) -> None:
         # The mapping stays alive as long as tensors view it (they hold a reference to it).
         self._file.close()
+        self._buffer = None
 
     def __enter__(self):
         return self
