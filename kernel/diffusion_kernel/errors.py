@@ -40,3 +40,8 @@ class PipelineError(DiffusionKernelError, ValueError):
 
 class RemoteCodeError(DiffusionKernelError):
     """Code from the Hub would run, and `trust_remote_code=True` was not given."""
+
+
+class ModelInputError(DiffusionKernelError, ValueError):
+    """A model was called with inputs that do not fit its config (channels, shapes, missing
+    conditioning)."""

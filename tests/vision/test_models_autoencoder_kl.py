@@ -4,7 +4,7 @@ what we save loads in the reference; slicing and tiling behave as specified."""
 import pytest
 import torch
 from diffusers import AutoencoderKL as ReferenceVAE
-from diffusion_kernel.errors import CheckpointError
+from diffusion_kernel.errors import CheckpointError, ModelInputError
 from diffusion_kernel_vision.models.autoencoder_kl import AutoencoderKL
 
 TOL = 1e-5
@@ -176,3 +176,9 @@ def test_full_size_stable_diffusion_vae_keys_and_shapes_equal_reference():
         reference, ours = ReferenceVAE(**config), AutoencoderKL(**config)
     assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == \
         {k: tuple(v.shape) for k, v in reference.state_dict().items()}
+
+
+def test_latents_with_the_wrong_channel_count_raise_model_input_error():
+    ours = AutoencoderKL(**VAE_TINY)
+    with pytest.raises(ModelInputError, match="latent_channels=4"):
+        ours.decode(torch.randn(1, 3, 16, 16))

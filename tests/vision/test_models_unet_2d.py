@@ -6,7 +6,7 @@ import torch
 from diffusers import UNet2DModel as ReferenceUNet
 from diffusers.models.downsampling import downsample_2d as reference_downsample
 from diffusers.models.upsampling import upsample_2d as reference_upsample
-from diffusion_kernel.errors import CheckpointError, ConfigError
+from diffusion_kernel.errors import CheckpointError, ConfigError, ModelInputError
 from diffusion_kernel_vision.models.fir import fir_downsample_2d, fir_upsample_2d
 from diffusion_kernel_vision.models.unet_2d import UNet2DModel
 from safetensors.torch import load_file, save_file
@@ -148,7 +148,7 @@ def test_config_that_does_not_match_weights_raises_checkpoint_error(tmp_path):
 
 def test_class_conditional_model_requires_class_labels():
     ours = UNet2DModel(**VARIANTS["scale_shift_resnet_resampling_classes"])
-    with pytest.raises(ConfigError, match="class_labels"):
+    with pytest.raises(ModelInputError, match="class_labels"):
         ours(torch.randn(1, 3, 16, 16), 3)
 
 

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 from diffusers import UNet2DConditionModel as ReferenceUNet
-from diffusion_kernel.errors import CheckpointError, ConfigError
+from diffusion_kernel.errors import CheckpointError, ConfigError, ModelInputError
 from diffusion_kernel_vision.models.unet_2d_condition import UNet2DConditionModel
 
 TOL = 1e-5
@@ -238,3 +238,12 @@ def test_unsupported_block_type_is_a_config_error_listing_supported_ones():
 def test_num_attention_heads_is_rejected_like_the_reference():
     with pytest.raises(ConfigError, match="attention_head_dim"):
         UNet2DConditionModel(**dict(SD1_TINY, num_attention_heads=4))
+
+
+def test_wrong_input_shapes_raise_model_input_errors_naming_the_config_field():
+    ours = UNet2DConditionModel(**SD1_TINY)
+    inputs = _inputs(SD1_TINY)
+    with pytest.raises(ModelInputError, match=r"in_channels=4.*\(2, 3, 16, 16\)"):
+        ours(**{**inputs, "sample": torch.randn(2, 3, 16, 16)})
+    with pytest.raises(ModelInputError, match="cross_attention_dim=32"):
+        ours(**{**inputs, "encoder_hidden_states": torch.randn(2, 7, 48)})

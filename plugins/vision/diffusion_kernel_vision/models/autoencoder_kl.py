@@ -15,6 +15,7 @@ from diffusion_kernel.modeling import ModelMixin
 from diffusion_kernel.nn import AttentionSlicingMixin, ModelOutput
 from torch import nn
 
+from .checks import check_feature_map
 from .tiling import tiled
 from .unet_keys import rename_legacy_attention_keys
 from .vae_blocks import Decoder, DecoderOutput, DiagonalGaussianDistribution, Encoder
@@ -97,6 +98,8 @@ class AutoencoderKL(ModelMixin, AttentionSlicingMixin):
     def encode(self, x: torch.Tensor, return_dict: bool = True
                ) -> AutoencoderKLOutput | tuple[DiagonalGaussianDistribution]:
         """Images (B, C, H, W) in [-1, 1] -> ``AutoencoderKLOutput(latent_dist)``."""
+        check_feature_map("AutoencoderKL", "encode input", x, self.config.in_channels,
+                          "in_channels")
         if self.use_slicing and x.shape[0] > 1:
             moments = torch.cat([self._encode(part) for part in x.split(1)])
         else:
@@ -121,6 +124,8 @@ class AutoencoderKL(ModelMixin, AttentionSlicingMixin):
                ) -> DecoderOutput | tuple[torch.Tensor]:
         """Latents (B, latent_channels, h, w) -> ``DecoderOutput(sample)``, images in ~[-1, 1].
         (``generator`` is accepted for interface compatibility; decoding is deterministic.)"""
+        check_feature_map("AutoencoderKL", "latents", z, self.config.latent_channels,
+                          "latent_channels")
         if self.use_slicing and z.shape[0] > 1:
             decoded = torch.cat([self._decode(part) for part in z.split(1)])
         else:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from diffusion_kernel.errors import ConfigError
+from diffusion_kernel.errors import ConfigError, ModelInputError
 from diffusion_kernel.modeling import ModelMixin
 from diffusion_kernel.nn import (
     AttentionSlicingMixin,
@@ -22,6 +22,7 @@ from diffusion_kernel.nn import (
 )
 from torch import nn
 
+from .checks import check_feature_map
 from .unet_blocks import get_down_block, get_mid_block, get_up_block
 from .unet_embeddings import class_embedding, timestep_batch
 from .unet_keys import rename_legacy_attention_keys
@@ -155,18 +156,20 @@ class UNet2DModel(ModelMixin, AttentionSlicingMixin):
         """Predict from a noisy ``sample`` (B, C, H, W) at ``timestep`` (a number, or a tensor of
         one or B values; Python numbers are taken as integers, as the format does);
         ``class_labels`` (B,) for a class-conditional model. Returns ``UNet2DOutput(sample)``."""
+        check_feature_map("UNet2DModel", "sample", sample, self.config.in_channels,
+                          "in_channels")
         if self.config.center_input_sample:
             sample = 2 * sample - 1.0
         timesteps = timestep_batch(timestep, sample, number_dtype=torch.long)
         emb = self.time_embedding(self.time_proj(timesteps).to(self.dtype))
         if self.class_embedding is not None:
             if class_labels is None:
-                raise ConfigError("this UNet is class-conditional: pass class_labels")
+                raise ModelInputError("this UNet is class-conditional: pass class_labels")
             if self.config.class_embed_type == "timestep":
                 class_labels = self.time_proj(class_labels)
             emb = emb + self.class_embedding(class_labels).to(self.dtype)
         elif class_labels is not None:
-            raise ConfigError("this UNet has no class embedding; do not pass class_labels")
+            raise ModelInputError("this UNet has no class embedding; do not pass class_labels")
 
         image = sample  # the NCSN++ skip blocks also carry a path in image space
         sample = self.conv_in(sample)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from diffusion_kernel.errors import ConfigError
+from diffusion_kernel.errors import ConfigError, ModelInputError
 from diffusion_kernel.modeling import ModelMixin
 from diffusion_kernel.nn import (
     AttentionSlicingMixin,
@@ -25,6 +25,7 @@ from diffusion_kernel.nn import (
 )
 from torch import nn
 
+from .checks import check_feature_map, check_tokens
 from .unet_blocks import get_down_block, get_mid_block, get_up_block
 from .unet_embeddings import class_embedding, timestep_batch
 from .unet_keys import rename_legacy_attention_keys
@@ -277,6 +278,13 @@ class UNet2DConditionModel(ModelMixin, AttentionSlicingMixin):
         Returns ``UNet2DConditionOutput(sample)`` (or ``(sample,)``).
         """
         c = self.config
+        check_feature_map("UNet2DConditionModel", "sample", sample, c.in_channels, "in_channels")
+        if c.encoder_hid_dim is not None:
+            check_tokens("UNet2DConditionModel", "encoder_hidden_states", encoder_hidden_states,
+                         c.encoder_hid_dim, "encoder_hid_dim")
+        elif isinstance(c.cross_attention_dim, int):
+            check_tokens("UNet2DConditionModel", "encoder_hidden_states", encoder_hidden_states,
+                         c.cross_attention_dim, "cross_attention_dim")
         # Sizes not divisible by the total downsampling: tell each upsampler its target size.
         factor = 2 ** self.num_upsamplers
         forward_upsample_size = any(s % factor != 0 for s in sample.shape[-2:])
@@ -339,7 +347,7 @@ class UNet2DConditionModel(ModelMixin, AttentionSlicingMixin):
         emb = self.time_embedding(t_emb, timestep_cond)
         if self.class_embedding is not None:
             if class_labels is None:
-                raise ConfigError("this UNet is class-conditional: pass class_labels")
+                raise ModelInputError("this UNet is class-conditional: pass class_labels")
             if c.class_embed_type == "timestep":
                 class_labels = self.time_proj(class_labels).to(sample.dtype)
             class_emb = self.class_embedding(class_labels).to(sample.dtype)
@@ -348,7 +356,7 @@ class UNet2DConditionModel(ModelMixin, AttentionSlicingMixin):
         if c.addition_embed_type == "text_time":
             missing = [k for k in ("text_embeds", "time_ids") if k not in added_cond_kwargs]
             if missing:
-                raise ConfigError(f"this UNet (addition_embed_type='text_time') needs "
+                raise ModelInputError(f"this UNet (addition_embed_type='text_time') needs "
                                   f"added_cond_kwargs with {missing}")
             text_embeds = added_cond_kwargs["text_embeds"]
             time_embeds = self.add_time_proj(added_cond_kwargs["time_ids"].flatten())

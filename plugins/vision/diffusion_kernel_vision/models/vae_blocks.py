@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from diffusion_kernel.errors import ConfigError
+from diffusion_kernel.errors import ConfigError, ModelInputError
 from diffusion_kernel.nn import ModelOutput, maybe_checkpoint
 from torch import nn
 
@@ -151,8 +151,9 @@ def _randn(like: torch.Tensor, generator) -> torch.Tensor:
     """Standard normal noise shaped like ``like``; one generator per batch element if a list."""
     if isinstance(generator, list):
         if len(generator) != like.shape[0]:
-            raise ConfigError(f"got {len(generator)} generators for a batch of {like.shape[0]}; "
-                              f"pass one per batch element, or a single generator")
+            raise ModelInputError(f"got {len(generator)} generators for a batch of "
+                                  f"{like.shape[0]}; pass one per batch element, or a single "
+                                  f"generator")
         return torch.cat([torch.randn((1, *like.shape[1:]), generator=g, dtype=like.dtype,
                                       device=like.device) for g in generator])
     return torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)

@@ -12,6 +12,7 @@ from diffusion_kernel.modeling import ModelMixin
 from diffusion_kernel.nn import AttentionSlicingMixin, ModelOutput
 from torch import nn
 
+from .checks import check_feature_map
 from .unet_keys import rename_legacy_attention_keys
 from .vae_blocks import Decoder, DecoderOutput, Encoder, VectorQuantizer
 
@@ -71,6 +72,7 @@ class VQModel(ModelMixin, AttentionSlicingMixin):
     def encode(self, x: torch.Tensor, return_dict: bool = True
                ) -> VQEncoderOutput | tuple[torch.Tensor]:
         """Images (B, C, H, W) -> ``VQEncoderOutput(latents)`` (not yet quantised)."""
+        check_feature_map("VQModel", "encode input", x, self.config.in_channels, "in_channels")
         latents = self.quant_conv(self.encoder(x))
         if not return_dict:
             return (latents,)
