@@ -1,5 +1,6 @@
-"""The ``diffusion-kernel`` command line: ``plugins``, ``registry [KIND]``, ``info NAME``, and
-subcommands that plugins add through the ``register_commands`` hook."""
+"""The ``diffusion-kernel`` command line: ``plugins``, ``registry [KIND]``, ``info NAME``,
+``community list|publish``, and subcommands that plugins add through the ``register_commands``
+hook."""
 
 from __future__ import annotations
 
@@ -54,6 +55,20 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_community(args: argparse.Namespace) -> int:
+    from . import remote_code
+
+    if args.action == "publish":
+        print(remote_code.publish_community(args.folder, args.repo, args.names or None))
+        return 0
+    local = remote_code.local_community(args.folder)
+    print(f"local ({args.folder}): {', '.join(local) or '(none)'}")
+    if not args.local:
+        repo = args.repo or remote_code.community_repo()
+        print(f"hub ({repo}): {', '.join(remote_code.hub_community(repo)) or '(none)'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffusion-kernel",
                                      description="diffusion-kernel: models, schedulers, pipelines")
@@ -66,6 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="describe one registered name or alias")
     p.add_argument("name")
     p.set_defaults(func=cmd_info)
+    p = sub.add_parser("community", help="list or publish community pipelines")
+    p.add_argument("action", choices=("list", "publish"))
+    p.add_argument("names", nargs="*", help="publish only these (default: all)")
+    p.add_argument("--folder", default="community", help="local folder of <name>.py files")
+    p.add_argument("--repo", help="Hub repo (default: $DIFFUSION_KERNEL_COMMUNITY_REPO or "
+                   "diffusion-kernel/community)")
+    p.add_argument("--local", action="store_true", help="list the local folder only")
+    p.set_defaults(func=cmd_community)
     plugin_manager.ensure_loaded()
     plugin_manager.call_each("register_commands", subparsers=sub)
     return parser

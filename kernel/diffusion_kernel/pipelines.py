@@ -231,12 +231,21 @@ class DiffusionPipeline(PushToHubMixin):
         device: str | torch.device | None = None,
         use_safetensors: bool | None = None,
         low_cpu_mem_usage: bool = True,
+        custom_pipeline: str | os.PathLike | None = None,
+        custom_revision: str | None = None,
+        trust_remote_code: bool = False,
         **overrides: Any,
     ) -> DiffusionPipeline:
         """Load a pipeline folder or Hub repo; keyword arguments named like components replace
         them (``scheduler=EulerDiscreteScheduler.from_config(...)``). ``use_safetensors`` and
         ``low_cpu_mem_usage`` are taken for diffusers compatibility, as in
-        ``ModelMixin.from_pretrained``."""
+        ``ModelMixin.from_pretrained``. ``custom_pipeline``: a community pipeline name, a Hub
+        repo id holding ``pipeline.py`` or a local ``.py`` file, whose class runs the components
+        (``custom_revision``: its branch, tag or commit); code from the Hub, this and components
+        defined in ``<component>/<module>.py``, runs only with ``trust_remote_code=True``
+        (see ``remote_code.py``)."""
+        from . import remote_code
+
         allow_pickle = allow_pickle and not use_safetensors
         hub = dict(revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
                    token=token)
@@ -247,7 +256,11 @@ class DiffusionPipeline(PushToHubMixin):
                                 f"(a single model loads with its class's from_pretrained)")
         root = fetch(source, [MODEL_INDEX], **hub)
         index = read_json(root / MODEL_INDEX)
-        pipeline_cls = cls._pipeline_class(index)
+        pipeline_cls = (cls._pipeline_class(index) if custom_pipeline is None else
+                        remote_code.load_pipeline_class(custom_pipeline, custom_revision,
+                                                        trust_remote_code, cache_dir=cache_dir,
+                                                        local_files_only=local_files_only,
+                                                        token=token))
         overrides = {**dict.fromkeys(pipeline_cls._components_not_loaded), **overrides}
         specs = {k: v for k, v in index.items() if not k.startswith("_")}
         bad = [k for k in specs if not k.isidentifier()]
@@ -269,6 +282,12 @@ class DiffusionPipeline(PushToHubMixin):
         params = pipeline_cls._init_parameters()
         overrides = {**{k: v for k, v in specs.items() if k in params and k not in expected
                         and not isinstance(v, list | tuple)}, **overrides}
+        for name, spec in specs.items():  # a component class defined in the repo itself
+            library, class_name = spec if isinstance(spec, list) and len(spec) == 2 else (0, 0)
+            if (f"{name}/{library}.py" in files and name not in overrides
+                    and not _registered(class_name)):
+                remote_code.load_component_class(source, f"{name}/{library}.py", class_name,
+                                                 trust_remote_code, **hub)
         components: dict[str, Any] = {}
         names = [n for n in specs if n in overrides or n in expected or not expected]
         from tqdm.auto import tqdm
@@ -350,6 +369,12 @@ def _load_component(name: str, spec: Any, root: Path, torch_dtype, variant, allo
                                              variant=variant if _has_variant(folder, variant)
                                              else None, allow_pickle=allow_pickle)
     return component_cls.from_pretrained(folder)
+
+
+def _registered(class_name: str) -> bool:
+    from .plugins import registry
+
+    return any(class_name in reg for reg in registry)
 
 
 def _load_transformers(class_name: str, folder: Path, torch_dtype, variant, allow_pickle) -> Any:
