@@ -11,6 +11,7 @@ from .errors import (  # noqa: E402
     ConfigError,
     DiffusionKernelError,
     FileAccessError,
+    ModelInputError,
     NotRegisteredError,
     PipelineError,
     PluginError,
@@ -38,7 +39,7 @@ __all__ = [
     "__version__", "registry", "plugin_manager", "hookimpl",
     "DiffusionKernelError", "NotRegisteredError", "PluginError", "ConfigError", "CheckpointError",
     "UnsafeCheckpointError", "FileAccessError", "SchedulerError", "PipelineError",
-    "RemoteCodeError", *_KERNEL_NAMES,
+    "RemoteCodeError", "ModelInputError", *_KERNEL_NAMES,
 ]
 
 
