@@ -51,8 +51,7 @@ def load_component_class(source: str | os.PathLike, filename: str, class_name: s
                          **hub: Any) -> type:
     """Class ``class_name`` of file ``filename`` (``unet/my_unet.py``) of a pipeline source,
     registered so that ``model_index.json`` can name it."""
-    path = (Path(source) / filename if is_local(source)
-            else trusted_file(source, filename, revision, trust_remote_code, **hub))
+    path = trusted_file(source, filename, revision, trust_remote_code, **hub)
     module = _import(path, filename)
     component_cls = getattr(module, class_name, None)
     if not isinstance(component_cls, type):
@@ -69,7 +68,10 @@ def load_component_class(source: str | os.PathLike, filename: str, class_name: s
 def trusted_file(repo: str, filename: str, revision: str | None, trust_remote_code: bool,
                  **hub: Any) -> Path:
     """Download ``filename`` of Hub repo ``repo`` at ``revision`` (pinned to a commit) and
-    return its path if ``trust_remote_code``; else raise ``RemoteCodeError`` describing it."""
+    return its path if ``trust_remote_code``; else raise ``RemoteCodeError`` describing it.
+    A local folder needs no trust: its files are already on disk."""
+    if is_local(repo):
+        return resolve_file(repo, filename)
     pinned = pin_revision(repo, revision, **hub)
     path = resolve_file(repo, filename, revision=pinned, **hub)
     if not trust_remote_code:

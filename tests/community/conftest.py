@@ -4,7 +4,6 @@ tests, the plain pipeline on it, and each community pipeline class loaded from i
 from pathlib import Path
 
 import pytest
-import torch
 from vision import tiny
 from vision.tiny import single_thread  # noqa: F401
 
@@ -25,7 +24,18 @@ def plain(sd_folder):
     return pipe
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module", autouse=True)
+def forget_remote_code():
+    """Classes loaded from files register under plugin "remote-code"; other test folders must
+    not see them."""
+    yield
+    from diffusion_kernel import registry
+
+    for reg in registry:
+        reg.remove_plugin("remote-code")
+
+
+@pytest.fixture(scope="module")
 def community(plain):
     """``community("lpw_stable_diffusion")``: that community pipeline, loaded from its file
     (a local path: no trust flag), on the plain pipeline's components."""
@@ -38,6 +48,3 @@ def community(plain):
 
     return build
 
-
-def seeded(seed=0):
-    return torch.Generator().manual_seed(seed)
