@@ -91,8 +91,8 @@ def solver_timesteps(timestep_spacing: str, num_inference_steps: int, num_train_
 @dataclass(frozen=True)
 class PhiCoefficients:
     """One DPM-Solver update from s to t as x_t = x * D(x_s) + d0 * D0 + ... + noise * z, with
-    D0 the model term at the expansion point, D1 ~ h dD/dlambda and D2 ~ h^2 d2D/dlambda^2 / 2
-    (finite differences the caller forms). ``d1_midpoint`` is the second-order midpoint weight,
+    D0 the model term at the expansion point, D1 ~ h dD/dlambda and D2 ~ h^2 d2D/dlambda^2
+    (finite differences the caller forms: note D2 estimates h^2 D'', not h^2 D'' / 2). ``d1_midpoint`` is the second-order midpoint weight,
     ``d1`` the weight of the Taylor (Heun / third-order) first derivative, ``d2`` the second's."""
 
     x: float
@@ -129,7 +129,10 @@ def phi_coefficients(algorithm_type: str, h: float, alpha_s: float, sigma_s: flo
             return PhiCoefficients(
                 x=sigma_t / sigma_s * np.exp(-h), d0=alpha_t * phi2,
                 d1_midpoint=0.5 * alpha_t * phi2, d1=alpha_t * (1.0 - phi2 / (2.0 * h)),
-                d2=alpha_t * ((phi2 - 2.0 * h) / (2.0 * h) ** 2 - 0.5),
+                # int_0^h 2 e^{-2v} (h - v)^2 / 2 dv = h^2 / 2 - h / 2 + phi2 / 4 per h^2;
+                # the reference writes "- 0.5" here, a sign slip that leaves a weight of
+                # about -alpha_t (an O(h^2) local error) instead of 2 alpha_t h / 3
+                d2=alpha_t * ((phi2 - 2.0 * h) / (2.0 * h) ** 2 + 0.5),
                 noise=sigma_t * np.sqrt(phi2))
         # sde-dpmsolver: no third-order form exists
         psi = np.expm1(h)
