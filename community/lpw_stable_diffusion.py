@@ -8,7 +8,8 @@ Long prompts: the tokens are cut into windows of ``model_max_length - 2`` (75 fo
 window gets its own BOS and EOS and is encoded separately, and the embeddings are concatenated
 along the sequence (the UNet's cross-attention takes any number of tokens). Each token's
 embedding is multiplied by its weight and the result rescaled so that the mean of the
-embeddings stays what it was: emphasis changes directions, not the overall magnitude.
+embeddings stays what it was: emphasis changes directions, not the overall magnitude (where that
+mean is about zero, its mean magnitude is kept instead; see ``rescale``).
 
     pipe = DiffusionPipeline.from_pretrained(model, custom_pipeline="lpw_stable_diffusion",
                                              trust_remote_code=True)
@@ -67,6 +68,21 @@ def parse_weights(text: str) -> list[tuple[str, float]]:
     return merged
 
 
+def rescale(embeds: torch.Tensor, weighted: torch.Tensor) -> torch.Tensor:
+    """``weighted`` scaled so that each prompt's mean equals that of ``embeds`` (the lpw
+    rule). Where the mean is under 1% of the mean magnitude (a text encoder whose final layer
+    norm has no bias gives mean ~0), that ratio is noise divided by noise and can be huge or
+    infinite: there the mean magnitude is preserved instead."""
+    dims = (1, 2)
+    mean_before = embeds.mean(dim=dims, keepdim=True)
+    mean_after = weighted.mean(dim=dims, keepdim=True)
+    size_before = embeds.abs().mean(dim=dims, keepdim=True)
+    size_after = weighted.abs().mean(dim=dims, keepdim=True)
+    degenerate = (mean_before.abs() < 0.01 * size_before) | (mean_after.abs() < 0.01 * size_after)
+    ratio = torch.where(degenerate, size_before / size_after, mean_before / mean_after)
+    return weighted * ratio
+
+
 class LongPromptWeightingPipeline(StableDiffusionPipeline):
     """Stable Diffusion that takes prompts of any length with ``(word:weight)`` emphasis. Called
     like ``StableDiffusionPipeline``; ``prompt_embeds`` given directly are used as they are."""
@@ -105,9 +121,7 @@ class LongPromptWeightingPipeline(StableDiffusionPipeline):
         weights = weights.reshape(len(texts), windows * length, 1)
         if torch.all(weights == 1):
             return embeds
-        mean_before = embeds.mean(dim=(1, 2), keepdim=True)
-        weighted = embeds * weights
-        return weighted * (mean_before / weighted.mean(dim=(1, 2), keepdim=True))
+        return rescale(embeds, embeds * weights)
 
     def _encode_ids(self, ids: torch.Tensor, clip_skip: int | None) -> torch.Tensor:
         if clip_skip is None:

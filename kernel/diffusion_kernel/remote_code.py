@@ -35,6 +35,8 @@ def load_pipeline_class(custom_pipeline: str | os.PathLike, revision: str | None
     ``pipeline.py``; a Hub repo id (``owner/name``) holding ``pipeline.py``; or a plain name,
     ``<name>/pipeline.py`` in the community repo. ``revision``: branch, tag or commit (Hub)."""
     source = os.fspath(custom_pipeline)
+    if source.endswith(".py") and not os.path.isfile(source):
+        raise PipelineError(f"custom_pipeline file {source!r} does not exist")
     if os.path.isfile(source) or is_local(source):
         path = Path(source) / PIPELINE_FILE if is_local(source) else Path(source)
         if not path.is_file():

@@ -2,6 +2,7 @@
 embeddings, prompts longer than the text encoder's window, and equality with the plain
 pipeline for an unweighted short prompt."""
 
+import copy
 import sys
 
 import numpy as np
@@ -46,15 +47,34 @@ def test_unweighted_short_prompt_gives_the_plain_pipelines_image(lpw, plain):
     np.testing.assert_array_equal(ours, ref)
 
 
-def test_weight_scales_the_words_tokens_then_restores_the_mean(lpw, plain):
+def test_weight_scales_the_words_tokens_then_restores_the_mean(lpw):
+    """On an encoder whose embeddings have a clear mean (as CLIP's have: its final layer norm
+    has a bias), the lpw rule: scale the weighted token's row, then rescale to the old mean."""
     cpu = torch.device("cpu")
-    weighted, _ = lpw.encode_prompt("a (cat:1.5)", cpu, 1, False)
-    base = plain._text_embeddings(["a cat"], cpu, lpw.tokenizer.model_max_length)
+    pipe = type(lpw)(**{**lpw.components, "text_encoder": copy.deepcopy(lpw.text_encoder)})
+    text_model = getattr(pipe.text_encoder, "text_model", pipe.text_encoder)
+    with torch.no_grad():
+        text_model.final_layer_norm.bias.fill_(0.3)
+    weighted, _ = pipe.encode_prompt("a (cat:1.5)", cpu, 1, False)
+    base = pipe._text_embeddings(["a cat"], cpu, pipe.tokenizer.model_max_length)
+    assert base.mean() > 0.1  # far from the degenerate case
     # tokens: BOS, a, cat, EOS...: the third row is the weighted word
     scale = torch.ones(1, base.shape[1], 1)
     scale[0, 2] = 1.5
     expected = base * scale * (base.mean() / (base * scale).mean())
     torch.testing.assert_close(weighted, expected, rtol=1e-6, atol=1e-6)
+    assert weighted.mean().item() == pytest.approx(base.mean().item(), rel=1e-5)
+    assert not torch.allclose(weighted, base, atol=1e-3)
+
+
+def test_zero_mean_embeddings_keep_their_mean_magnitude_instead(lpw, plain):
+    """The tiny encoder's embeddings have mean ~0: dividing by it would blow them up (inf)."""
+    cpu = torch.device("cpu")
+    base = plain._text_embeddings(["a cat"], cpu, lpw.tokenizer.model_max_length)
+    assert abs(base.mean()) < 1e-6
+    weighted, _ = lpw.encode_prompt("a (cat:1.5)", cpu, 1, False)
+    assert torch.isfinite(weighted).all()
+    assert weighted.abs().mean().item() == pytest.approx(base.abs().mean().item(), rel=1e-5)
     assert not torch.allclose(weighted, base, atol=1e-3)
 
 
@@ -87,3 +107,12 @@ def test_long_prompt_generates_an_image(lpw):
     image = lpw(words, num_inference_steps=2, output_type="np",
                 generator=torch.Generator().manual_seed(0)).images
     assert image.shape == (1, 32, 32, 3) and np.isfinite(image).all()
+
+
+def test_long_weighted_prompt_gives_finite_embeddings_and_image(lpw):
+    prompt = "the (cat:1.4) on a [blurry] sofa, " + "very detailed, " * 20
+    embeds, negative = lpw.encode_prompt(prompt, torch.device("cpu"), 1, True)
+    assert torch.isfinite(embeds).all() and torch.isfinite(negative).all()
+    image = lpw(prompt, num_inference_steps=2, output_type="np",
+                generator=torch.Generator().manual_seed(0)).images
+    assert np.isfinite(image).all()
