@@ -107,7 +107,7 @@ def spaced_timesteps(
 
 def sigmas_from_alphas_cumprod(alphas_cumprod: torch.Tensor) -> np.ndarray:
     """sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t): the VE view of a VP schedule."""
-    return np.array(((1 - alphas_cumprod) / alphas_cumprod) ** 0.5)
+    return (((1 - alphas_cumprod) / alphas_cumprod) ** 0.5).numpy()
 
 
 def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) -> np.ndarray:
