@@ -35,13 +35,12 @@ def load_pipeline_class(custom_pipeline: str | os.PathLike, revision: str | None
     ``pipeline.py``; a Hub repo id (``owner/name``) holding ``pipeline.py``; or a plain name,
     ``<name>/pipeline.py`` in the community repo. ``revision``: branch, tag or commit (Hub)."""
     source = os.fspath(custom_pipeline)
-    if source.endswith(".py") and not os.path.isfile(source):
-        raise PipelineError(f"custom_pipeline file {source!r} does not exist")
-    if os.path.isfile(source) or is_local(source):
-        path = Path(source) / PIPELINE_FILE if is_local(source) else Path(source)
-        if not path.is_file():
-            raise PipelineError(f"folder {source!r} has no {PIPELINE_FILE}")
-        return _pipeline_in(_import(path, path.stem))
+    if is_local(source):
+        source = os.path.join(source, PIPELINE_FILE)
+    if source.endswith(".py") or os.path.isfile(source):  # local files run without a flag
+        if not os.path.isfile(source):
+            raise PipelineError(f"custom_pipeline file {source!r} does not exist")
+        return _pipeline_in(_import(Path(source), Path(source).stem))
     repo, filename = ((source, PIPELINE_FILE) if "/" in source
                       else (community_repo(), f"{source}/{PIPELINE_FILE}"))
     path = trusted_file(repo, filename, revision, trust_remote_code, **hub)

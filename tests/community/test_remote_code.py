@@ -195,3 +195,9 @@ def test_component_of_an_unknown_library_is_a_clear_error(tmp_path, sd_folder):
     message = str(error.value)
     assert "'unet'" in message and "'not_installed'" in message and "'MissingUNet'" in message
     assert "install the diffusion-kernel plugin" in message
+
+
+def test_missing_local_file_or_pipeline_py_is_a_clear_error(tmp_path, sd_folder):
+    for source, missing in ((tmp_path / "nope.py", "nope.py"), (tmp_path, "pipeline.py")):
+        with pytest.raises(PipelineError, match=f"{missing}' does not exist"):
+            DiffusionPipeline.from_pretrained(sd_folder, custom_pipeline=str(source))
