@@ -25,8 +25,10 @@ from .schedules import (
     BETA_SCHEDULES,
     PREDICTION_TYPES,
     TIMESTEP_SPACINGS,
+    alphas_cumprod_for,
     betas_for,
     broadcast_to,
+    checked_begin_index,
     dynamic_threshold,
 )
 
@@ -117,7 +119,7 @@ class AlphaSchedulerMixin(SchedulerMixin):
         self.alphas = 1.0 - self.betas
         # float32 cumulative product, as the format's reference computes it (a zero-SNR schedule
         # keeps its exact 0 at the end: v-prediction handles it, eps-prediction cannot)
-        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        self.alphas_cumprod = alphas_cumprod_for(self.betas)
         # alpha_bar as float32 scalars: per-step coefficients are computed with float32
         # arithmetic, like the format's reference, so that runs agree to float32 round-off
         # (in float64, 1 - abar_t / abar_prev alone differs by ~1e-5 relative over big jumps)
@@ -167,13 +169,7 @@ class AlphaSchedulerMixin(SchedulerMixin):
     def set_begin_index(self, begin_index: int = 0) -> None:
         """Start the run at ``timesteps[begin_index]`` (img2img). These schedulers find their step
         from the timestep they are given, so this only records where the run starts."""
-        self._require_timesteps()
-        if not 0 <= begin_index < len(self.timesteps):
-            raise SchedulerError(
-                f"begin_index {begin_index} is outside this run of {len(self.timesteps)} "
-                f"timesteps"
-            )
-        self._begin_index = int(begin_index)
+        self._begin_index = checked_begin_index(self, begin_index)
 
     def _coefficients_at(self, timesteps: torch.Tensor, like: torch.Tensor):
         alphas_cumprod = self.alphas_cumprod.to(device=like.device, dtype=like.dtype)

@@ -14,7 +14,6 @@ called at timestep = sigma * num_train_timesteps.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -23,7 +22,13 @@ from diffusion_kernel.errors import SchedulerError
 from diffusion_kernel.scheduling import SchedulerMixin, SchedulerOutput, check_option
 
 from .alpha_schedule import check_num_inference_steps
-from .schedules import broadcast_to, gaussian_noise
+from .schedules import (
+    broadcast_to,
+    gaussian_noise,
+    shift_flow_sigmas,
+    stretch_flow_sigmas_to_terminal,
+    time_shift_flow_sigmas,
+)
 from .sigma_schedule import discretise, sigma_kind
 
 TIME_SHIFT_TYPES = ("exponential", "linear")
@@ -60,7 +65,7 @@ class FlowMatchEulerDiscreteScheduler(SchedulerMixin):
         sigmas = torch.linspace(1, num_train_timesteps, num_train_timesteps,
                                 dtype=torch.float32).flip(0) / num_train_timesteps
         if not use_dynamic_shifting:
-            sigmas = shift * sigmas / (1 + (shift - 1) * sigmas)
+            sigmas = shift_flow_sigmas(sigmas, shift)
         self.sigma_min = sigmas[-1].item()
         self.sigma_max = sigmas[0].item()
         self.sigmas = None
@@ -72,16 +77,6 @@ class FlowMatchEulerDiscreteScheduler(SchedulerMixin):
     @property
     def shift(self) -> float:
         return self.config.shift
-
-    def _time_shift(self, mu: float, sigmas: np.ndarray) -> np.ndarray:
-        if self.config.time_shift_type == "exponential":
-            return math.exp(mu) / (math.exp(mu) + (1 / sigmas - 1))
-        return mu / (mu + (1 / sigmas - 1))
-
-    def _stretch_to_terminal(self, sigmas: np.ndarray) -> np.ndarray:
-        """Rescale 1 - sigma so the last sigma equals ``shift_terminal``."""
-        one_minus = 1 - sigmas
-        return 1 - one_minus / (one_minus[-1] / (1 - self.config.shift_terminal))
 
     def set_timesteps(self, num_inference_steps: int | None = None,
                       device: str | torch.device | None = None,
@@ -117,11 +112,11 @@ class FlowMatchEulerDiscreteScheduler(SchedulerMixin):
             run = np.asarray(sigmas, dtype=np.float32)
         # shift (SD3 eq. 23) or dynamic shift, optional terminal stretch, then discretisation
         if self.config.use_dynamic_shifting:
-            run = self._time_shift(mu, run)
+            run = time_shift_flow_sigmas(run, mu, self.config.time_shift_type)
         else:
-            run = self.shift * run / (1 + (self.shift - 1) * run)
+            run = shift_flow_sigmas(run, self.shift)
         if self.config.shift_terminal:
-            run = self._stretch_to_terminal(run)
+            run = stretch_flow_sigmas_to_terminal(run, self.config.shift_terminal)
         run = discretise(run, self._sigma_kind, n)
         run = torch.from_numpy(np.asarray(run)).to(torch.float32)
         if custom_timesteps is not None and not self.config.invert_sigmas:

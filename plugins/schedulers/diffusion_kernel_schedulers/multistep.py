@@ -92,8 +92,9 @@ def solver_timesteps(timestep_spacing: str, num_inference_steps: int, num_train_
 class PhiCoefficients:
     """One DPM-Solver update from s to t as x_t = x * D(x_s) + d0 * D0 + ... + noise * z, with
     D0 the model term at the expansion point, D1 ~ h dD/dlambda and D2 ~ h^2 d2D/dlambda^2
-    (finite differences the caller forms: note D2 estimates h^2 D'', not h^2 D'' / 2). ``d1_midpoint`` is the second-order midpoint weight,
-    ``d1`` the weight of the Taylor (Heun / third-order) first derivative, ``d2`` the second's."""
+    (finite differences the caller forms: D2 estimates h^2 D'', not h^2 D'' / 2).
+    ``d1_midpoint`` is the second-order midpoint weight, ``d1`` the weight of the Taylor (Heun /
+    third-order) first derivative, ``d2`` the second's."""
 
     x: float
     d0: float

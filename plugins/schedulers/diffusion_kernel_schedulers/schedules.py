@@ -8,6 +8,10 @@
 - ``karras_sigmas`` / ``exponential_sigmas``: sigma discretisations (Karras et al. 2022, eq. 5).
 - ``sigma_to_t``: a continuous timestep for any sigma, interpolating log-sigma.
 - ``dynamic_threshold``: Saharia et al. 2022 (Imagen), sec. 2.3.
+- ``shift_flow_sigmas`` / ``time_shift_flow_sigmas`` / ``stretch_flow_sigmas_to_terminal``: the
+  flow-matching sigma shifts (SD3, Flux, LTX-Video), used by flow-matching Euler and the
+  multistep solvers alike.
+- ``checked_begin_index``: the img2img start index, validated against the run.
 
 Dtypes follow the diffusers format's reference computations (float32 betas and cumulative
 products) so that the same config gives the same numbers.
@@ -16,11 +20,10 @@ products) so that the same config gives the same numbers.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
-
 from diffusion_kernel.scheduling import check_option
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
@@ -67,7 +70,7 @@ def betas_for(
         check_option("beta_schedule", beta_schedule, BETA_SCHEDULES, owner)
         if beta_schedule == "linear":
             betas = torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float32)
-        elif beta_schedule == "scaled_linear":  # linear in sqrt(beta): the latent-diffusion schedule
+        elif beta_schedule == "scaled_linear":  # linear in sqrt(beta): latent diffusion
             betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps,
                                    dtype=torch.float32) ** 2
         else:
@@ -201,9 +204,9 @@ def karras_sigmas_at(ramp, sigma_min: float, sigma_max: float, rho: float = 7.0)
     return (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
 
 
-def shift_flow_sigmas(sigmas: np.ndarray, shift: float) -> np.ndarray:
+def shift_flow_sigmas(sigmas, shift: float):
     """Flow-matching sigmas moved towards the noisy end: shift s / (1 + (shift - 1) s)
-    (Esser et al. 2024, SD3, eq. 23)."""
+    (Esser et al. 2024, SD3, eq. 23); a numpy array or a tensor, of the same type back."""
     return shift * sigmas / (1 + (shift - 1) * sigmas)
 
 
@@ -221,3 +224,16 @@ def stretch_flow_sigmas_to_terminal(sigmas: np.ndarray, shift_terminal: float) -
     """Rescale 1 - s so that the last sigma equals ``shift_terminal`` (LTX-Video)."""
     one_minus = 1 - sigmas
     return 1 - one_minus / (one_minus[-1] / (1 - shift_terminal))
+
+
+def checked_begin_index(scheduler, begin_index: int) -> int:
+    """``begin_index`` as an int, after checking that the scheduler has a run (``set_timesteps``
+    was called) and that the index is one of its timesteps'."""
+    from diffusion_kernel.errors import SchedulerError
+
+    scheduler._require_timesteps()
+    n = len(scheduler.timesteps)
+    if isinstance(begin_index, bool) or not 0 <= begin_index < n:
+        raise SchedulerError(f"{type(scheduler).__name__}.set_begin_index: {begin_index} is "
+                             f"outside this run of {n} timesteps (0..{n - 1})")
+    return int(begin_index)

@@ -27,7 +27,7 @@ from diffusion_kernel.errors import ConfigError, SchedulerError
 from diffusion_kernel.scheduling import SchedulerMixin, SchedulerOutput
 
 from .alpha_schedule import check_num_inference_steps
-from .schedules import broadcast_to, gaussian_noise
+from .schedules import broadcast_to, checked_begin_index, gaussian_noise
 
 
 @dataclass
@@ -106,11 +106,7 @@ class ScoreSdeVeScheduler(SchedulerMixin):
         """Record that the run starts at ``timesteps[begin_index]`` (img2img: noise the input to
         that time with ``add_noise`` first). ``step_pred`` takes its time explicitly, so this
         changes no step."""
-        self._require_timesteps()
-        if not 0 <= begin_index < len(self.timesteps):
-            raise SchedulerError(f"begin_index {begin_index} is outside this run of "
-                                 f"{len(self.timesteps)} timesteps")
-        self._begin_index = int(begin_index)
+        self._begin_index = checked_begin_index(self, begin_index)
 
     def _levels(self, timestep, batch: int) -> torch.Tensor:
         """The discrete level index of each sample's timestep: step i of n uses level n-1-i."""

@@ -21,7 +21,7 @@ from diffusion_kernel.errors import SchedulerError
 from diffusion_kernel.scheduling import SchedulerMixin
 
 from .alpha_schedule import check_num_inference_steps
-from .schedules import broadcast_to, gaussian_noise
+from .schedules import broadcast_to, checked_begin_index, gaussian_noise
 
 
 @dataclass
@@ -64,11 +64,7 @@ class ScoreSdeVpScheduler(SchedulerMixin):
         """Record that the run starts at ``timesteps[begin_index]`` (img2img: noise the input to
         that time with ``add_noise`` first). ``step_pred`` takes its time explicitly, so this
         changes no step."""
-        self._require_timesteps()
-        if not 0 <= begin_index < len(self.timesteps):
-            raise SchedulerError(f"begin_index {begin_index} is outside this run of "
-                                 f"{len(self.timesteps)} timesteps")
-        self._begin_index = int(begin_index)
+        self._begin_index = checked_begin_index(self, begin_index)
 
     def _log_mean_coeff(self, t: torch.Tensor) -> torch.Tensor:
         c = self.config

@@ -33,6 +33,7 @@ from .schedules import (
     alphas_cumprod_for,
     betas_for,
     broadcast_to,
+    checked_begin_index,
     exp_betas,
     exponential_sigmas,
     karras_sigmas,
@@ -279,13 +280,7 @@ class SigmaSchedulerMixin(SchedulerMixin):
 
     def set_begin_index(self, begin_index: int = 0) -> None:
         """Start the run at ``timesteps[begin_index]`` (img2img: call after set_timesteps)."""
-        self._require_timesteps()
-        if not 0 <= begin_index < len(self.timesteps):
-            raise SchedulerError(
-                f"{type(self).__name__}.set_begin_index: {begin_index} is outside this run of "
-                f"{len(self.timesteps)} timesteps (0..{len(self.timesteps) - 1})"
-            )
-        self._begin_index = int(begin_index)
+        self._begin_index = checked_begin_index(self, begin_index)
 
     def index_for_timestep(self, timestep: Any, schedule_timesteps: torch.Tensor | None = None
                            ) -> int:
