@@ -115,3 +115,23 @@ def test_panorama_windows_cover_every_latent_pixel(panorama):
     for top, bottom, left, right in views:
         covered[top:bottom, left:right] += 1
     assert covered.min() >= 1
+
+
+def test_panorama_tiles_without_overlap_are_each_the_plain_pipeline_on_their_noise(panorama,
+                                                                                  plain):
+    """stride = window: nothing is averaged, so each tile is denoised exactly as plain SD would
+    denoise that crop of the initial noise (MultiDiffusion's fusion only acts on overlaps)."""
+    noise = torch.randn(1, 4, 16, 32, generator=torch.Generator().manual_seed(5))
+    wide = panorama("the cat", height=32, width=64, num_inference_steps=STEPS, stride=16,
+                    latents=noise, output_type="latent").images
+    for left in (0, 16):
+        tile = plain("the cat", num_inference_steps=STEPS, latents=noise[..., left:left + 16],
+                     output_type="latent").images
+        torch.testing.assert_close(wide[..., left:left + 16], tile, rtol=0, atol=1e-6)
+
+
+def test_panorama_overlapping_windows_differ_from_separate_tiles(panorama):
+    noise = torch.randn(1, 4, 16, 32, generator=torch.Generator().manual_seed(5))
+    run = lambda stride: panorama("the cat", height=32, width=64, num_inference_steps=STEPS,
+                                  stride=stride, latents=noise, output_type="latent").images
+    assert (run(8) - run(16)).abs().max() > 1e-3
