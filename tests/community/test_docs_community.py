@@ -30,3 +30,12 @@ def test_every_python_block_of_the_community_doc_runs(hub, sd_folder, monkeypatc
     assert namespace["wide"].size == (96, 32)
     assert len(namespace["frames"]) == 4 and all(p.is_file() for p in namespace["frames"])
     assert "dk-docs/community" in hub.repos
+
+
+def test_the_doc_names_the_real_environment_variable_and_layout():
+    from diffusion_kernel import remote_code
+
+    text = DOC.read_text()
+    assert f"`{remote_code.COMMUNITY_REPO_ENV}`" in text
+    assert f"`<name>/{remote_code.PIPELINE_FILE}`" in text
+    assert f"`{remote_code.community_repo()}`" in text or "`diffusion-kernel/community`" in text
