@@ -282,12 +282,8 @@ class DiffusionPipeline(PushToHubMixin):
         params = pipeline_cls._init_parameters()
         overrides = {**{k: v for k, v in specs.items() if k in params and k not in expected
                         and not isinstance(v, list | tuple)}, **overrides}
-        for name, spec in specs.items():  # a component class defined in the repo itself
-            library, class_name = spec if isinstance(spec, list) and len(spec) == 2 else (0, 0)
-            if (f"{name}/{library}.py" in files and name not in overrides
-                    and not _registered(class_name)):
-                remote_code.load_component_class(source, f"{name}/{library}.py", class_name,
-                                                 trust_remote_code, **hub)
+        remote_code.load_component_classes(source, specs, files, overrides, trust_remote_code,
+                                           **hub)
         components: dict[str, Any] = {}
         names = [n for n in specs if n in overrides or n in expected or not expected]
         from tqdm.auto import tqdm
@@ -369,12 +365,6 @@ def _load_component(name: str, spec: Any, root: Path, torch_dtype, variant, allo
                                              variant=variant if _has_variant(folder, variant)
                                              else None, allow_pickle=allow_pickle)
     return component_cls.from_pretrained(folder)
-
-
-def _registered(class_name: str) -> bool:
-    from .plugins import registry
-
-    return any(class_name in reg for reg in registry)
 
 
 def _load_transformers(class_name: str, folder: Path, torch_dtype, variant, allow_pickle) -> Any:

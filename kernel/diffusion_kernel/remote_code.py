@@ -47,6 +47,22 @@ def load_pipeline_class(custom_pipeline: str | os.PathLike, revision: str | None
     return _pipeline_in(_import(path, filename.replace("/pipeline.py", "")))
 
 
+def load_component_classes(source: str | os.PathLike, specs: dict[str, Any], files: list[str],
+                           skip: Any, trust_remote_code: bool = False, **hub: Any) -> None:
+    """Register the component classes of ``model_index.json`` (``specs``) that no installed
+    plugin provides and that the source defines in ``<component>/<library>.py`` (components
+    named in ``skip`` are passed by the caller and not loaded)."""
+    from .plugins import registry
+
+    for name, spec in specs.items():
+        if name in skip or not (isinstance(spec, list) and len(spec) == 2):
+            continue
+        library, class_name = spec
+        filename = f"{name}/{library}.py"
+        if filename in files and not any(class_name in reg for reg in registry):
+            load_component_class(source, filename, class_name, trust_remote_code, **hub)
+
+
 def load_component_class(source: str | os.PathLike, filename: str, class_name: str,
                          trust_remote_code: bool = False, revision: str | None = None,
                          **hub: Any) -> type:
