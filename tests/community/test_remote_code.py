@@ -201,3 +201,20 @@ def test_missing_local_file_or_pipeline_py_is_a_clear_error(tmp_path, sd_folder)
     for source, missing in ((tmp_path / "nope.py", "nope.py"), (tmp_path, "pipeline.py")):
         with pytest.raises(PipelineError, match=f"{missing}' does not exist"):
             DiffusionPipeline.from_pretrained(sd_folder, custom_pipeline=str(source))
+
+
+def test_by_name_loads_from_the_cache_when_offline(published, hub, sd_folder, monkeypatch):
+    import huggingface_hub.constants as constants
+
+    DiffusionPipeline.from_pretrained(sd_folder, custom_pipeline="composable_stable_diffusion",
+                                      trust_remote_code=True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    hub.clear_log()
+    pipe = DiffusionPipeline.from_pretrained(sd_folder,
+                                             custom_pipeline="composable_stable_diffusion",
+                                             trust_remote_code=True)
+    assert type(pipe).__name__ == "ComposableStableDiffusionPipeline"
+    with pytest.raises(RemoteCodeError, match=published):  # still checked offline
+        DiffusionPipeline.from_pretrained(sd_folder, custom_pipeline="composable_stable_diffusion")
+    assert hub.count() == 0  # nothing asked of the Hub
