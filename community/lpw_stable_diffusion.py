@@ -25,6 +25,8 @@ import torch
 from diffusion_kernel import StableDiffusionPipeline
 
 _EMPHASIS = 1.1
+# One match per syntax element: an escaped bracket, "(", "[", ":<number>)" closing a weighted
+# group (the number is group 1), ")", "]", a run of plain text, or a lone ":".
 _TOKEN = re.compile(r"\\[\\()\[\]]|\(|\[|:\s*([+-]?\d*\.?\d+)\s*\)|\)|]|[^\\()\[\]:]+|:")
 
 
