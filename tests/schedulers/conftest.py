@@ -20,7 +20,8 @@ Interface (stable; every scheduler test file may use it):
     Drives one sampling run and returns the final sample:
     ``set_timesteps`` (``num_inference_steps=None`` omits it, for custom ``timesteps``/``sigmas``
     passed in ``set_timesteps_kwargs``), initial noise times ``init_noise_sigma``, then for every
-    timestep ``scale_model_input`` -> ``model`` -> ``step(..., generator=...)``.
+    timestep ``scale_model_input`` -> ``model`` -> ``step(...)``, with ``generator=`` only when
+    the class's ``step`` takes one (deterministic solvers' steps do not).
     Randomness: with ``generator_seeds=None`` the initial noise comes from a generator seeded
     ``seed`` and the step noise from one seeded ``seed + 1``; with ``generator_seeds=[s1, ...]``
     (one per sample) sample i's initial noise and step noise both come from a generator seeded

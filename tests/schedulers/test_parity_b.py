@@ -10,7 +10,6 @@ the schedulers that keep the sample's dtype agree to 1e-5.
 
 from __future__ import annotations
 
-import inspect
 import itertools
 
 import pytest
@@ -35,24 +34,8 @@ VP_SCHEDULERS = {
 }
 
 
-class _NoGenerator:
-    """Drops the ``generator`` the harness passes to every ``step`` for classes whose step takes
-    none (deterministic solvers), on both our side and the reference's."""
-
-    def __init__(self, inner):
-        self.inner = inner
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def step(self, *args, generator=None, **kwargs):
-        return self.inner.step(*args, **kwargs)
-
-
 def parity_run(name: str, config: dict, n: int | None, **kwargs):
     ours, theirs = build_pair(name, config)
-    if "generator" not in inspect.signature(type(theirs).step).parameters:
-        ours, theirs = _NoGenerator(ours), _NoGenerator(theirs)
     return run_loop(ours, n, **kwargs), run_loop(theirs, n, **kwargs)
 
 
@@ -216,8 +199,6 @@ def test_img2img_begin_index_matches_reference(name):
     init = torch.linspace(-1, 1, 2 * 3 * 8 * 8).reshape(2, 3, 8, 8)
     ours, theirs = build_pair(name, {"beta_schedule": "scaled_linear"})
     begin = 4 * ours.order  # a step boundary: for 2-stage solvers, a first stage
-    if "generator" not in inspect.signature(type(theirs).step).parameters:
-        ours, theirs = _NoGenerator(ours), _NoGenerator(theirs)
     assert_parity(run_loop(ours, 10, init_sample=init, begin_index=begin),
                   run_loop(theirs, 10, init_sample=init, begin_index=begin))
 
