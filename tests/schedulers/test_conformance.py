@@ -28,6 +28,7 @@ from conftest import (
     run_parity,
 )
 from diffusion_kernel import registry
+from diffusion_kernel.configuration import config_parameters
 from diffusion_kernel.errors import DiffusionKernelError, SchedulerError
 from diffusion_kernel.scheduling import SchedulerMixin
 
@@ -116,6 +117,26 @@ def test_swap_via_from_config_among_compatibles(name):
         # ride along as hidden keys)
         for key, value in original.config.items():
             assert back.config[key] == value, f"swap {name} -> {other.__name__} -> back: {key}"
+
+
+# Options some scheduler takes, each set to a value that changes that scheduler's samples.
+FOREIGN_OPTIONS = {"rescale_betas_zero_snr": True, "thresholding": True, "sample_max_value": 0.5,
+                   "clip_sample": True, "clip_sample_range": 0.1, "timestep_spacing": "trailing",
+                   "steps_offset": 1, "prediction_type": "v_prediction", "use_karras_sigmas": True,
+                   "use_exponential_sigmas": True, "solver_order": 3, "lower_order_final": False,
+                   "final_sigmas_type": "zero", "set_alpha_to_one": True, "skip_prk_steps": True,
+                   "eta": 1.0}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_options_the_class_does_not_take_change_nothing(name):
+    """A config swapped in from another scheduler keeps that scheduler's keys (saved again), but
+    they are not this class's options: its samples are those of its defaults (e.g. a DDIM
+    config's rescale_betas_zero_snr=True on PNDM, or thresholding=True on DDIM inversion)."""
+    foreign = {k: v for k, v in FOREIGN_OPTIONS.items() if k not in config_parameters(_class(name))}
+    with pytest.warns(UserWarning, match="does not use config keys"):
+        swapped = _class(name).from_config(foreign)
+    assert torch.equal(run_loop(swapped, STEPS), run_loop(_make(name), STEPS))
 
 
 @pytest.mark.parametrize("name", NAMES)

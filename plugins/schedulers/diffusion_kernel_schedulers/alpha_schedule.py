@@ -30,6 +30,7 @@ from .schedules import (
     broadcast_to,
     checked_begin_index,
     dynamic_threshold,
+    own_option,
 )
 
 
@@ -46,12 +47,14 @@ def x0_and_eps(model_output: torch.Tensor, sample: torch.Tensor, sqrt_alpha_bar:
             torch.add(a * model_output, sample, alpha=b))
 
 
-def limit_x0(x0: torch.Tensor, config) -> torch.Tensor:
-    """Dynamic thresholding when ``config.thresholding``, else clipping to
-    [-clip_sample_range, clip_sample_range] when ``config.clip_sample``, else x0 unchanged."""
-    if config.get("thresholding", False):
+def limit_x0(x0: torch.Tensor, scheduler) -> torch.Tensor:
+    """Dynamic thresholding when the scheduler's ``thresholding`` is set, else clipping to
+    [-clip_sample_range, clip_sample_range] when its ``clip_sample`` is, else x0 unchanged
+    (options its class does not take count as unset)."""
+    config = scheduler.config
+    if own_option(scheduler, "thresholding", False):
         return dynamic_threshold(x0, config.dynamic_thresholding_ratio, config.sample_max_value)
-    if config.get("clip_sample", False):
+    if own_option(scheduler, "clip_sample", False):
         return x0.clamp(-config.clip_sample_range, config.clip_sample_range)
     return x0
 
@@ -106,16 +109,17 @@ class AlphaSchedulerMixin(SchedulerMixin):
 
     def _init_training_schedule(self, config) -> None:
         owner = type(self).__name__
-        if config.get("trained_betas") is None:
+        trained_betas = own_option(self, "trained_betas", None)
+        if trained_betas is None:
             check_option("beta_schedule", config.beta_schedule, BETA_SCHEDULES, owner)
-        if "prediction_type" in config:
+        if own_option(self, "prediction_type", None) is not None:
             check_option("prediction_type", config.prediction_type, self.prediction_types, owner)
-        if "timestep_spacing" in config:
+        if own_option(self, "timestep_spacing", None) is not None:
             check_option("timestep_spacing", config.timestep_spacing, self.timestep_spacings,
                          owner)
         self.betas = betas_for(config.beta_schedule, config.num_train_timesteps,
-                               config.beta_start, config.beta_end, config.get("trained_betas"),
-                               config.get("rescale_betas_zero_snr", False), owner=owner)
+                               config.beta_start, config.beta_end, trained_betas,
+                               own_option(self, "rescale_betas_zero_snr", False), owner=owner)
         self.alphas = 1.0 - self.betas
         # float32 cumulative product, as the format's reference computes it (a zero-SNR schedule
         # keeps its exact 0 at the end: v-prediction handles it, eps-prediction cannot)

@@ -121,7 +121,7 @@ class DDIMScheduler(AlphaSchedulerMixin):
         # 1. "predicted x0" and eps_theta(x_t) (eq. 12, first and second terms)
         x0, eps = x0_and_eps(model_output, sample, sqrt_a_t, sqrt_1m_a_t,
                              self.config.prediction_type)
-        x0 = limit_x0(x0, self.config)
+        x0 = limit_x0(x0, self)
         if use_clipped_model_output:  # eps consistent with the clipped x0
             eps = (sample - sqrt_a_t * x0) / sqrt_1m_a_t
 

@@ -77,7 +77,7 @@ class DDIMInverseScheduler(AlphaSchedulerMixin):
         sqrt_a_cur, sqrt_1m_a_cur, sqrt_a_next, sqrt_1m_a_next = self._coefficients[i]
         x0, eps = x0_and_eps(model_output, sample, sqrt_a_cur, sqrt_1m_a_cur,
                              self.config.prediction_type)
-        x0 = limit_x0(x0, self.config)
+        x0 = limit_x0(x0, self)
         next_sample = torch.add(sqrt_a_next * x0, eps, alpha=sqrt_1m_a_next)
         if not return_dict:
             return next_sample, x0

@@ -151,7 +151,7 @@ class DDPMScheduler(AlphaSchedulerMixin):
         # 1. x0_hat from the model output (eq. 15 for eps), then clip / threshold
         x0, _ = x0_and_eps(model_output, sample, c["sqrt_a_t"], c["sqrt_1m_a_t"],
                            self.config.prediction_type)
-        x0 = limit_x0(x0, self.config)
+        x0 = limit_x0(x0, self)
 
         # 2. posterior mean mu_tilde(x_t, x0_hat) (eq. 7)
         prev_sample = torch.add(c["x0_coeff"] * x0, sample, alpha=c["xt_coeff"])

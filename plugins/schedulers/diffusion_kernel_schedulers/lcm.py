@@ -141,7 +141,7 @@ class LCMScheduler(AlphaSchedulerMixin):
         # 1. the model's x_0 estimate, clipped / thresholded if configured
         x0, _ = x0_and_eps(model_output, sample, sqrt_a_t, sqrt_1m_a_t,
                            self.config.prediction_type)
-        x0 = limit_x0(x0, self.config)
+        x0 = limit_x0(x0, self)
         # 2. the consistency function f(x_t, t) = c_skip x_t + c_out x0_hat
         denoised = torch.add(c_out * x0, sample, alpha=c_skip)
         # 3. re-noise to the next timestep, except after the last (Algorithm 3)

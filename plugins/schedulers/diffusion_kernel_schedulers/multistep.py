@@ -29,7 +29,6 @@ Here:
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,7 +36,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusion_kernel.configuration import config_parameters
 from diffusion_kernel.errors import ConfigError, SchedulerError
 from diffusion_kernel.scheduling import SchedulerMixin, SchedulerOutput, check_option
 
@@ -49,6 +47,7 @@ from .schedules import (
     broadcast_to,
     dynamic_threshold,
     exponential_sigmas,
+    own_option,
     shift_flow_sigmas,
     sigma_to_t,
     sigmas_from_alphas_cumprod,
@@ -146,12 +145,6 @@ def phi_coefficients(algorithm_type: str, h: float, alpha_s: float, sigma_s: flo
 # ------------------------------------------------------------------------------ the base class
 
 
-@functools.cache
-def _constructor_parameters(cls: type) -> frozenset[str]:
-    return frozenset(config_parameters(cls))
-
-
-
 class MultistepScheduler(SchedulerMixin):
     """Shared state of the exponential-integrator schedulers; subclasses add the solver.
 
@@ -234,9 +227,7 @@ class MultistepScheduler(SchedulerMixin):
     def _option(self, name: str, default: Any) -> Any:
         """A config value this class takes, else ``default``. Keys kept from another scheduler's
         config (a swap) are in the config too, but are not this solver's options."""
-        if name in _constructor_parameters(type(self)):
-            return self.config[name]
-        return default
+        return own_option(self, name, default)
 
     def _reset_run(self) -> None:
         self._history: list[torch.Tensor] = []

@@ -12,6 +12,7 @@
   flow-matching sigma shifts (SD3, Flux, LTX-Video), used by flow-matching Euler and the
   multistep solvers alike.
 - ``checked_begin_index``: the img2img start index, validated against the run.
+- ``own_option``: a config value the scheduler's class takes (not a key kept from a swap).
 
 Dtypes follow the diffusers format's reference computations (float32 betas and cumulative
 products) so that the same config gives the same numbers.
@@ -19,11 +20,14 @@ products) so that the same config gives the same numbers.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
+from diffusion_kernel.configuration import config_parameters
 from diffusion_kernel.scheduling import check_option
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
@@ -237,3 +241,18 @@ def checked_begin_index(scheduler, begin_index: int) -> int:
         raise SchedulerError(f"{type(scheduler).__name__}.set_begin_index: {begin_index} is "
                              f"outside this run of {n} timesteps (0..{n - 1})")
     return int(begin_index)
+
+
+@functools.cache
+def _constructor_parameters(cls: type) -> frozenset[str]:
+    return frozenset(config_parameters(cls))
+
+
+def own_option(scheduler, name: str, default: Any) -> Any:
+    """``scheduler.config[name]`` when the scheduler's class takes ``name``, else ``default``.
+    A config swapped in from another scheduler keeps that scheduler's keys (they are saved
+    again), but they are not this class's options and must not change its numbers (a DDIM
+    config's ``rescale_betas_zero_snr`` or ``thresholding`` means nothing to PNDM)."""
+    if name in _constructor_parameters(type(scheduler)):
+        return scheduler.config[name]
+    return default
