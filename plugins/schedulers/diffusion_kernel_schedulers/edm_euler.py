@@ -21,8 +21,8 @@ import torch
 from diffusion_kernel.errors import SchedulerError
 from diffusion_kernel.scheduling import SchedulerOutput, check_option
 
-from .euler import churn_gamma
-from .schedules import exponential_sigmas, gaussian_noise, karras_sigmas_at
+from .euler import churn
+from .schedules import exponential_sigmas, karras_sigmas_at
 from .sigma_schedule import FINAL_SIGMAS_TYPES, SigmaSchedulerMixin, euler_step
 
 SIGMA_SCHEDULES = ("karras", "exponential")
@@ -143,11 +143,8 @@ class EDMEulerScheduler(SigmaSchedulerMixin):
         i = self._begin_step(model_output, timestep, sample)
         sigma, sigma_next = self._sigma_list[i], self._sigma_list[i + 1]
         x = sample.to(torch.float32)
-        gamma = churn_gamma(s_churn, len(self._sigma_list) - 1, sigma, s_tmin, s_tmax)
-        sigma_hat = sigma * (1 + gamma)
-        if gamma > 0:  # x_hat = x + sqrt(sigma_hat^2 - sigma^2) eps, eps ~ N(0, S_noise^2 I)
-            noise = gaussian_noise(model_output, generator)
-            x = x + noise * (s_noise * (sigma_hat**2 - sigma**2) ** 0.5)
+        x, sigma_hat = churn(x, sigma, len(self._sigma_list) - 1, s_churn, s_tmin, s_tmax,
+                             s_noise, model_output, generator)
         if pred_original_sample is None:
             c_skip, c_out = self._output_coefficients(sigma_hat)
             prev_sample, denoised = euler_step(x, model_output, sigma_hat, sigma_next,

@@ -39,6 +39,20 @@ def churn_gamma(s_churn: float, num_sigmas: int, sigma: float, s_tmin: float,
     return 0.0
 
 
+def churn(x: torch.Tensor, sigma: float, num_sigmas: int, s_churn: float, s_tmin: float,
+          s_tmax: float, s_noise: float, like: torch.Tensor,
+          generator) -> tuple[torch.Tensor, float]:
+    """Algorithm 2, lines 4-6: raise the noise level to sigma_hat = (1 + gamma_i) sigma by adding
+    fresh noise, x_hat = x + sqrt(sigma_hat^2 - sigma^2) eps with eps ~ N(0, S_noise^2 I) drawn
+    like ``like``; returns (x_hat, sigma_hat), x unchanged when gamma_i = 0."""
+    gamma = churn_gamma(s_churn, num_sigmas, sigma, s_tmin, s_tmax)
+    sigma_hat = sigma * (1 + gamma)
+    if gamma > 0:
+        noise = gaussian_noise(like, generator)
+        x = x + noise * (s_noise * (sigma_hat**2 - sigma**2) ** 0.5)
+    return x, sigma_hat
+
+
 class EulerDiscreteScheduler(SigmaSchedulerMixin):
     """Euler sampler (Karras et al. 2022, Algorithm 2, first order) for VP-trained models.
 
@@ -147,11 +161,8 @@ class EulerDiscreteScheduler(SigmaSchedulerMixin):
         i = self._begin_step(model_output, timestep, sample)
         sigma, sigma_next = self._sigma_list[i], self._sigma_list[i + 1]
         x = sample.to(torch.float32)
-        gamma = churn_gamma(s_churn, len(self._sigma_list) - 1, sigma, s_tmin, s_tmax)
-        sigma_hat = sigma * (1 + gamma)
-        if gamma > 0:  # x_hat = x + sqrt(sigma_hat^2 - sigma^2) eps, eps ~ N(0, S_noise^2 I)
-            noise = gaussian_noise(model_output, generator)
-            x = x + noise * (s_noise * (sigma_hat**2 - sigma**2) ** 0.5)
+        x, sigma_hat = churn(x, sigma, len(self._sigma_list) - 1, s_churn, s_tmin, s_tmax,
+                             s_noise, model_output, generator)
         prediction = self.config.prediction_type
         # epsilon is denoised at sigma_hat; v's rescaling refers to the model's input sigma
         a, b = x0_coefficients(prediction, sigma_hat if prediction == "epsilon" else sigma)
