@@ -28,6 +28,10 @@ class EMAModel:
     ``register_for_checkpointing`` accepts it).
     """
 
+    # The settings and counter that ``state_dict`` saves beside the averaged tensors.
+    _STATE_KEYS = ("decay", "min_decay", "update_after_step", "use_ema_warmup", "inv_gamma",
+                   "power", "optimization_step")
+
     def __init__(
         self,
         parameters: Iterable[torch.nn.Parameter],
@@ -97,13 +101,8 @@ class EMAModel:
         return self
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "decay": self.decay, "min_decay": self.min_decay,
-            "update_after_step": self.update_after_step, "use_ema_warmup": self.use_ema_warmup,
-            "inv_gamma": self.inv_gamma, "power": self.power,
-            "optimization_step": self.optimization_step,
-            "shadow_params": [p.clone() for p in self.shadow_params],
-        }
+        return {**{k: getattr(self, k) for k in self._STATE_KEYS},
+                "shadow_params": [p.clone() for p in self.shadow_params]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         state = copy.copy(state)
@@ -114,8 +113,7 @@ class EMAModel:
                 f"has {len(self.shadow_params)} parameters; the checkpoint is for another model"
             )
         for key, value in state.items():
-            if key not in ("decay", "min_decay", "update_after_step", "use_ema_warmup",
-                           "inv_gamma", "power", "optimization_step"):
+            if key not in self._STATE_KEYS:
                 raise ConfigError(f"unknown EMA state key {key!r}")
             setattr(self, key, value)
         self.shadow_params = [s.to(p.device, p.dtype) for s, p in zip(shadow, self.shadow_params)]
@@ -148,9 +146,19 @@ def sample_noise(like: torch.Tensor, generator: torch.Generator | None = None,
 
 
 def _alphas_at(scheduler: Any, timesteps: torch.Tensor, like: torch.Tensor):
+    """alpha_bar at each timestep, in float32, shaped to broadcast against ``like``."""
     alphas_cumprod = scheduler.alphas_cumprod.to(like.device)[timesteps].to(torch.float32)
     shape = (-1,) + (1,) * (like.ndim - 1)
     return alphas_cumprod.reshape(shape)
+
+
+def _prediction_type(scheduler: Any, prediction_type: str | None) -> str:
+    """The asked-for prediction type, else the scheduler's; an unknown one raises."""
+    prediction_type = prediction_type or scheduler.config.prediction_type
+    if prediction_type not in PREDICTION_TYPES:
+        raise ConfigError(f"unknown prediction_type {prediction_type!r}; valid values are: "
+                          f"{', '.join(PREDICTION_TYPES)}")
+    return prediction_type
 
 
 def training_target(scheduler: Any, clean: torch.Tensor, noise: torch.Tensor,
@@ -158,22 +166,19 @@ def training_target(scheduler: Any, clean: torch.Tensor, noise: torch.Tensor,
     """What the model regresses onto for ``x_t = add_noise(clean, noise, t)``:
     epsilon -> the noise; sample -> the clean data; v_prediction ->
     v = sqrt(alpha_bar) * eps - sqrt(1 - alpha_bar) * x0 (Salimans & Ho 2022, sec. 4)."""
-    prediction_type = prediction_type or scheduler.config.prediction_type
+    prediction_type = _prediction_type(scheduler, prediction_type)
     if prediction_type == "epsilon":
         return noise
     if prediction_type == "sample":
         return clean
-    if prediction_type == "v_prediction":
-        alpha_bar = _alphas_at(scheduler, timesteps, clean)
-        v = alpha_bar.sqrt() * noise.float() - (1 - alpha_bar).sqrt() * clean.float()
-        return v.to(clean.dtype)
-    raise ConfigError(f"unknown prediction_type {prediction_type!r}; valid values are: "
-                      f"{', '.join(PREDICTION_TYPES)}")
+    alpha_bar = _alphas_at(scheduler, timesteps, clean)
+    v = alpha_bar.sqrt() * noise.float() - (1 - alpha_bar).sqrt() * clean.float()
+    return v.to(clean.dtype)
 
 
 def snr(scheduler: Any, timesteps: torch.Tensor) -> torch.Tensor:
     """Signal-to-noise ratio alpha_bar_t / (1 - alpha_bar_t) at each timestep."""
-    alpha_bar = scheduler.alphas_cumprod.to(timesteps.device)[timesteps].to(torch.float32)
+    alpha_bar = _alphas_at(scheduler, timesteps, timesteps)
     return alpha_bar / (1 - alpha_bar)
 
 
@@ -181,17 +186,14 @@ def min_snr_weights(scheduler: Any, timesteps: torch.Tensor, gamma: float = 5.0,
                     prediction_type: str | None = None) -> torch.Tensor:
     """Per-sample loss weights of min-SNR-gamma (Hang et al. 2023, eq. 8), expressed for the loss
     on each prediction type: epsilon min(SNR, g)/SNR, v min(SNR, g)/(SNR + 1), x0 min(SNR, g)."""
-    prediction_type = prediction_type or scheduler.config.prediction_type
+    prediction_type = _prediction_type(scheduler, prediction_type)
     ratio = snr(scheduler, timesteps)
     clipped = torch.clamp(ratio, max=gamma)
     if prediction_type == "epsilon":
         return clipped / ratio
     if prediction_type == "v_prediction":
         return clipped / (ratio + 1)
-    if prediction_type == "sample":
-        return clipped
-    raise ConfigError(f"unknown prediction_type {prediction_type!r}; valid values are: "
-                      f"{', '.join(PREDICTION_TYPES)}")
+    return clipped
 
 
 def diffusion_loss(model_output: torch.Tensor, target: torch.Tensor,
