@@ -12,13 +12,14 @@ import inspect
 import json
 import os
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 
-from .configuration import FORMAT_VERSION, FrozenConfig, read_json
+from .configuration import FORMAT_VERSION, FrozenConfig, config_parameters, read_json
 from .errors import NotRegisteredError, PipelineError, UnsafeCheckpointError
 from .hub import (
     PushToHubMixin,
@@ -28,12 +29,12 @@ from .hub import (
     list_files,
     pin_revision,
 )
+from .weights import PICKLE_SUFFIXES
 
 MODEL_INDEX = "model_index.json"
 _OWN_LIBRARIES = ("diffusers", "diffusion_kernel")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".msgpack", ".h5", ".onnx",
                     ".pb", ".ot", ".gguf")
-_PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth")
 
 
 @dataclass
@@ -54,9 +55,7 @@ class ImagePipelineOutput(PipelineOutput):
 def library_of(component: Any) -> str:
     """The library name ``model_index.json`` records for a component."""
     module = type(component).__module__.split(".")[0]
-    if module.startswith("diffusion_kernel"):
-        return "diffusers"
-    return module
+    return "diffusers" if module.startswith("diffusion_kernel") else module
 
 
 class DiffusionPipeline(PushToHubMixin):
@@ -101,7 +100,8 @@ class DiffusionPipeline(PushToHubMixin):
         return [c for c in self.components.values() if isinstance(c, torch.nn.Module)]
 
     def to(self, *args: Any, **kwargs: Any) -> DiffusionPipeline:
-        """Move every ``torch.nn.Module`` component: ``pipe.to("cuda")``, ``pipe.to(torch.float16)``."""
+        """Move every ``torch.nn.Module`` component: ``pipe.to("cuda")``,
+        ``pipe.to(torch.float16)``."""
         for module in self._modules():
             module.to(*args, **kwargs)
         return self
@@ -182,7 +182,8 @@ class DiffusionPipeline(PushToHubMixin):
 
     def step_end(self, callback: Callable | None, step: int, timestep: Any, names: Iterable[str],
                  values: dict[str, Any]) -> dict[str, Any]:
-        """Call ``callback(pipe, step, timestep, {name: tensor})``; returns the tensors it replaced."""
+        """Call ``callback(pipe, step, timestep, {name: tensor})``; returns the tensors it
+        replaced."""
         if callback is None:
             return {}
         result = callback(self, step, timestep, {n: values[n] for n in names})
@@ -205,13 +206,12 @@ class DiffusionPipeline(PushToHubMixin):
                 if save is None:
                     raise PipelineError(f"component {name!r} ({type(component).__name__}) has no "
                                         f"save_pretrained, so the pipeline cannot be saved")
+                takes = inspect.signature(save).parameters
                 kwargs = {}
-                if variant and "variant" in inspect.signature(save).parameters:
+                if variant and "variant" in takes:
                     kwargs["variant"] = variant
-                if library_of(component) == "transformers":
+                if library_of(component) == "transformers" and "safe_serialization" in takes:
                     kwargs["safe_serialization"] = safe_serialization
-                    if "safe_serialization" not in inspect.signature(save).parameters:
-                        kwargs.pop("safe_serialization")
                 save(staging / name, **kwargs)
         if push_to_hub:
             self._push_saved_folder(save_directory, **push_kwargs)
@@ -279,7 +279,7 @@ class DiffusionPipeline(PushToHubMixin):
         expected = pipeline_cls._expected_components()
         # Plain values beside the components ("requires_safety_checker": true) are constructor
         # arguments, as in diffusers; keyword arguments win over them.
-        params = pipeline_cls._init_parameters()
+        params = config_parameters(pipeline_cls)
         overrides = {**{k: v for k, v in specs.items() if k in params and k not in expected
                         and not isinstance(v, list | tuple)}, **overrides}
         remote_code.load_component_classes(source, specs, files, overrides, trust_remote_code,
@@ -290,18 +290,15 @@ class DiffusionPipeline(PushToHubMixin):
 
         for name in tqdm(names, desc="Loading components", disable=len(names) < 2 or None,
                          leave=False):
-            if name in overrides:
-                components[name] = overrides.pop(name)
-            else:
-                components[name] = _load_component(name, specs[name], root, torch_dtype, variant,
-                                                   allow_pickle)
+            components[name] = (overrides.pop(name) if name in overrides else _load_component(
+                name, specs[name], root, torch_dtype, variant, allow_pickle))
         missing = [n for n in expected if n not in components
                    and n not in pipeline_cls._optional_components]
         if missing:
             raise PipelineError(f"{pipeline_cls.__name__} needs components {missing}, which "
                                 f"{MODEL_INDEX} in {os.fspath(source)!r} does not list; pass "
                                 f"them as keyword arguments")
-        unknown = [k for k in overrides if k not in pipeline_cls._init_parameters()]
+        unknown = [k for k in overrides if k not in config_parameters(pipeline_cls)]
         if unknown:
             raise PipelineError(f"{pipeline_cls.__name__}.from_pretrained got unknown arguments "
                                 f"{unknown}; it takes components {expected}")
@@ -323,15 +320,9 @@ class DiffusionPipeline(PushToHubMixin):
         return registry.pipelines.get(name)
 
     @classmethod
-    def _init_parameters(cls) -> dict[str, inspect.Parameter]:
-        params = inspect.signature(cls.__init__).parameters
-        return {k: p for k, p in params.items() if k != "self"
-                and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
-
-    @classmethod
     def _expected_components(cls) -> list[str]:
         """Constructor parameters without a plain default value are components."""
-        return [k for k, p in cls._init_parameters().items()
+        return [k for k, p in config_parameters(cls).items()
                 if p.default is inspect.Parameter.empty or k in cls._optional_components]
 
     def __repr__(self) -> str:
@@ -340,7 +331,7 @@ class DiffusionPipeline(PushToHubMixin):
 
 
 def _load_component(name: str, spec: Any, root: Path, torch_dtype, variant, allow_pickle) -> Any:
-    if spec is None or spec == [None, None] or (isinstance(spec, list) and None in spec):
+    if spec is None or (isinstance(spec, list) and None in spec):
         return None
     if not (isinstance(spec, list | tuple) and len(spec) == 2
             and all(isinstance(s, str) for s in spec)):
@@ -416,7 +407,7 @@ def _has_variant(folder: Path, variant: str | None) -> bool:
 
 def _pick_weights(weights: list[str], variant: str | None, allow_pickle: bool) -> list[str]:
     kinds = [[w for w in weights if w.endswith(".safetensors")]]
-    pickles = [w for w in weights if w.endswith(_PICKLE_SUFFIXES)]
+    pickles = [w for w in weights if w.endswith(PICKLE_SUFFIXES)]
     if allow_pickle:
         kinds.append(pickles)
     for group in kinds:
