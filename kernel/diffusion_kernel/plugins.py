@@ -147,12 +147,16 @@ class PluginManager:
         """Call ``hook`` plugin by plugin; one that raises is reported and skipped."""
         for name, plugin in sorted(self.pm.list_name_plugin(), key=lambda item: item[0]):
             if hasattr(plugin, hook):
-                others = [p for p in self.pm.get_plugins() if p is not plugin]
                 try:
-                    self.pm.subset_hook_caller(hook, others)(**kwargs)
+                    self._call_alone(plugin, hook, **kwargs)
                 except Exception as exc:
                     print(f"diffusion-kernel: plugin {name!r} failed in {hook} and is skipped "
                           f"there ({type(exc).__name__}: {exc})", file=sys.stderr)
+
+    def _call_alone(self, plugin: Any, hook: str, **kwargs: Any) -> None:
+        """Call one plugin's implementation of ``hook`` (pluggy calls every plugin's at once)."""
+        others = [p for p in self.pm.get_plugins() if p is not plugin]
+        self.pm.subset_hook_caller(hook, others)(**kwargs)
 
     # Filling -------------------------------------------------------------------------------
     def _fill_registries(self) -> None:
@@ -166,14 +170,9 @@ class PluginManager:
         staged: list[Entry] = []
         try:
             for kind in KINDS:
-                impl = getattr(plugin, f"register_{kind}", None)
-                if impl is None:
-                    continue
-                caller = self.pm.subset_hook_caller(
-                    f"register_{kind}",
-                    [p for p in self.pm.get_plugins() if p is not plugin],
-                )
-                caller(register=self._register_fn(kind, info, staged))
+                if hasattr(plugin, f"register_{kind}"):
+                    self._call_alone(plugin, f"register_{kind}",
+                                     register=self._register_fn(kind, info, staged))
         except Exception as exc:
             self._fail(info, exc)
             return
