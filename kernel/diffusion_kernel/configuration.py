@@ -106,11 +106,10 @@ class FrozenConfig(Mapping):
 
 def config_parameters(cls: type) -> dict[str, inspect.Parameter]:
     """The constructor parameters that make up a class's config."""
-    init = getattr(cls.__init__, "__wrapped__", cls.__init__)
     ignored = set(getattr(cls, "ignore_for_config", ()))
-    return {
+    return {  # the signature of the wrapped __init__ (see _record_config)
         name: p
-        for name, p in inspect.signature(init).parameters.items()
+        for name, p in inspect.signature(cls.__init__).parameters.items()
         if name != "self" and name not in ignored
         and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
     }
@@ -193,8 +192,7 @@ class ConfigMixin:
                 f"{cls.__name__}.from_config expects a mapping or a path to a config file, "
                 f"got {type(config).__name__}"
             )
-        data = dict(config)
-        data.update(overrides)
+        data = {**config, **overrides}
         params = config_parameters(cls)
         init_kwargs = {k: v for k, v in data.items() if k in params}
         hidden = {k: v for k, v in data.items() if k not in params and not k.startswith("_")}
