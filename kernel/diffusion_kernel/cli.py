@@ -38,11 +38,8 @@ def cmd_registry(args: argparse.Namespace) -> int:
         if not reg.names():
             print("  (none)")
         for entry in reg.entries():
-            plain = list(entry.aliases)
-            line = f"  {entry.name}"
-            if plain:
-                line += f"  (aliases: {', '.join(plain)})"
-            print(line + f"  [{entry.plugin}]")
+            aliases = f"  (aliases: {', '.join(entry.aliases)})" if entry.aliases else ""
+            print(f"  {entry.name}{aliases}  [{entry.plugin}]")
             for alias, preset in entry.presets.items():
                 values = ", ".join(f"{k}={v!r}" for k, v in preset.items()) or "defaults"
                 print(f"    {alias}: {entry.name} with {values}")

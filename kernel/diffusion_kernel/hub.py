@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path, PurePosixPath
 
-from .errors import FileAccessError
+from .errors import ConfigError, FileAccessError
 
 
 def _hub():
@@ -402,8 +402,6 @@ class PushToHubMixin:
         saved. As in diffusers, the repo id defaults to the folder's name."""
         unknown = sorted(set(options) - set(_PUSH_OPTIONS))
         if unknown:
-            from .errors import ConfigError
-
             raise ConfigError(f"save_pretrained(push_to_hub=True) got unknown options {unknown}; "
                               f"it takes {list(_PUSH_OPTIONS)}")
         repo_id = options.pop("repo_id", None) or Path(save_directory).absolute().name
