@@ -53,7 +53,8 @@ def __getattr__(name: str):
     try:
         return registry.find(name).load()
     except NotRegisteredError as exc:
-        raise AttributeError(f"module 'diffusion_kernel' has no attribute {name!r}: {exc}") from None
+        raise AttributeError(f"module 'diffusion_kernel' has no attribute {name!r}: {exc}") \
+            from None
 
 
 def __dir__():

@@ -19,7 +19,8 @@ class ConfigError(DiffusionKernelError, ValueError):
 
 
 class CheckpointError(DiffusionKernelError, ValueError):
-    """Weights on disk do not match the model: missing, unexpected, mis-shaped, truncated or corrupt."""
+    """Weights on disk do not match the model: missing, unexpected, mis-shaped, truncated or
+    corrupt."""
 
 
 class UnsafeCheckpointError(CheckpointError):

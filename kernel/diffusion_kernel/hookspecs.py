@@ -1,4 +1,5 @@
-"""The hooks a plugin implements. Each receives a ``register`` callback rather than returning values.
+"""The hooks a plugin implements. Each receives a ``register`` callback rather than returning
+values.
 
 ``register(target, name=None, aliases=(), presets=None, summary=None)`` takes a class or a
 ``"module:attr"`` string (imported on first use).
@@ -32,4 +33,5 @@ def register_processors(register):
 
 @hookspec
 def register_commands(subparsers):
-    """Add subcommands to the ``diffusion-kernel`` command line (an ``argparse`` subparsers object)."""
+    """Add subcommands to the ``diffusion-kernel`` command line (an ``argparse`` subparsers
+    object)."""

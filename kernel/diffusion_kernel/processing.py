@@ -12,7 +12,8 @@ from .configuration import ConfigMixin
 
 
 class ProcessorMixin(ConfigMixin):
-    """Base of every processor: ``preprocess(data) -> tensor`` and ``postprocess(tensor) -> data``."""
+    """Base of every processor: ``preprocess(data) -> tensor`` and
+    ``postprocess(tensor) -> data``."""
 
     config_name = "processor_config.json"
 

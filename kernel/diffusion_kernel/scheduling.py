@@ -16,8 +16,9 @@ The contract (diffusers-compatible), for a scheduler ``s``:
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -73,7 +74,8 @@ class SchedulerMixin(ConfigMixin, PushToHubMixin):
 
             if "_class_name" not in config:
                 raise ConfigError(f"the scheduler config in {source} has no _class_name; load "
-                                  f"it with the scheduler class, e.g. DDIMScheduler.from_pretrained")
+                                  f"it with the scheduler class, e.g. "
+                                  f"DDIMScheduler.from_pretrained")
             target = registry.schedulers.get(config["_class_name"])
         return target.from_config(config, **overrides)
 
