@@ -57,7 +57,9 @@ def _join(subfolder: str | None, filename: str) -> str:
     return filename
 
 
-def _validate_repo_id(source: str) -> None:
+def _validate_repo_id(source: str | os.PathLike) -> str:
+    """``source`` as a string, once it is checked to be a valid Hub repo id."""
+    source = os.fspath(source)
     hub = _hub()
     if _looks_like_path(source):
         raise FileAccessError(
@@ -70,6 +72,7 @@ def _validate_repo_id(source: str) -> None:
         raise FileAccessError(
             f"{source!r} is not an existing local folder, and not a valid Hub repo id ({exc})"
         ) from None
+    return source
 
 
 def _transport_errors() -> tuple[type[BaseException], ...]:
@@ -149,8 +152,7 @@ def pin_revision(
     """
     if is_local(source):
         return revision
-    source = os.fspath(source)
-    _validate_repo_id(source)
+    source = _validate_repo_id(source)
     api = _hub().HfApi()
     if not hasattr(api, "resolve_revision"):  # huggingface_hub < 2: each request resolves anew
         return revision
@@ -199,8 +201,7 @@ def resolve_file(
         if not path.is_file():
             raise FileAccessError(f"{relative!r} not found in folder {os.fspath(source)!r}")
         return path
-    source = os.fspath(source)
-    _validate_repo_id(source)
+    source = _validate_repo_id(source)
     try:
         return Path(_hub().hf_hub_download(
             source, relative, revision=revision, cache_dir=cache_dir,
@@ -221,8 +222,7 @@ def list_files(
     if is_local(source):
         root = Path(source)
         return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
-    source = os.fspath(source)
-    _validate_repo_id(source)
+    source = _validate_repo_id(source)
     commit = _commit_of(revision)
     if commit is not revision or (commit and re.fullmatch(r"[0-9a-f]{40}", commit)):
         cached = _cached_listing(source, revision, cache_dir)  # a commit never changes
@@ -255,8 +255,7 @@ def fetch(
     names = [check_relative_path(n) for n in filenames]
     if is_local(source):
         return Path(source)
-    source = os.fspath(source)
-    _validate_repo_id(source)
+    source = _validate_repo_id(source)
     try:
         return Path(_hub().snapshot_download(
             source, revision=revision, cache_dir=cache_dir,
