@@ -14,8 +14,9 @@ import json
 import os
 import re
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -322,7 +323,8 @@ class ModelMixin(nn.Module, ConfigMixin, PushToHubMixin):
             for title, items in (("missing", missing), ("unexpected", unexpected),
                                  ("mis-shaped", mis_shaped)):
                 if items:
-                    shown = items[:20] + ([f"... {len(items) - 20} more"] if len(items) > 20 else [])
+                    more = [f"... {len(items) - 20} more"] if len(items) > 20 else []
+                    shown = items[:20] + more
                     parts.append(f"{len(items)} {title} keys: {', '.join(shown)}")
             raise CheckpointError(
                 f"the weights in {', '.join(str(f) for f in files)} do not match "
@@ -333,16 +335,13 @@ class ModelMixin(nn.Module, ConfigMixin, PushToHubMixin):
     # Conveniences -------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        for tensor in self.parameters():
-            return tensor.device
-        return torch.device("cpu")
+        """The device of the first parameter (the CPU for a model without any)."""
+        return next((p.device for p in self.parameters()), torch.device("cpu"))
 
     @property
     def dtype(self) -> torch.dtype:
-        for tensor in self.parameters():
-            if tensor.is_floating_point():
-                return tensor.dtype
-        return torch.float32
+        """The first floating-point parameter's dtype (else float32)."""
+        return next((p.dtype for p in self.parameters() if p.is_floating_point()), torch.float32)
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
@@ -376,8 +375,6 @@ def _read_index(path: Path) -> dict[str, str]:
     weight_map = index.get("weight_map")
     if not isinstance(weight_map, dict):
         raise CheckpointError(f"shard index {path} has no 'weight_map' object")
-    from .hub import check_relative_path
-
     if not all(isinstance(v, str) for v in weight_map.values()):
         raise CheckpointError(f"shard index {path}: every 'weight_map' value must be a file name")
     return {k: check_relative_path(v, "shard file name") for k, v in weight_map.items()}
@@ -400,7 +397,5 @@ def select_weight_files(available: list[str], variant: str | None, allow_pickle:
                        and f.split(".")[1] not in ("safetensors", "bin")})
     hint = (f" Variants present: {', '.join(variants)}." if variants else "")
     asked = f" for variant {variant!r}" if variant else ""
-    raise FileAccessError(
-        f"no weights{asked} in {os.fspath(source)!r}: expected {add_variant(WEIGHTS_NAME, variant)} "
-        f"or a sharded index.{hint}"
-    )
+    raise FileAccessError(f"no weights{asked} in {os.fspath(source)!r}: expected "
+                          f"{add_variant(WEIGHTS_NAME, variant)} or a sharded index.{hint}")

@@ -12,7 +12,7 @@ import inspect
 import json
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -106,20 +106,19 @@ class DiffusionPipeline(PushToHubMixin):
             module.to(*args, **kwargs)
         return self
 
+    def _model_parameters(self) -> Iterator[torch.nn.Parameter]:
+        return (p for module in self._modules() for p in module.parameters())
+
     @property
     def device(self) -> torch.device:
-        for module in self._modules():
-            for p in module.parameters():
-                return p.device
-        return torch.device("cpu")
+        """The device of the model components' first parameter (the CPU if they have none)."""
+        return next((p.device for p in self._model_parameters()), torch.device("cpu"))
 
     @property
     def dtype(self) -> torch.dtype:
-        for module in self._modules():
-            for p in module.parameters():
-                if p.is_floating_point():
-                    return p.dtype
-        return torch.float32
+        """The first floating-point parameter's dtype (else float32)."""
+        floating = (p for p in self._model_parameters() if p.is_floating_point())
+        return next((p.dtype for p in floating), torch.float32)
 
     @property
     def _execution_device(self) -> torch.device:
