@@ -1,0 +1,127 @@
+"""The digits DDPM shipped inside the vision plugin: it loads offline, samples recognisable digits,
+and works with every scheduler that fits a discrete-time epsilon model; `generate` end to end."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffusion_kernel import DiffusionPipeline
+from diffusion_kernel.cli import main
+from diffusion_kernel.scheduling import scheduler_from_name
+from diffusion_kernel_vision.commands import SHIPPED_MODEL
+from diffusion_kernel_vision.datasets import load_digits
+
+# Schedulers for other model families are not meant for a DDPM epsilon UNet: score-SDE VE/VP
+# need a score model in continuous time, flow matching a velocity model, EDM-Euler a model with
+# the EDM preconditioning (c_noise = ln(sigma)/4 instead of the timestep); DDIM inversion runs
+# towards noise.
+NOT_FOR_DDPM = {"ScoreSdeVeScheduler", "ScoreSdeVpScheduler", "FlowMatchEulerDiscreteScheduler",
+                "EDMEulerScheduler", "DDIMInverseScheduler"}
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    pipeline = DiffusionPipeline.from_pretrained(SHIPPED_MODEL)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+@pytest.fixture(scope="module")
+def digit_classifier():
+    """Logistic regression on the real 16x16 digits (held-out accuracy is printed on failure)."""
+    from sklearn.linear_model import LogisticRegression
+
+    images, labels = load_digits(16)
+    x = images.reshape(len(images), -1).numpy()
+    model = LogisticRegression(max_iter=2000).fit(x[:1400], labels[:1400].numpy())
+    assert model.score(x[1400:], labels[1400:].numpy()) > 0.9
+    return model
+
+
+def _sample(pipe, scheduler, steps, n=16):
+    pipe.scheduler = scheduler_from_name(scheduler, pipe.scheduler.config)
+    generators = [torch.Generator().manual_seed(i) for i in range(n)]
+    images = pipe(batch_size=n, generator=generators, num_inference_steps=steps,
+                  output_type="np").images
+    return images[..., 0] * 2 - 1  # (n, 16, 16) in [-1, 1], like the training data
+
+
+def test_the_shipped_model_is_a_small_diffusers_format_pipeline():
+    files = {p.relative_to(SHIPPED_MODEL).as_posix() for p in SHIPPED_MODEL.rglob("*")
+             if p.is_file()}
+    assert files == {"model_index.json", "scheduler/scheduler_config.json", "unet/config.json",
+                     "unet/diffusion_pytorch_model.safetensors"}
+    size = (SHIPPED_MODEL / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size
+    assert size < 10 * 2**20
+
+
+def test_samples_are_recognisable_digits_of_several_classes(pipe, digit_classifier):
+    samples = _sample(pipe, "dpm++2m", 20, n=32)
+    probs = digit_classifier.predict_proba(samples.reshape(len(samples), -1))
+    assert probs.max(axis=1).mean() > 0.8
+    assert len(set(probs.argmax(axis=1))) >= 6
+
+
+def test_the_reference_samples_the_shipped_model_identically(pipe):
+    from diffusers import DDPMPipeline
+
+    ref = DDPMPipeline.from_pretrained(SHIPPED_MODEL)
+    ref.set_progress_bar_config(disable=True)
+    pipe.scheduler = scheduler_from_name("ddpm", pipe.scheduler.config)
+    ours = pipe(batch_size=2, generator=torch.Generator().manual_seed(5), num_inference_steps=10,
+                output_type="np").images
+    theirs = ref(batch_size=2, generator=torch.Generator().manual_seed(5),
+                 num_inference_steps=10, output_type="np").images
+    assert np.abs(ours - theirs).max() < 1e-4
+
+
+def _ddpm_schedulers():
+    from diffusion_kernel import registry
+
+    return [n for n in registry.schedulers.names() if n not in NOT_FOR_DDPM]
+
+
+@pytest.mark.parametrize("name", _ddpm_schedulers())
+def test_every_scheduler_samples_digits_from_the_shipped_model(pipe, digit_classifier, name):
+    samples = _sample(pipe, name, 12, n=8)
+    assert np.isfinite(samples).all()
+    probs = digit_classifier.predict_proba(samples.reshape(len(samples), -1))
+    # Dark background, bright strokes: most pixels near -1, as in the data set.
+    assert (samples < -0.5).mean() > 0.4
+    assert probs.max(axis=1).mean() > 0.6
+
+
+def test_generate_without_arguments_writes_a_grid_of_the_shipped_model(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["generate", "--steps", "10", "--num", "4"]) == 0
+    grid = Image.open(tmp_path / "samples.png")
+    assert grid.size == (2 * 16 + 3 * 2, 2 * 16 + 3 * 2)
+
+
+def test_generate_into_a_folder_writes_each_sample_and_a_grid(tmp_path):
+    out = tmp_path / "digits"
+    assert main(["generate", "--scheduler", "euler-a", "--steps", "8", "--num", "3", "--seed", "7",
+                 "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["0000.png", "0001.png", "0002.png",
+                                                      "grid.png"]
+    assert Image.open(out / "0000.png").size == (16, 16)
+
+
+def test_generate_with_the_same_seed_is_reproducible(tmp_path):
+    for name in ("a", "b"):
+        assert main(["generate", "--steps", "5", "--num", "2", "--seed", "3",
+                     "--out", str(tmp_path / name)]) == 0
+    assert (tmp_path / "a" / "0001.png").read_bytes() == (tmp_path / "b" / "0001.png").read_bytes()
+
+
+def test_generate_with_an_unknown_scheduler_is_a_clear_error(tmp_path, capsys):
+    assert main(["generate", "--scheduler", "dpm++2n", "--out", str(tmp_path / "x.png")]) == 2
+    assert "Did you mean" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_generate_from_a_missing_model_folder_is_a_clear_error(tmp_path, capsys):
+    assert main(["generate", "--model", str(tmp_path / "nowhere"), "--out",
+                 str(tmp_path / "x.png")]) == 2
+    assert "nowhere" in capsys.readouterr().err
