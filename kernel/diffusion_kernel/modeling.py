@@ -239,9 +239,9 @@ class ModelMixin(nn.Module, ConfigMixin, PushToHubMixin):
 
     @classmethod
     def _class_for_config(cls, config: dict[str, Any]) -> type:
-        name = config.get("_class_name")
         if cls is not ModelMixin:
             return cls
+        name = config.get("_class_name")
         if not name:
             raise ConfigError("the model config has no _class_name; load it with the model "
                               "class directly, e.g. UNet2DModel.from_pretrained(...)")

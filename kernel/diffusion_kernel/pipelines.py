@@ -297,7 +297,7 @@ class DiffusionPipeline(PushToHubMixin):
             raise PipelineError(f"{pipeline_cls.__name__} needs components {missing}, which "
                                 f"{MODEL_INDEX} in {os.fspath(source)!r} does not list; pass "
                                 f"them as keyword arguments")
-        unknown = [k for k in overrides if k not in config_parameters(pipeline_cls)]
+        unknown = [k for k in overrides if k not in params]
         if unknown:
             raise PipelineError(f"{pipeline_cls.__name__}.from_pretrained got unknown arguments "
                                 f"{unknown}; it takes components {expected}")
