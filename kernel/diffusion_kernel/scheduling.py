@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -63,9 +64,9 @@ class SchedulerMixin(ConfigMixin, PushToHubMixin):
         for a pipeline) and build the scheduler; keyword arguments override config values."""
         hub_kwargs = dict(revision=revision, cache_dir=cache_dir,
                           local_files_only=local_files_only, token=token)
-        if subfolder is None and os.path.isdir(source) and not os.path.isfile(
-            os.path.join(source, cls.config_name)
-        ) and os.path.isfile(os.path.join(source, "scheduler", cls.config_name)):
+        folder = Path(source)
+        if (subfolder is None and not (folder / cls.config_name).is_file()
+                and (folder / "scheduler" / cls.config_name).is_file()):
             subfolder = "scheduler"  # a pipeline folder: its scheduler lives in scheduler/
         config = cls.load_config(source, subfolder=subfolder, **hub_kwargs)
         target = cls
