@@ -268,12 +268,21 @@ def fetch(
 
 
 # Saving ----------------------------------------------------------------------------------------
+def default_file_mode() -> int:
+    """The mode a plainly created file gets (0o644 under the usual umask); temporary files are
+    created 0o600, and a checkpoint must not stay unreadable to other users after its rename."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write a text file so that readers see the old or the new content, never half of it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     try:
+        os.fchmod(fd, default_file_mode())
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
@@ -303,6 +312,10 @@ def atomic_directory(
     staging.mkdir()
     try:
         yield staging
+        mode = default_file_mode()
+        for written in staging.rglob("*"):
+            if written.is_file() and not written.is_symlink():
+                written.chmod(mode)
         if target.exists():
             if not target.is_dir():
                 raise FileAccessError(f"cannot save into {target}: it is a file, not a folder")

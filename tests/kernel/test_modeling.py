@@ -513,3 +513,14 @@ def test_use_safetensors_refuses_pickles_even_when_allowed(saved):
     _as_pickle(saved[1], saved[0].state_dict())
     with pytest.raises(UnsafeCheckpointError):
         ToyModel.from_pretrained(saved[1], allow_pickle=True, use_safetensors=True)
+
+
+def test_saved_files_get_the_usual_permissions_not_those_of_temporary_files(tmp_path):
+    import stat
+
+    from diffusion_kernel.hub import default_file_mode
+
+    ToyModel().save_pretrained(tmp_path / "m")
+    for name in ("config.json", "diffusion_pytorch_model.safetensors"):
+        mode = stat.S_IMODE(os.stat(tmp_path / "m" / name).st_mode)
+        assert mode == default_file_mode(), (name, oct(mode))

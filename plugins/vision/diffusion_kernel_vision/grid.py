@@ -29,12 +29,15 @@ def save_grid(images: list, path: str | Path, columns: int | None = None) -> Pat
     import os
     import tempfile
 
+    from diffusion_kernel.hub import default_file_mode
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
     os.close(fd)
     try:
         make_grid(images, columns).save(tmp, format="PNG")
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
