@@ -184,7 +184,7 @@ def main():
 
     results: dict[str, dict[int, dict]] = {}
     print(f"{'scheduler':<16}{'NFE':>6}{'FD':>10}{'conf':>8}{'min%':>7}{'max%':>7}{'sec':>8}")
-    runs = [(s, b) for s in args.schedulers.split(",") for b in budgets]
+    runs = [(s, b) for s in args.schedulers.split(",") if s for b in budgets]
     if not args.skip_ddpm_1000:
         runs.append(("ddpm-1000", 1000))
     for name, nfe in runs:

@@ -39,9 +39,10 @@ class UnconditionalImagePipeline(DiffusionPipeline):
         check_generators(generator, batch_size)
         self.check_callback_inputs(callback_on_step_end_tensor_inputs)
         device = self._execution_device
+        # The run's schedule first: sigma-space schedulers set init_noise_sigma from it.
+        self.scheduler.set_timesteps(num_inference_steps)
         latents = randn(self._sample_shape(batch_size), generator, device, self.unet.dtype)
         latents = latents * self.scheduler.init_noise_sigma
-        self.scheduler.set_timesteps(num_inference_steps)
         extra = step_kwargs(self.scheduler, generator, **(step_extra or {}))
         with torch.no_grad():
             for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
