@@ -196,8 +196,9 @@ def main():
         print(f"{name:<16}{nfe:>6}{row['fd']:>10.4f}{row['confidence']:>8.3f}"
               f"{100 * row['min_share']:>7.1f}{100 * row['max_share']:>7.1f}"
               f"{row['seconds']:>8.1f}", flush=True)
-    if "ddpm-1000" in results and 20 in budgets:
-        best = min((rows[20]["fd"], name) for name, rows in results.items() if 20 in rows)
+    at_20 = [(rows[20]["fd"], name) for name, rows in results.items() if 20 in rows]
+    if "ddpm-1000" in results and at_20:
+        best = min(at_20)
         ref = results["ddpm-1000"][1000]["fd"]
         print(f"\nbest solver at 20 NFE: {best[1]} FD {best[0]:.4f} = {best[0] / ref:.2f}x "
               f"DDPM-1000's {ref:.4f} (target: within 1.2x)")
