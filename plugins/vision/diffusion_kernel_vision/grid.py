@@ -25,21 +25,12 @@ def make_grid(images: list, columns: int | None = None, padding: int = 2):
 
 
 def save_grid(images: list, path: str | Path, columns: int | None = None) -> Path:
-    """Write a grid PNG atomically (a temporary file renamed into place)."""
-    import os
-    import tempfile
+    """Write a grid PNG atomically (the kernel's one atomic-write mechanism)."""
+    import io
 
-    from diffusion_kernel.hub import default_file_mode
+    from diffusion_kernel.hub import atomic_write_bytes
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        make_grid(images, columns).save(tmp, format="PNG")
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    buffer = io.BytesIO()
+    make_grid(images, columns).save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())
+    return Path(path)
