@@ -216,6 +216,32 @@ def test_set_timesteps_again_starts_a_clean_run(name):
     assert torch.equal(run_loop(_make(name), STEPS), first)
 
 
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+@pytest.mark.parametrize("name", NAMES)
+def test_steps_never_write_into_the_model_output_or_the_sample(name, prediction_type):
+    # Steps update fresh tensors in place to save allocations; whatever they were given (the
+    # model's output, the sample it saw) must come back untouched, through a whole stochastic run.
+    options = config_parameters(_class(name))
+    if "prediction_type" not in options and prediction_type != "epsilon":
+        pytest.skip("the class takes no prediction_type")
+    config = {"prediction_type": prediction_type} if "prediction_type" in options else {}
+    if prediction_type not in getattr(_class(name), "prediction_types", [prediction_type]):
+        pytest.skip(f"the class takes no prediction_type={prediction_type!r}")
+    if "clip_sample" in options:
+        config["clip_sample"] = True
+    seen = []
+
+    def recording_model(x, t):
+        out = torch.sin(x + 0.1) * 1.5  # beyond the clip range, so clipping must copy
+        seen.extend([(x, x.clone()), (out, out.clone())])
+        return out
+
+    run_loop(_make(name, **config), STEPS, model=recording_model, generator_seeds=[1, 2])
+    assert len(seen) >= 2 * STEPS
+    for given, before in seen:  # this fake model drives some runs to inf or nan: equal too
+        torch.testing.assert_close(given, before, rtol=0, atol=0, equal_nan=True)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_batch_of_four_with_seeds_equals_four_runs_of_one(name):
     # the VE corrector's step size is a batch mean (see module docstring): correct_steps=0

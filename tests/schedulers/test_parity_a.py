@@ -217,3 +217,28 @@ def test_score_sde_vp_matches_reference(config, n):
 
 def test_score_sde_vp_per_sample_generators_match_reference():
     assert_parity(*run_parity("ScoreSdeVpScheduler", {}, 7, generator_seeds=[5, 6]))
+
+
+@pytest.mark.parametrize("name", ["ScoreSdeVeScheduler", "ScoreSdeVpScheduler"])
+def test_score_sde_step_at_per_sample_times_equals_one_sample_at_a_time(name):
+    # Samples at different times take the general per-sample path; one sample (one time) takes
+    # the precomputed coefficients: both must give the same step.
+    from diffusion_kernel import registry
+
+    scheduler = registry.schedulers.get(name)()
+    scheduler.set_timesteps(10)
+    times = scheduler.timesteps[[2, 7]]
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 5
+    model_output = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+
+    def step(out, t, sample, seeds):
+        generators = [torch.Generator().manual_seed(s) for s in seeds]
+        if name == "ScoreSdeVpScheduler":
+            return scheduler.step_pred(out, sample, t, generator=generators)
+        return scheduler.step_pred(out, t, sample, generator=generators)
+
+    together = step(model_output, times, x, [3, 4])
+    for i, seed in enumerate([3, 4]):
+        alone = step(model_output[i:i + 1], times[i:i + 1], x[i:i + 1], [seed])
+        for a, b in zip(alone, together, strict=True):
+            torch.testing.assert_close(a, b[i:i + 1], rtol=1e-6, atol=1e-6)

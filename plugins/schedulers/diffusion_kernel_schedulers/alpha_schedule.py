@@ -36,7 +36,8 @@ from .schedules import (
 
 def x0_and_eps(model_output: torch.Tensor, sample: torch.Tensor, sqrt_alpha_bar: float,
                sqrt_one_minus_alpha_bar: float, prediction_type: str):
-    """(x_0, eps) implied by the model output at a timestep with the given sqrt(alpha_bar)."""
+    """(x_0, eps) implied by the model output at a timestep with the given sqrt(alpha_bar);
+    x_0 is a fresh tensor unless the model predicts it (``prediction_type="sample"``)."""
     a, b = sqrt_alpha_bar, sqrt_one_minus_alpha_bar
     if prediction_type == "epsilon":  # x_0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar)
         return torch.add(sample, model_output, alpha=-b).div_(a), model_output
@@ -47,15 +48,28 @@ def x0_and_eps(model_output: torch.Tensor, sample: torch.Tensor, sqrt_alpha_bar:
             torch.add(a * model_output, sample, alpha=b))
 
 
-def limit_x0(x0: torch.Tensor, scheduler) -> torch.Tensor:
+def x0_linear_coefficients(sqrt_alpha_bar: float, sqrt_one_minus_alpha_bar: float,
+                           prediction_type: str) -> tuple[float, float]:
+    """(p, q) with x_0 = p x_t + q F for the model output F (``x0_and_eps``'s x_0, unclipped)."""
+    a, b = sqrt_alpha_bar, sqrt_one_minus_alpha_bar
+    if prediction_type == "epsilon":
+        return 1.0 / a, -b / a
+    if prediction_type == "sample":
+        return 0.0, 1.0
+    return a, -b  # v-prediction
+
+
+def limit_x0(x0: torch.Tensor, scheduler, owned: bool = False) -> torch.Tensor:
     """Dynamic thresholding when the scheduler's ``thresholding`` is set, else clipping to
     [-clip_sample_range, clip_sample_range] when its ``clip_sample`` is, else x0 unchanged
-    (options its class does not take count as unset)."""
+    (options its class does not take count as unset). ``owned``: x0 is a fresh tensor of the
+    caller's, clipped in place."""
     config = scheduler.config
     if own_option(scheduler, "thresholding", False):
         return dynamic_threshold(x0, config.dynamic_thresholding_ratio, config.sample_max_value)
     if own_option(scheduler, "clip_sample", False):
-        return x0.clamp(-config.clip_sample_range, config.clip_sample_range)
+        limits = (-config.clip_sample_range, config.clip_sample_range)
+        return x0.clamp_(*limits) if owned else x0.clamp(*limits)
     return x0
 
 

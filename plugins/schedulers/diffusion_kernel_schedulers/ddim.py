@@ -27,7 +27,7 @@ from .alpha_schedule import (
     limit_x0,
     x0_and_eps,
 )
-from .schedules import gaussian_noise, spaced_timesteps
+from .schedules import gaussian_noise, lincomb, spaced_timesteps
 from .sigma_schedule import KARRAS_DIFFUSION_SCHEDULERS
 
 
@@ -121,14 +121,14 @@ class DDIMScheduler(AlphaSchedulerMixin):
         # 1. "predicted x0" and eps_theta(x_t) (eq. 12, first and second terms)
         x0, eps = x0_and_eps(model_output, sample, sqrt_a_t, sqrt_1m_a_t,
                              self.config.prediction_type)
-        x0 = limit_x0(x0, self)
+        x0 = limit_x0(x0, self, owned=x0 is not model_output)
         if use_clipped_model_output:  # eps consistent with the clipped x0
             eps = (sample - sqrt_a_t * x0) / sqrt_1m_a_t
 
         # 2. sigma_t(eta) (eq. 16) and the "direction pointing to x_t" (eq. 12, second term)
         sigma = eta * variance**0.5
         direction = max(1 - a_prev - sigma**2, 0.0) ** 0.5
-        prev_sample = torch.add(sqrt_a_prev * x0, eps, alpha=direction)
+        prev_sample = lincomb(sqrt_a_prev, x0, direction, eps)
 
         # 3. random noise sigma_t z (eq. 12, third term)
         if eta > 0:

@@ -19,7 +19,7 @@ import torch
 from diffusion_kernel.scheduling import SchedulerOutput
 
 from .alpha_schedule import AlphaSchedulerMixin, check_num_inference_steps, limit_x0, x0_and_eps
-from .schedules import spaced_timesteps
+from .schedules import lincomb, spaced_timesteps
 
 
 class DDIMInverseScheduler(AlphaSchedulerMixin):
@@ -77,8 +77,8 @@ class DDIMInverseScheduler(AlphaSchedulerMixin):
         sqrt_a_cur, sqrt_1m_a_cur, sqrt_a_next, sqrt_1m_a_next = self._coefficients[i]
         x0, eps = x0_and_eps(model_output, sample, sqrt_a_cur, sqrt_1m_a_cur,
                              self.config.prediction_type)
-        x0 = limit_x0(x0, self)
-        next_sample = torch.add(sqrt_a_next * x0, eps, alpha=sqrt_1m_a_next)
+        x0 = limit_x0(x0, self, owned=x0 is not model_output)
+        next_sample = lincomb(sqrt_a_next, x0, sqrt_1m_a_next, eps)
         if not return_dict:
             return next_sample, x0
         return SchedulerOutput(prev_sample=next_sample, pred_original_sample=x0)

@@ -32,7 +32,7 @@ from .alpha_schedule import (
     limit_x0,
     x0_and_eps,
 )
-from .schedules import gaussian_noise, spaced_timesteps
+from .schedules import gaussian_noise, lincomb, noise_plus, spaced_timesteps
 from .sigma_schedule import KARRAS_DIFFUSION_SCHEDULERS
 
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log",
@@ -151,19 +151,15 @@ class DDPMScheduler(AlphaSchedulerMixin):
         # 1. x0_hat from the model output (eq. 15 for eps), then clip / threshold
         x0, _ = x0_and_eps(model_output, sample, c["sqrt_a_t"], c["sqrt_1m_a_t"],
                            self.config.prediction_type)
-        x0 = limit_x0(x0, self)
+        x0 = limit_x0(x0, self, owned=x0 is not model_output)
 
-        # 2. posterior mean mu_tilde(x_t, x0_hat) (eq. 7)
-        prev_sample = torch.add(c["x0_coeff"] * x0, sample, alpha=c["xt_coeff"])
-
-        # 3. + sigma_t z (Algorithm 2, line 4)
+        # 2. posterior mean mu_tilde(x_t, x0_hat) (eq. 7), 3. + sigma_t z (Algorithm 2, line 4)
+        mean = ((c["x0_coeff"], x0), (c["xt_coeff"], sample))
         if c["noise"]:
             noise = gaussian_noise(model_output, generator)
-            std = self._std(c, predicted_variance)
-            if isinstance(std, float):
-                prev_sample.add_(noise, alpha=std)
-            else:
-                prev_sample.addcmul_(std, noise)
+            prev_sample = noise_plus(noise, self._std(c, predicted_variance), *mean)
+        else:
+            prev_sample = lincomb(*mean[0], *mean[1])
         if not return_dict:
             return prev_sample, x0
         return SchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)

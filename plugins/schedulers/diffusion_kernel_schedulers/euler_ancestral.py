@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from diffusion_kernel.scheduling import SchedulerOutput
 
-from .schedules import gaussian_noise
+from .schedules import added_noise
 from .sigma_schedule import (
     SigmaSchedulerMixin,
     euler_step,
@@ -86,8 +86,8 @@ class EulerAncestralDiscreteScheduler(SigmaSchedulerMixin):
         x = sample.to(torch.float32)
         a, b = x0_coefficients(self.config.prediction_type, sigma)
         prev_sample, denoised = euler_step(x, model_output, sigma, sigma_down, a, b)
-        noise = gaussian_noise(model_output, generator)
-        prev_sample = torch.add(prev_sample, noise, alpha=sigma_up).to(model_output.dtype)
+        noise = added_noise(self, model_output, generator)
+        prev_sample = prev_sample.add_(noise, alpha=sigma_up).to(model_output.dtype)
         self._step_index = i + 1
         if not return_dict:
             return prev_sample, denoised

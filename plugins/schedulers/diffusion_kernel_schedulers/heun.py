@@ -19,9 +19,9 @@ import torch
 from diffusion_kernel.errors import SchedulerError
 from diffusion_kernel.scheduling import SchedulerOutput
 
+from .schedules import lincomb
 from .sigma_schedule import (
     SigmaSchedulerMixin,
-    lincomb,
     run_sigmas,
     run_timesteps,
     sigma_kind,
@@ -40,7 +40,10 @@ def slope(x: torch.Tensor, model_output: torch.Tensor, sigma: float, a: float, b
     """(d, D): the ODE slope d = (x - D) / sigma (Karras et al. 2022, eq. 3) and the denoised
     D = a x + b F, in the fewest ops (for epsilon, d is F itself)."""
     denoised = lincomb(a, x, b, model_output)
-    return lincomb((1.0 - a) / sigma, x, -b / sigma, model_output), denoised
+    p, q = (1.0 - a) / sigma, -b / sigma
+    if p == 0.0 and q == 1.0:
+        return model_output, denoised
+    return lincomb(p, x, q, model_output), denoised
 
 
 @dataclass

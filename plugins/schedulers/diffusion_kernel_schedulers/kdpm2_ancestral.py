@@ -18,7 +18,7 @@ from diffusion_kernel.scheduling import SchedulerOutput
 from .euler_ancestral import ancestral_split
 from .heun import repeat_inner, slope
 from .kdpm2 import KDPM2DiscreteScheduler
-from .schedules import gaussian_noise, sigma_to_t
+from .schedules import added_noise, sigma_to_t
 from .sigma_schedule import x0_coefficients
 
 
@@ -85,8 +85,8 @@ class KDPM2AncestralDiscreteScheduler(KDPM2DiscreteScheduler):
         else:
             start, self._pending_sample = self._pending_sample, None
             prev_sample = torch.add(start, derivative, alpha=self._down_list[j] - sigma)
-            noise = gaussian_noise(model_output, generator)
-            prev_sample = torch.add(prev_sample, noise, alpha=self._up_list[j])
+            noise = added_noise(self, model_output, generator)
+            prev_sample.add_(noise, alpha=self._up_list[j])
         self._step_index = i + 1
         if not return_dict:
             return prev_sample, denoised

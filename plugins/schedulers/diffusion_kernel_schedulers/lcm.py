@@ -31,8 +31,9 @@ from .alpha_schedule import (
     check_num_inference_steps,
     limit_x0,
     x0_and_eps,
+    x0_linear_coefficients,
 )
-from .schedules import gaussian_noise
+from .schedules import gaussian_noise, lincomb, noise_plus
 
 SIGMA_DATA = 0.5  # sigma_data of the boundary-condition scalings (Consistency Models, sec. 3)
 
@@ -138,16 +139,20 @@ class LCMScheduler(AlphaSchedulerMixin):
         self._check_model_output(model_output, sample)
         sqrt_a_t, sqrt_1m_a_t, sqrt_a_next, sqrt_1m_a_next, c_skip, c_out = self._coefficients[i]
 
-        # 1. the model's x_0 estimate, clipped / thresholded if configured
-        x0, _ = x0_and_eps(model_output, sample, sqrt_a_t, sqrt_1m_a_t,
-                           self.config.prediction_type)
-        x0 = limit_x0(x0, self)
-        # 2. the consistency function f(x_t, t) = c_skip x_t + c_out x0_hat
-        denoised = torch.add(c_out * x0, sample, alpha=c_skip)
+        # 1. the model's x_0 estimate, clipped / thresholded if configured, and 2. the
+        # consistency function f(x_t, t) = c_skip x_t + c_out x0_hat
+        if self.config.thresholding or self.config.clip_sample:
+            x0, _ = x0_and_eps(model_output, sample, sqrt_a_t, sqrt_1m_a_t,
+                               self.config.prediction_type)
+            x0 = limit_x0(x0, self, owned=x0 is not model_output)
+            denoised = lincomb(c_out, x0, c_skip, sample)
+        else:  # x0_hat = p x_t + q F is linear: f(x_t, t) in one combination
+            p, q = x0_linear_coefficients(sqrt_a_t, sqrt_1m_a_t, self.config.prediction_type)
+            denoised = lincomb(c_skip + c_out * p, sample, c_out * q, model_output)
         # 3. re-noise to the next timestep, except after the last (Algorithm 3)
         if i + 1 < len(self.timesteps):
             noise = gaussian_noise(model_output, generator)
-            prev_sample = torch.add(sqrt_a_next * denoised, noise, alpha=sqrt_1m_a_next)
+            prev_sample = noise_plus(noise, sqrt_1m_a_next, (sqrt_a_next, denoised))
         else:
             prev_sample = denoised
         if not return_dict:

@@ -33,7 +33,7 @@ from diffusion_kernel.errors import SchedulerError
 from diffusion_kernel.scheduling import SchedulerOutput
 
 from .alpha_schedule import AlphaSchedulerMixin, check_num_inference_steps
-from .schedules import spaced_timesteps
+from .schedules import lincomb, spaced_timesteps
 from .sigma_schedule import KARRAS_DIFFUSION_SCHEDULERS
 
 # Adams-Bashforth weights by history length, newest estimate first (eq. 12 and its lower orders)
@@ -201,10 +201,10 @@ class PNDMScheduler(AlphaSchedulerMixin):
                 self._eps_history.append(eps)
                 e = eps
             elif call.stage < 3:
-                self._eps_sum = self._eps_sum + RK_WEIGHTS[call.stage] * eps
+                self._eps_sum = lincomb(1.0, self._eps_sum, RK_WEIGHTS[call.stage], eps)
                 e = eps
             else:
-                e = self._eps_sum + RK_WEIGHTS[3] * eps
+                e = lincomb(1.0, self._eps_sum, RK_WEIGHTS[3], eps)
         elif call.kind == "euler_predict":  # first-order predictor, remembered for the corrector
             self._x_start, self._eps_sum = sample, eps
             self._eps_history.append(eps)
@@ -214,14 +214,15 @@ class PNDMScheduler(AlphaSchedulerMixin):
         else:  # PLMS, eq. 12: Adams-Bashforth on the last (up to) four estimates
             self._eps_history = self._eps_history[-(self.pndm_order - 1):] + [eps]
             weights = ADAMS_BASHFORTH[len(self._eps_history)]
-            e = weights[0] * eps
+            e = torch.mul(eps, weights[0])
             for w, past in zip(weights[1:], reversed(self._eps_history[:-1])):
-                e = torch.add(e, past, alpha=w)
+                e = e.add_(past, alpha=w) if e.dtype == torch.promote_types(e.dtype, past.dtype) \
+                    else torch.add(e, past, alpha=w)
             self._x_start = sample
 
         # every step restarts from the sample at the start of its interval (eq. 11)
         x_from = sample if call.kind == "plms" else self._x_start
-        prev_sample = torch.add(call.c_x * x_from, e, alpha=-call.c_e)
+        prev_sample = lincomb(call.c_x, x_from, -call.c_e, e)
         self._next_call = i + 1
         if not return_dict:
             return (prev_sample,)

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 from diffusion_kernel.configuration import config_parameters
+from diffusion_kernel.errors import SchedulerError
 from diffusion_kernel.scheduling import check_option
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
@@ -160,18 +161,65 @@ def broadcast_to(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return values.reshape(values.shape + (1,) * (like.ndim - values.ndim))
 
 
+# Steps are memory-bound: on a large sample each full-size pass costs about as much as each
+# full-size allocation (fresh memory is faulted in page by page). The helpers below write the
+# common step expressions with one allocation and as few passes as the coefficients allow.
+
+
+def lincomb(p: float, x: torch.Tensor, q: float, y: torch.Tensor) -> torch.Tensor:
+    """p x + q y as a new tensor: one allocation, one or two passes."""
+    if p == 0.0:
+        return y * q
+    if p == 1.0:
+        return torch.add(x, y, alpha=q)
+    out = torch.mul(x, p)
+    if out.dtype == torch.promote_types(out.dtype, y.dtype) and out.shape == y.shape:
+        return out.add_(y, alpha=q)
+    return torch.add(out, y, alpha=q)
+
+
+def noise_plus(noise: torch.Tensor, scale: float | torch.Tensor,
+               *terms: tuple[float, torch.Tensor]) -> torch.Tensor:
+    """``scale * noise + sum(c * t for c, t in terms)``, accumulated in ``noise``, a fresh draw
+    the caller owns and gives up (no allocation), when it can hold the result's dtype and shape."""
+    dtype = functools.reduce(torch.promote_types, (t.dtype for _, t in terms), noise.dtype)
+    if dtype == noise.dtype and all(t.shape == noise.shape for _, t in terms):
+        out = noise.mul_(scale)
+        for c, t in terms:
+            out.add_(t, alpha=c)
+        return out
+    out = None
+    for c, t in terms:
+        out = t * c if out is None else out.add(t, alpha=c)
+    return out + scale * noise
+
+
+def uniform_time(timestep: float | torch.Tensor, batch: int) -> float | None:
+    """The one time a step is taken at, as a float (a number, a one-element tensor, or one per
+    sample all equal), else None: steps look their coefficients up by it instead of computing
+    them with a dozen tiny tensor ops per call."""
+    if not isinstance(timestep, torch.Tensor):
+        return float(timestep)
+    if timestep.numel() == 1:
+        return float(timestep)
+    flat = timestep.reshape(-1)
+    if flat.numel() == batch and bool((flat == flat[0]).all()):
+        return float(flat[0])
+    return None
+
+
 def gaussian_noise(
     like: torch.Tensor,
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Standard normal noise shaped like ``like`` (same dtype and device).
+    """Standard normal noise shaped like ``like`` (same dtype and device), in ``out`` if given.
 
     ``generator`` is one ``torch.Generator`` for the whole batch, or a list with one generator per
     sample: sample i is then drawn from generator i alone, so a batch made with seeds s1..s4 equals
     four batch-1 runs with those seeds (the EDM convention; it also matches the diffusers format's
-    draws for the same seeds). Noise is drawn on the generator's device, then moved."""
-    from diffusion_kernel.errors import SchedulerError
-
+    draws for the same seeds). Noise is drawn on the generator's device, then moved. Drawing into
+    ``out`` gives the same numbers as a new tensor (``randn`` is ``normal_`` on fresh memory)."""
     if isinstance(generator, (list, tuple)):
         if len(generator) != like.shape[0]:
             raise SchedulerError(
@@ -180,15 +228,29 @@ def gaussian_noise(
             )
         if len(generator) == 1:
             generator = generator[0]
+        elif out is not None:
+            for i, g in enumerate(generator):
+                gaussian_noise(like[i:i + 1], g, out[i:i + 1])
+            return out
         else:
-            return torch.cat([
-                torch.randn((1, *like.shape[1:]), generator=g, device=g.device,
-                            dtype=like.dtype).to(like.device)
-                for g in generator
-            ])
+            return torch.cat([gaussian_noise(like[i:i + 1], g) for i, g in enumerate(generator)])
     device = generator.device if generator is not None else like.device
-    return torch.randn(like.shape, generator=generator, device=device,
-                       dtype=like.dtype).to(like.device)
+    if out is not None and device == out.device:
+        return out.normal_(generator=generator)
+    noise = torch.randn(like.shape, generator=generator, device=device, dtype=like.dtype)
+    return noise.to(like.device) if out is None else out.copy_(noise)
+
+
+def added_noise(owner: Any, like: torch.Tensor,
+                generator: torch.Generator | Sequence[torch.Generator] | None) -> torch.Tensor:
+    """``gaussian_noise`` for a step that only adds it to a tensor of its own, drawn into a
+    buffer ``owner`` keeps and overwrites on its next call: one allocation fewer per step."""
+    buffer = getattr(owner, "_noise_buffer", None)
+    if buffer is None or buffer.shape != like.shape or buffer.dtype != like.dtype or \
+            buffer.device != like.device:
+        buffer = owner._noise_buffer = torch.empty(like.shape, dtype=like.dtype,
+                                                   device=like.device)
+    return gaussian_noise(like, generator, buffer)
 
 
 def exp_betas(num_train_timesteps: int, max_beta: float = 0.999) -> torch.Tensor:
@@ -233,8 +295,6 @@ def stretch_flow_sigmas_to_terminal(sigmas: np.ndarray, shift_terminal: float) -
 def checked_begin_index(scheduler, begin_index: int) -> int:
     """``begin_index`` as an int, after checking that the scheduler has a run (``set_timesteps``
     was called) and that the index is one of its timesteps'."""
-    from diffusion_kernel.errors import SchedulerError
-
     scheduler._require_timesteps()
     n = len(scheduler.timesteps)
     if isinstance(begin_index, bool) or not 0 <= begin_index < n:

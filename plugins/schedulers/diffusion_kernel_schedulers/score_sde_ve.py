@@ -27,7 +27,13 @@ from diffusion_kernel.errors import ConfigError, SchedulerError
 from diffusion_kernel.scheduling import SchedulerMixin, SchedulerOutput
 
 from .alpha_schedule import check_num_inference_steps
-from .schedules import broadcast_to, checked_begin_index, gaussian_noise
+from .schedules import (
+    broadcast_to,
+    checked_begin_index,
+    gaussian_noise,
+    noise_plus,
+    uniform_time,
+)
 
 
 @dataclass
@@ -95,6 +101,10 @@ class ScoreSdeVeScheduler(SchedulerMixin):
         # sigma(t) = sigma_min (sigma_max / sigma_min)^t (sec. 3.4 / appendix C)
         self.sigmas = self._sigma_min * (self._sigma_max / self._sigma_min) ** self.timesteps.cpu()
         self.discrete_sigmas = self._geometric_levels(n, self._sigma_min, self._sigma_max)
+        # g_i = sqrt(sigma_i^2 - sigma_{i-1}^2) per level (sigma_{-1} = 0), and g_i^2, as floats
+        below = torch.cat([torch.zeros(1), self.discrete_sigmas[:-1]])
+        g = (self.discrete_sigmas**2 - below**2) ** 0.5
+        self._diffusion = list(zip((g**2).tolist(), g.tolist(), strict=True))
         self.num_inference_steps = n
         self._begin_index = None
 
@@ -107,6 +117,15 @@ class ScoreSdeVeScheduler(SchedulerMixin):
         that time with ``add_noise`` first). ``step_pred`` takes its time explicitly, so this
         changes no step."""
         self._begin_index = checked_begin_index(self, begin_index)
+
+    def _level(self, t: float) -> int:
+        """``_levels`` for one time, in Python arithmetic (the same float64 rounding)."""
+        n = self.num_inference_steps
+        step = round((1 - t) / (1 - self._eps) * (n - 1))
+        if not 0 <= step <= n - 1:
+            raise SchedulerError(f"ScoreSdeVeScheduler: timestep {t} is not a time of this run "
+                                 f"(from 1 to {self._eps}, one or one per sample)")
+        return n - 1 - step
 
     def _levels(self, timestep, batch: int) -> torch.Tensor:
         """The discrete level index of each sample's timestep: step i of n uses level n-1-i."""
@@ -124,14 +143,19 @@ class ScoreSdeVeScheduler(SchedulerMixin):
         """Reverse-diffusion predictor (eq. 46) at ``timestep`` with the score ``model_output``."""
         self._require_timesteps()
         self._check_model_output(model_output, sample)
-        level = self._levels(timestep, sample.shape[0])
-        sigma = self.discrete_sigmas[level]
-        sigma_below = torch.where(level == 0, torch.zeros_like(sigma),
-                                  self.discrete_sigmas[(level - 1).clamp(min=0)])
-        g = broadcast_to((sigma**2 - sigma_below**2) ** 0.5, sample).to(sample.device)
-        # x_mean = x - f dt + g^2 s, with f = 0 for the VE SDE
-        prev_sample_mean = sample + g**2 * model_output
-        prev_sample = prev_sample_mean + g * gaussian_noise(sample, generator)
+        t = uniform_time(timestep, sample.shape[0])
+        if t is not None:  # the usual case: one time for the whole batch, coefficients known
+            g_squared, g = self._diffusion[self._level(t)]
+            prev_sample_mean = torch.add(sample, model_output, alpha=g_squared)
+        else:
+            level = self._levels(timestep, sample.shape[0])
+            sigma = self.discrete_sigmas[level]
+            sigma_below = torch.where(level == 0, torch.zeros_like(sigma),
+                                      self.discrete_sigmas[(level - 1).clamp(min=0)])
+            g = broadcast_to((sigma**2 - sigma_below**2) ** 0.5, sample).to(sample.device)
+            prev_sample_mean = torch.addcmul(sample, g**2, model_output)
+        # x_mean = x - f dt + g^2 s, with f = 0 for the VE SDE; x = x_mean + g z
+        prev_sample = noise_plus(gaussian_noise(sample, generator), g, (1.0, prev_sample_mean))
         if not return_dict:
             return prev_sample, prev_sample_mean
         return SdeVeOutput(prev_sample=prev_sample, prev_sample_mean=prev_sample_mean)

@@ -21,7 +21,13 @@ from diffusion_kernel.errors import SchedulerError
 from diffusion_kernel.scheduling import SchedulerMixin
 
 from .alpha_schedule import check_num_inference_steps
-from .schedules import broadcast_to, checked_begin_index, gaussian_noise
+from .schedules import (
+    broadcast_to,
+    checked_begin_index,
+    gaussian_noise,
+    noise_plus,
+    uniform_time,
+)
 
 
 @dataclass
@@ -54,6 +60,10 @@ class ScoreSdeVpScheduler(SchedulerMixin):
                                       type(self).__name__)
         self.timesteps = torch.linspace(1, self.config.sampling_eps, n, device=device)
         self.num_inference_steps = n
+        # the step's coefficients at each of the run's times (float32, as a step computes them)
+        times = self.timesteps.cpu()
+        self._coefficients = dict(zip(times.tolist(), zip(
+            *(c.tolist() for c in self._step_coefficients(times)), strict=True), strict=True))
         self._begin_index = None
 
     @property
@@ -65,6 +75,18 @@ class ScoreSdeVpScheduler(SchedulerMixin):
         that time with ``add_noise`` first). ``step_pred`` takes its time explicitly, so this
         changes no step."""
         self._begin_index = checked_begin_index(self, begin_index)
+
+    def _step_coefficients(self, t: torch.Tensor):
+        """(c_x, c_eps, c_noise) with x_mean = c_x x + c_eps eps and x = x_mean + c_noise z.
+
+        One reverse Euler-Maruyama step of dt = -1/n on the VP SDE (Song et al. 2021, eq. 6 and
+        11): drift f - g^2 grad log p_t with f = -beta x / 2, g = sqrt(beta) and
+        grad log p_t = -eps / s(t), so c_x = 1 - beta dt / 2, c_eps = beta dt / s(t) and
+        c_noise = sqrt(beta) sqrt(-dt)."""
+        std = torch.sqrt(1.0 - torch.exp(2.0 * self._log_mean_coeff(t)))  # s(t)
+        dt = -1.0 / len(self.timesteps)
+        beta_t = self.config.beta_min + t * (self.config.beta_max - self.config.beta_min)
+        return 1.0 - 0.5 * beta_t * dt, beta_t * dt / std, torch.sqrt(beta_t) * math.sqrt(-dt)
 
     def _log_mean_coeff(self, t: torch.Tensor) -> torch.Tensor:
         c = self.config
@@ -83,15 +105,14 @@ class ScoreSdeVpScheduler(SchedulerMixin):
         ``score`` (named as in the diffusers format); returns ``(x, x_mean)``."""
         self._require_timesteps()
         self._check_model_output(score, x)
-        t = self._per_sample_t(t, x)
-        std = torch.sqrt(1.0 - torch.exp(2.0 * self._log_mean_coeff(t)))  # s(t)
-        score = -score / std  # grad log p_t = -eps / s(t)
-        dt = -1.0 / len(self.timesteps)
-        beta_t = self.config.beta_min + t * (self.config.beta_max - self.config.beta_min)
-        # reverse SDE drift f - g^2 score, with f = -1/2 beta x and g = sqrt(beta) (eq. 6, 11)
-        drift = -0.5 * beta_t * x - beta_t * score
-        x_mean = x + drift * dt
-        x = x_mean + torch.sqrt(beta_t) * math.sqrt(-dt) * gaussian_noise(x, generator)
+        time = uniform_time(t, x.shape[0]) if x.dtype == torch.float32 else None
+        if time in self._coefficients:  # one of the run's times for the whole batch
+            c_x, c_eps, c_noise = self._coefficients[time]
+            x_mean = torch.mul(x, c_x).add_(score, alpha=c_eps)
+        else:
+            c_x, c_eps, c_noise = self._step_coefficients(self._per_sample_t(t, x))
+            x_mean = torch.mul(x, c_x).addcmul_(c_eps, score)
+        x = noise_plus(gaussian_noise(x, generator), c_noise, (1.0, x_mean))
         return SdeVpOutput(prev_sample=x, prev_sample_mean=x_mean)
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor,

@@ -37,6 +37,7 @@ from .schedules import (
     exp_betas,
     exponential_sigmas,
     karras_sigmas,
+    lincomb,
     sigma_to_t,
     sigmas_from_alphas_cumprod,
     spaced_timesteps,
@@ -144,16 +145,6 @@ def x0_coefficients(prediction_type: str, sigma: float) -> tuple[float, float]:
     if prediction_type == "v_prediction":
         return 1.0 / (sigma**2 + 1), -sigma / (sigma**2 + 1) ** 0.5
     return 0.0, 1.0
-
-
-def lincomb(p: float, x: torch.Tensor, q: float, y: torch.Tensor) -> torch.Tensor:
-    """p x + q y in as few tensor ops as the coefficients allow (each solver step is a couple of
-    these with coefficients known in advance, so the common cases cost one op)."""
-    if p == 0.0:
-        return y if q == 1.0 else y * q
-    if p == 1.0:
-        return torch.add(x, y, alpha=q)
-    return torch.add(x * p, y, alpha=q)
 
 
 def euler_step(x: torch.Tensor, model_output: torch.Tensor, sigma_hat: float, sigma_next: float,
