@@ -90,6 +90,26 @@ def test_reference_checkpoint_loads_and_matches_reference_outputs(variant, tmp_p
 
 
 @pytest.mark.parametrize("variant", ["sd1", "sd2"])
+def test_training_gradients_match_the_reference(variant, tmp_path):
+    # Residuals are added into fresh layer outputs and, without gradients, the GEGLU gate is
+    # applied in place: backward through all of it gives the reference's gradients, and the
+    # forward with gradients equals the one without.
+    config = VARIANTS[variant]
+    reference = _reference_checkpoint(config, tmp_path).train()
+    ours = UNet2DConditionModel.from_pretrained(tmp_path).train()
+    inputs = _inputs(config)
+    reference(**inputs).sample.square().mean().backward()
+    out = ours(**inputs).sample
+    out.square().mean().backward()
+    with torch.no_grad():
+        assert torch.equal(ours(**inputs).sample, out.detach())
+    grads = dict(reference.named_parameters())
+    for name, parameter in ours.named_parameters():
+        torch.testing.assert_close(parameter.grad, grads[name].grad, rtol=1e-4, atol=1e-6,
+                                   msg=name)
+
+
+@pytest.mark.parametrize("variant", ["sd1", "sd2"])
 def test_our_checkpoint_loads_in_reference_with_same_outputs(variant, tmp_path):
     config = VARIANTS[variant]
     ours = UNet2DConditionModel(**config).eval()

@@ -13,6 +13,7 @@ from .embeddings import (
     Timesteps,
     get_timestep_embedding,
 )
+from .inplace import add_to_fresh
 from .outputs import ModelOutput
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "GaussianFourierProjection",
     "ModelOutput",
     "TimestepEmbedding",
+    "add_to_fresh",
     "Timesteps",
     "get_activation",
     "get_timestep_embedding",

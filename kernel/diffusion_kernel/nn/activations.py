@@ -43,7 +43,9 @@ class GEGLU(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         hidden_states, gate = self.proj(hidden_states).chunk(2, dim=-1)
-        return hidden_states * F.gelu(gate)
+        if torch.is_grad_enabled():  # autograd would keep a copy of gelu(gate) for the product
+            return hidden_states * F.gelu(gate)
+        return F.gelu(gate).mul_(hidden_states)  # inference: no second full-size tensor
 
 
 _FEED_FORWARD_ACTIVATIONS = {

@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import ConfigError
+from .inplace import add_to_fresh
 
 
 class Attention(nn.Module):
@@ -102,7 +103,7 @@ class Attention(nn.Module):
         if feature_map_shape is not None:
             out = out.transpose(1, 2).reshape(feature_map_shape)
         if self.residual_connection:
-            out = out + residual
+            out = add_to_fresh(out, residual)
         if self.rescale_output_factor != 1.0:
             out = out / self.rescale_output_factor
         return out

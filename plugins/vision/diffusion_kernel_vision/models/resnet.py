@@ -7,7 +7,7 @@ from functools import partial
 
 import torch
 from diffusion_kernel.errors import ConfigError
-from diffusion_kernel.nn import get_activation
+from diffusion_kernel.nn import add_to_fresh, get_activation
 from torch import nn
 from torch.nn import functional as F
 
@@ -159,13 +159,13 @@ class ResnetBlock2D(nn.Module):
             hidden_states = self.norm2(hidden_states) * (1 + scale) + shift
         else:
             if temb is not None:
-                hidden_states = hidden_states + temb
+                hidden_states = add_to_fresh(hidden_states, temb)  # conv1's new output
             hidden_states = self.norm2(hidden_states)
         hidden_states = self.conv2(self.dropout(self.nonlinearity(hidden_states)))
 
         if self.conv_shortcut is not None:
             input_tensor = self.conv_shortcut(input_tensor)
-        output = input_tensor + hidden_states
+        output = add_to_fresh(hidden_states, input_tensor)  # conv2's new output
         if self.output_scale_factor != 1.0:  # x / 1.0 == x: skip a full pass over the map
             output = output / self.output_scale_factor
         return output

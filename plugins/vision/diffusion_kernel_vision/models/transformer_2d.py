@@ -7,7 +7,7 @@ GEGLU feed-forward, then projected back and added to its input. Weight keys foll
 from __future__ import annotations
 
 import torch
-from diffusion_kernel.nn import Attention, FeedForward, maybe_checkpoint
+from diffusion_kernel.nn import Attention, FeedForward, add_to_fresh, maybe_checkpoint
 from torch import nn
 
 
@@ -116,7 +116,7 @@ class Transformer2DModel(nn.Module):
             hidden_states = _to_map(self.proj_out(tokens), height, width)
         else:
             hidden_states = self.proj_out(_to_map(tokens, height, width))
-        return hidden_states + residual
+        return add_to_fresh(hidden_states, residual)  # proj_out's new output
 
 
 def _to_tokens(feature_map: torch.Tensor) -> torch.Tensor:
