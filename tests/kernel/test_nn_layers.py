@@ -126,3 +126,17 @@ def test_model_output_is_reachable_by_name_index_and_unpacking():
     out = Out(sample=torch.ones(1))
     assert out[0] is out.sample and out["sample"] is out.sample
     assert out.to_tuple() == (out.sample,) and len(out) == 1
+
+
+def test_add_to_fresh_adds_in_place_only_when_the_result_fits():
+    from diffusion_kernel.nn import add_to_fresh
+
+    fresh, bias = torch.ones(2, 3, 4, 4), torch.full((2, 3, 1, 1), 2.0)
+    out = add_to_fresh(fresh, bias)
+    assert out.data_ptr() == fresh.data_ptr() and torch.equal(out, torch.full_like(out, 3.0))
+    small = torch.ones(2, 3, 1, 1)  # the result would be larger than ``small``
+    grown = add_to_fresh(small, torch.ones(2, 3, 4, 4))
+    assert grown.shape == (2, 3, 4, 4) and torch.equal(small, torch.ones(2, 3, 1, 1))
+    half = torch.ones(2, 3, dtype=torch.float16)  # float16 + float32 is float32: a new tensor
+    promoted = add_to_fresh(half, torch.ones(2, 3))
+    assert promoted.dtype == torch.float32 and torch.equal(half, torch.ones_like(half))
