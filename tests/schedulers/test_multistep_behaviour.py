@@ -53,7 +53,7 @@ def test_unknown_option_value_raises_config_error_listing_the_valid_ones(name, o
      "no third-order update"),
     ({"use_karras_sigmas": True, "use_exponential_sigmas": True}, "mutually exclusive"),
     ({"use_karras_sigmas": True, "use_lu_lambdas": True}, "use_lu_lambdas cannot be combined"),
-    ({"use_beta_sigmas": True}, "use_beta_sigmas"),
+    ({"use_beta_sigmas": True, "use_exponential_sigmas": True}, "mutually exclusive"),
     ({"use_flow_sigmas": True, "use_karras_sigmas": True}, "cannot be combined with karras"),
     ({"use_dynamic_shifting": True}, "set use_flow_sigmas=True"),
     ({"prediction_type": "flow_prediction", "algorithm_type": "dpmsolver",

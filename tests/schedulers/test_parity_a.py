@@ -172,9 +172,10 @@ def test_lcm_custom_timesteps_match_reference():
     ({"shift": 2.0, "shift_terminal": 0.1}, {}),
     ({"use_karras_sigmas": True}, {}),
     ({"use_exponential_sigmas": True, "shift": 3.0}, {}),
+    ({"use_beta_sigmas": True, "shift": 3.0}, {}),
     ({"invert_sigmas": True}, {}),
 ], ids=["plain", "shift3", "dynamic-exp", "dynamic-linear", "terminal", "karras", "exp",
-        "inverted"])
+        "beta", "inverted"])
 def test_flow_match_euler_matches_reference(config, set_kwargs, n):
     assert_parity(*run_parity("FlowMatchEulerDiscreteScheduler", config, n,
                               set_timesteps_kwargs=set_kwargs))

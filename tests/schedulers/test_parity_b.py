@@ -17,9 +17,9 @@ import torch
 from conftest import assert_parity, build_pair, fake_model, run_loop
 
 SPACINGS = ("linspace", "leading", "trailing")
-SIGMA_KINDS = ("default", "karras", "exponential")
+SIGMA_KINDS = ("default", "karras", "exponential", "beta")
 KIND_FLAGS = {"default": {}, "karras": {"use_karras_sigmas": True},
-              "exponential": {"use_exponential_sigmas": True}}
+              "exponential": {"use_exponential_sigmas": True}, "beta": {"use_beta_sigmas": True}}
 ALL_PREDICTIONS = ("epsilon", "v_prediction", "sample")
 # the reference raises NotImplementedError for "sample" in these
 NO_SAMPLE = ("epsilon", "v_prediction")

@@ -3,6 +3,7 @@ presets, and the errors a user can cause (each a SchedulerError / ConfigError na
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from conftest import fake_model, run_loop
@@ -123,10 +124,22 @@ def test_karras_and_exponential_together_raise_config_error(name):
 
 
 @pytest.mark.parametrize("name", KARRAS_CAPABLE)
-def test_beta_sigmas_are_refused_with_alternatives(name):
-    with pytest.raises(ConfigError, match="use_beta_sigmas .* not supported; use "
-                                          "use_karras_sigmas=True"):
-        make(name, use_beta_sigmas=True)
+def test_beta_and_karras_sigmas_together_raise_config_error(name):
+    with pytest.raises(ConfigError, match="mutually exclusive"):
+        make(name, use_karras_sigmas=True, use_beta_sigmas=True)
+
+
+def test_beta_sigmas_follow_the_beta_quantiles():
+    # Beta(0.6, 0.6) quantiles (scipy.stats.beta.ppf as the oracle), scaled to the sigma range
+    from diffusion_kernel_schedulers.schedules import beta_sigmas
+    from scipy import stats
+
+    n, lo, hi = 9, 0.03, 14.6
+    expected = lo + stats.beta.ppf(1 - np.linspace(0, 1, n), 0.6, 0.6) * (hi - lo)
+    np.testing.assert_allclose(beta_sigmas(lo, hi, n), expected, rtol=1e-12, atol=1e-12)
+    for a, b in [(2.0, 5.0), (0.5, 3.0)]:
+        np.testing.assert_allclose(beta_sigmas(0.0, 1.0, 13, a, b),
+                                   stats.beta.ppf(1 - np.linspace(0, 1, 13), a, b), atol=1e-12)
 
 
 def test_euler_custom_timesteps_with_karras_sigmas_are_refused():

@@ -355,7 +355,8 @@ class MultistepScheduler(SchedulerMixin):
     def _check_custom_timesteps(self, custom: np.ndarray, T: int, owner: str) -> None:
         if self._sigma_kind != "default":
             raise SchedulerError(f"{owner}.set_timesteps: custom timesteps cannot be used with "
-                                 f"use_karras_sigmas / use_exponential_sigmas / use_lu_lambdas")
+                                 f"use_karras_sigmas / use_exponential_sigmas / use_beta_sigmas / "
+                                 f"use_lu_lambdas")
         if custom.ndim != 1 or len(custom) == 0 or np.any(custom < 0) or np.any(custom >= T) \
                 or np.any(np.diff(custom) >= 0):
             raise SchedulerError(f"{owner}.set_timesteps: timesteps must be a non-empty, strictly "

@@ -31,6 +31,7 @@ from .schedules import (
     PREDICTION_TYPES,
     TIMESTEP_SPACINGS,
     alphas_cumprod_for,
+    beta_sigmas,
     betas_for,
     broadcast_to,
     checked_begin_index,
@@ -74,17 +75,15 @@ def run_timesteps(timestep_spacing: str, num_inference_steps: int, num_train_tim
 
 def sigma_kind(use_karras_sigmas: bool = False, use_exponential_sigmas: bool = False,
                use_beta_sigmas: bool = False, owner: str = "scheduler") -> str:
-    """Which discretisation the config's flags ask for: "karras", "exponential" or "default"."""
+    """Which discretisation the config's flags ask for: "karras", "exponential", "beta" or
+    "default"."""
     if sum(map(bool, (use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas))) > 1:
         raise ConfigError(
             f"{owner}: use_karras_sigmas, use_exponential_sigmas and use_beta_sigmas are "
             f"mutually exclusive; set at most one of them to True"
         )
     if use_beta_sigmas:
-        raise ConfigError(
-            f"{owner}: use_beta_sigmas (Lee et al. 2024, beta-distribution sigmas) is not "
-            f"supported; use use_karras_sigmas=True or use_exponential_sigmas=True instead"
-        )
+        return "beta"
     if use_karras_sigmas:
         return "karras"
     return "exponential" if use_exponential_sigmas else "default"
@@ -92,14 +91,17 @@ def sigma_kind(use_karras_sigmas: bool = False, use_exponential_sigmas: bool = F
 
 def discretise(sigmas: np.ndarray, kind: str, num_inference_steps: int,
                sigma_min: float | None = None, sigma_max: float | None = None) -> np.ndarray:
-    """Replace a run's sigmas by ``num_inference_steps`` Karras (eq. 5, rho = 7) or exponential
-    sigmas spanning the same range (or [sigma_min, sigma_max] when given); "default" keeps them."""
+    """Replace a run's sigmas by ``num_inference_steps`` Karras (eq. 5, rho = 7), exponential or
+    beta-distribution sigmas spanning the same range (or [sigma_min, sigma_max] when given);
+    "default" keeps them."""
     if kind == "default":
         return sigmas
     lo = sigma_min if sigma_min is not None else float(sigmas[-1])
     hi = sigma_max if sigma_max is not None else float(sigmas[0])
     if kind == "karras":
         return karras_sigmas(lo, hi, num_inference_steps)
+    if kind == "beta":
+        return beta_sigmas(lo, hi, num_inference_steps)
     return exponential_sigmas(lo, hi, num_inference_steps)
 
 
