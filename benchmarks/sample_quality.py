@@ -27,7 +27,7 @@ from diffusion_kernel_vision.datasets import load_digits
 from torch import nn
 
 SCHEDULERS = ["ddim", "euler", "heun", "dpm++2m", "dpm++3m", "unipc", "deis", "dpm++2m-karras",
-              "euler-a", "lms", "pndm"]
+              "dpm++2m-sde", "dpm++2m-sde-karras", "euler-a", "lms", "pndm"]
 BUDGETS = [5, 10, 20, 50]
 
 
@@ -113,19 +113,19 @@ def plot(results, floor, path):
     """Distance against evaluations, one line per scheduler (drawn with Pillow)."""
     from PIL import Image, ImageDraw
 
-    width, height, margin = 900, 560, 70
+    width, height, margin = 1000, 560, 70
     img = Image.new("RGB", (width, height), "white")
     d = ImageDraw.Draw(img)
     values = [r["fd"] for rows in results.values() for r in rows.values()] + [floor]
     lo, hi = math.log10(max(min(values), 1e-3)), math.log10(max(values))
-    span = (width - 2.5 * margin) / (len(BUDGETS) - 1)
+    span = (width - 3.5 * margin) / (len(BUDGETS) - 1)
     xs = {b: margin + i * span for i, b in enumerate(BUDGETS)}
 
     def y(v):
         return height - margin - (math.log10(max(v, 1e-3)) - lo) / max(hi - lo, 1e-9) * (
             height - 2 * margin)
 
-    d.line([(margin, margin), (margin, height - margin), (width - 1.5 * margin, height - margin)],
+    d.line([(margin, margin), (margin, height - margin), (width - 2.5 * margin, height - margin)],
            fill="black")
     for b, x in xs.items():
         d.text((x - 5, height - margin + 8), str(b), fill="black")
@@ -135,19 +135,20 @@ def plot(results, floor, path):
         v = 10 ** (lo + k * (hi - lo) / 4)
         d.text((5, y(v) - 6), f"{v:.2f}", fill="black")
     palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
-               "#7f7f7f", "#bcbd22", "#17becf", "#000080", "#808000"]
+               "#7f7f7f", "#bcbd22", "#17becf", "#000080", "#808000", "#008080", "#800000",
+               "#00a000", "#ff00ff"]
     for i, (name, rows) in enumerate(sorted(results.items())):
         if name == "ddpm-1000":
             continue
         color = palette[i % len(palette)]
         pts = [(xs[b], y(rows[b]["fd"])) for b in BUDGETS if b in rows]
         d.line(pts, fill=color, width=2)
-        d.text((width - 1.4 * margin, 40 + 16 * i), name, fill=color)
+        d.text((width - 2.3 * margin, 40 + 16 * i), name, fill=color)
     if "ddpm-1000" in results:
         v = results["ddpm-1000"][1000]["fd"]
-        d.line([(margin, y(v)), (width - 1.5 * margin, y(v))], fill="black", width=1)
+        d.line([(margin, y(v)), (width - 2.5 * margin, y(v))], fill="black", width=1)
         d.text((margin + 5, y(v) - 14), f"DDPM 1000 steps: {v:.3f}", fill="black")
-    d.line([(margin, y(floor)), (width - 1.5 * margin, y(floor))], fill="#999999")
+    d.line([(margin, y(floor)), (width - 2.5 * margin, y(floor))], fill="#999999")
     d.text((margin + 5, y(floor) + 2), f"real vs real floor: {floor:.3f}", fill="#666666")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
