@@ -140,3 +140,14 @@ def test_add_to_fresh_adds_in_place_only_when_the_result_fits():
     half = torch.ones(2, 3, dtype=torch.float16)  # float16 + float32 is float32: a new tensor
     promoted = add_to_fresh(half, torch.ones(2, 3))
     assert promoted.dtype == torch.float32 and torch.equal(half, torch.ones_like(half))
+
+
+def test_dropout_runs_in_training_only():
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 16)
+    for layer in (FeedForward(16, dropout=0.5), Attention(16, heads=2, dim_head=8, dropout=0.5)):
+        layer.eval()
+        with torch.no_grad():
+            assert torch.equal(layer(x), layer(x))  # eval: deterministic, no dropout
+        layer.train()
+        assert not torch.equal(layer(x), layer(x))  # training: a new mask each call

@@ -75,5 +75,6 @@ class FeedForward(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         for layer in self.net:
-            hidden_states = layer(hidden_states)
+            if self.training or not isinstance(layer, nn.Dropout):  # eval-mode dropout: no-op
+                hidden_states = layer(hidden_states)
         return hidden_states

@@ -98,7 +98,9 @@ class Attention(nn.Module):
         out = self._attend(query, key, value, _as_bias(attention_mask))
         batch, _, tokens, _ = out.shape
         out = out.transpose(1, 2).reshape(batch, tokens, self.heads * self.dim_head)
-        out = self.to_out[1](self.to_out[0](out))
+        out = self.to_out[0](out)
+        if self.training:  # dropout; a no-op call in eval mode
+            out = self.to_out[1](out)
 
         if feature_map_shape is not None:
             out = out.transpose(1, 2).reshape(feature_map_shape)

@@ -161,7 +161,10 @@ class ResnetBlock2D(nn.Module):
             if temb is not None:
                 hidden_states = add_to_fresh(hidden_states, temb)  # conv1's new output
             hidden_states = self.norm2(hidden_states)
-        hidden_states = self.conv2(self.dropout(self.nonlinearity(hidden_states)))
+        hidden_states = self.nonlinearity(hidden_states)
+        if self.training:  # dropout; a no-op call in eval mode
+            hidden_states = self.dropout(hidden_states)
+        hidden_states = self.conv2(hidden_states)
 
         if self.conv_shortcut is not None:
             input_tensor = self.conv_shortcut(input_tensor)
