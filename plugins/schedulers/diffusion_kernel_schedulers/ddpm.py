@@ -32,7 +32,7 @@ from .alpha_schedule import (
     limit_x0,
     x0_and_eps,
 )
-from .schedules import gaussian_noise, lincomb, noise_plus, spaced_timesteps
+from .schedules import accumulate, gaussian_noise, lincomb, spaced_timesteps
 from .sigma_schedule import KARRAS_DIFFUSION_SCHEDULERS
 
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log",
@@ -157,7 +157,7 @@ class DDPMScheduler(AlphaSchedulerMixin):
         mean = ((c["x0_coeff"], x0), (c["xt_coeff"], sample))
         if c["noise"]:
             noise = gaussian_noise(model_output, generator)
-            prev_sample = noise_plus(noise, self._std(c, predicted_variance), *mean)
+            prev_sample = accumulate(noise, self._std(c, predicted_variance), *mean)
         else:
             prev_sample = lincomb(*mean[0], *mean[1])
         if not return_dict:

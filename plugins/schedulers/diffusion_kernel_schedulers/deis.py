@@ -21,6 +21,7 @@ import torch
 from diffusion_kernel.scheduling import SchedulerOutput, check_option
 
 from .multistep import MultistepScheduler
+from .schedules import as_dtype
 
 # Option values of the other solvers' configs map onto DEIS's only variant (config swaps).
 _ALGORITHM_ALIASES = {"dpmsolver": "deis", "dpmsolver++": "deis"}
@@ -136,5 +137,5 @@ class DEISMultistepScheduler(MultistepScheduler):
         prev_sample = self._combine(x_coef, sample.to(dtype),
                                     zip(weights, reversed(self._history[-order:])))
         self._end_step()
-        prev_sample = prev_sample.to(sample.dtype)
+        prev_sample = as_dtype(prev_sample, sample.dtype)
         return SchedulerOutput(prev_sample) if return_dict else (prev_sample,)

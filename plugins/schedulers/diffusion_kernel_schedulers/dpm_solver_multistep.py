@@ -29,7 +29,7 @@ from .multistep import (
     phi_coefficients,
     solver_timesteps,
 )
-from .schedules import gaussian_noise
+from .schedules import as_dtype, gaussian_noise
 
 # Option values of the other solvers' configs that map onto this one's (so a config saved for
 # DEIS or UniPC builds a DPM-Solver++ with its default update).
@@ -199,7 +199,7 @@ class DPMSolverMultistepScheduler(MultistepScheduler):
             noise = (variance_noise.to(device=x.device, dtype=dtype) if variance_noise is not None
                      else gaussian_noise(x, generator))
             terms.append((noise_coef, noise))
-        prev_sample = self._combine(x_coef, x, terms).to(model_output.dtype)
+        prev_sample = as_dtype(self._combine(x_coef, x, terms), model_output.dtype)
         self._end_step()
         x0 = m if self._data_pred else None
         return SchedulerOutput(prev_sample, x0) if return_dict else (prev_sample,)

@@ -22,7 +22,7 @@ from diffusion_kernel.errors import SchedulerError
 from diffusion_kernel.scheduling import SchedulerOutput, check_option
 
 from .euler import churn
-from .schedules import exponential_sigmas, karras_sigmas_at
+from .schedules import as_dtype, exponential_sigmas, karras_sigmas_at
 from .sigma_schedule import FINAL_SIGMAS_TYPES, SigmaSchedulerMixin, euler_step
 
 SIGMA_SCHEDULES = ("karras", "exponential")
@@ -142,7 +142,7 @@ class EDMEulerScheduler(SigmaSchedulerMixin):
         ``pred_original_sample`` (e.g. after guidance on D) replaces the preconditioned output."""
         i = self._begin_step(model_output, timestep, sample)
         sigma, sigma_next = self._sigma_list[i], self._sigma_list[i + 1]
-        x = sample.to(torch.float32)
+        x = as_dtype(sample, torch.float32)
         x, sigma_hat = churn(x, sigma, len(self._sigma_list) - 1, s_churn, s_tmin, s_tmax,
                              s_noise, model_output, generator)
         if pred_original_sample is None:
@@ -153,7 +153,7 @@ class EDMEulerScheduler(SigmaSchedulerMixin):
             denoised = pred_original_sample
             prev_sample = torch.add(x, x - denoised, alpha=(sigma_next - sigma_hat) / sigma_hat)
         self._step_index = i + 1
-        prev_sample = prev_sample.to(model_output.dtype)
+        prev_sample = as_dtype(prev_sample, model_output.dtype)
         if not return_dict:
             return prev_sample, denoised
         return SchedulerOutput(prev_sample=prev_sample, pred_original_sample=denoised)

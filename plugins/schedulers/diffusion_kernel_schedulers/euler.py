@@ -16,7 +16,7 @@ import torch
 from diffusion_kernel.errors import SchedulerError
 from diffusion_kernel.scheduling import SchedulerOutput, check_option
 
-from .schedules import gaussian_noise, sigma_to_t
+from .schedules import as_dtype, gaussian_noise, sigma_to_t
 from .sigma_schedule import (
     FINAL_SIGMAS_TYPES,
     INTERPOLATION_TYPES,
@@ -160,7 +160,7 @@ class EulerDiscreteScheduler(SigmaSchedulerMixin):
         sigma to sigma_hat = (1 + gamma) sigma (``generator``: one, or one per sample)."""
         i = self._begin_step(model_output, timestep, sample)
         sigma, sigma_next = self._sigma_list[i], self._sigma_list[i + 1]
-        x = sample.to(torch.float32)
+        x = as_dtype(sample, torch.float32)
         x, sigma_hat = churn(x, sigma, len(self._sigma_list) - 1, s_churn, s_tmin, s_tmax,
                              s_noise, model_output, generator)
         prediction = self.config.prediction_type
@@ -168,7 +168,7 @@ class EulerDiscreteScheduler(SigmaSchedulerMixin):
         a, b = x0_coefficients(prediction, sigma_hat if prediction == "epsilon" else sigma)
         prev_sample, denoised = euler_step(x, model_output, sigma_hat, sigma_next, a, b)
         self._step_index = i + 1
-        prev_sample = prev_sample.to(model_output.dtype)
+        prev_sample = as_dtype(prev_sample, model_output.dtype)
         if not return_dict:
             return prev_sample, denoised
         return SchedulerOutput(prev_sample=prev_sample, pred_original_sample=denoised)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from diffusion_kernel.scheduling import SchedulerOutput
 
-from .schedules import added_noise
+from .schedules import added_noise, as_dtype
 from .sigma_schedule import (
     SigmaSchedulerMixin,
     euler_step,
@@ -83,11 +83,11 @@ class EulerAncestralDiscreteScheduler(SigmaSchedulerMixin):
         i = self._begin_step(model_output, timestep, sample)
         sigma = self._sigma_list[i]
         sigma_down, sigma_up = self._down_up[i]
-        x = sample.to(torch.float32)
+        x = as_dtype(sample, torch.float32)
         a, b = x0_coefficients(self.config.prediction_type, sigma)
         prev_sample, denoised = euler_step(x, model_output, sigma, sigma_down, a, b)
         noise = added_noise(self, model_output, generator)
-        prev_sample = prev_sample.add_(noise, alpha=sigma_up).to(model_output.dtype)
+        prev_sample = as_dtype(prev_sample.add_(noise, alpha=sigma_up), model_output.dtype)
         self._step_index = i + 1
         if not return_dict:
             return prev_sample, denoised

@@ -23,6 +23,8 @@ from diffusion_kernel.scheduling import SchedulerMixin, SchedulerOutput, check_o
 
 from .alpha_schedule import check_num_inference_steps
 from .schedules import (
+    accumulate,
+    as_dtype,
     broadcast_to,
     gaussian_noise,
     shift_flow_sigmas,
@@ -187,21 +189,18 @@ class FlowMatchEulerDiscreteScheduler(SchedulerMixin):
         """One Euler step x_next = x + (sigma_next - sigma) v for the predicted velocity v; with
         ``stochastic_sampling`` the clean estimate x_0 = x - sigma v is re-noised to sigma_next
         instead (``generator``: one or one per sample)."""
-        if self.timesteps is None:
-            self._require_timesteps()
-        if model_output.shape != sample.shape:
-            self._check_model_output(model_output, sample)
+        self._require_timesteps()
+        self._check_model_output(model_output, sample)
         i = self._index(timestep)
         sigma, sigma_next = self._sigma_list[i], self._sigma_list[i + 1]
-        x = sample if sample.dtype == torch.float32 else sample.float()  # step in float32
+        x = as_dtype(sample, torch.float32)  # step in float32
         if self.config.stochastic_sampling:
             x0 = torch.add(x, model_output, alpha=-sigma)
-            noise = gaussian_noise(x, generator)
-            prev_sample = torch.add((1.0 - sigma_next) * x0, noise, alpha=sigma_next)
+            prev_sample = accumulate(gaussian_noise(x, generator), sigma_next,
+                                     (1.0 - sigma_next, x0))
         else:
             prev_sample = torch.add(x, model_output, alpha=sigma_next - sigma)
-        if prev_sample.dtype != model_output.dtype:
-            prev_sample = prev_sample.to(model_output.dtype)
+        prev_sample = as_dtype(prev_sample, model_output.dtype)
         if not return_dict:
             return (prev_sample,)
         return SchedulerOutput(prev_sample=prev_sample)

@@ -33,7 +33,7 @@ from .alpha_schedule import (
     x0_and_eps,
     x0_linear_coefficients,
 )
-from .schedules import gaussian_noise, lincomb, noise_plus
+from .schedules import accumulate, gaussian_noise, lincomb
 
 SIGMA_DATA = 0.5  # sigma_data of the boundary-condition scalings (Consistency Models, sec. 3)
 
@@ -152,7 +152,7 @@ class LCMScheduler(AlphaSchedulerMixin):
         # 3. re-noise to the next timestep, except after the last (Algorithm 3)
         if i + 1 < len(self.timesteps):
             noise = gaussian_noise(model_output, generator)
-            prev_sample = noise_plus(noise, sqrt_1m_a_next, (sqrt_a_next, denoised))
+            prev_sample = accumulate(noise, sqrt_1m_a_next, (sqrt_a_next, denoised))
         else:
             prev_sample = denoised
         if not return_dict:

@@ -33,7 +33,7 @@ from diffusion_kernel.errors import SchedulerError
 from diffusion_kernel.scheduling import SchedulerOutput
 
 from .alpha_schedule import AlphaSchedulerMixin, check_num_inference_steps
-from .schedules import lincomb, spaced_timesteps
+from .schedules import accumulate, lincomb, spaced_timesteps
 from .sigma_schedule import KARRAS_DIFFUSION_SCHEDULERS
 
 # Adams-Bashforth weights by history length, newest estimate first (eq. 12 and its lower orders)
@@ -214,10 +214,8 @@ class PNDMScheduler(AlphaSchedulerMixin):
         else:  # PLMS, eq. 12: Adams-Bashforth on the last (up to) four estimates
             self._eps_history = self._eps_history[-(self.pndm_order - 1):] + [eps]
             weights = ADAMS_BASHFORTH[len(self._eps_history)]
-            e = torch.mul(eps, weights[0])
-            for w, past in zip(weights[1:], reversed(self._eps_history[:-1])):
-                e = e.add_(past, alpha=w) if e.dtype == torch.promote_types(e.dtype, past.dtype) \
-                    else torch.add(e, past, alpha=w)
+            e = accumulate(torch.mul(eps, weights[0]), 1.0,
+                           *zip(weights[1:], reversed(self._eps_history[:-1])))
             self._x_start = sample
 
         # every step restarts from the sample at the start of its interval (eq. 11)

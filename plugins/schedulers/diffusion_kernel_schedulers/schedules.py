@@ -244,20 +244,28 @@ def lincomb(p: float, x: torch.Tensor, q: float, y: torch.Tensor) -> torch.Tenso
     return torch.add(out, y, alpha=q)
 
 
-def noise_plus(noise: torch.Tensor, scale: float | torch.Tensor,
+def accumulate(fresh: torch.Tensor, scale: float | torch.Tensor,
                *terms: tuple[float, torch.Tensor]) -> torch.Tensor:
-    """``scale * noise + sum(c * t for c, t in terms)``, accumulated in ``noise``, a fresh draw
-    the caller owns and gives up (no allocation), when it can hold the result's dtype and shape."""
-    dtype = functools.reduce(torch.promote_types, (t.dtype for _, t in terms), noise.dtype)
-    if dtype == noise.dtype and all(t.shape == noise.shape for _, t in terms):
-        out = noise.mul_(scale)
+    """``scale * fresh + sum(c * t for c, t in terms)``, accumulated in ``fresh`` (a new tensor
+    the caller owns and gives up, e.g. a noise draw: no allocation) when it can hold the result's
+    dtype and shape; else a new tensor, the terms summed first (the reference's order for
+    "mean + std * noise")."""
+    dtype = functools.reduce(torch.promote_types, (t.dtype for _, t in terms), fresh.dtype)
+    if dtype == fresh.dtype and all(t.shape == fresh.shape for _, t in terms):
+        out = fresh if isinstance(scale, float) and scale == 1.0 else fresh.mul_(scale)
         for c, t in terms:
             out.add_(t, alpha=c)
         return out
     out = None
     for c, t in terms:
         out = t * c if out is None else out.add(t, alpha=c)
-    return out + scale * noise
+    return out + scale * fresh
+
+
+def as_dtype(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``tensor.to(dtype)`` without the call when it is already ``dtype``: a no-op ``.to`` costs
+    about 2 us, a fifth of a small flow-matching step."""
+    return tensor if tensor.dtype == dtype else tensor.to(dtype)
 
 
 def uniform_time(timestep: float | torch.Tensor, batch: int) -> float | None:

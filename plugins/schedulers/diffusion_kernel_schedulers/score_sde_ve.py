@@ -28,10 +28,10 @@ from diffusion_kernel.scheduling import SchedulerMixin, SchedulerOutput
 
 from .alpha_schedule import check_num_inference_steps
 from .schedules import (
+    accumulate,
     broadcast_to,
     checked_begin_index,
     gaussian_noise,
-    noise_plus,
     uniform_time,
 )
 
@@ -101,10 +101,10 @@ class ScoreSdeVeScheduler(SchedulerMixin):
         # sigma(t) = sigma_min (sigma_max / sigma_min)^t (sec. 3.4 / appendix C)
         self.sigmas = self._sigma_min * (self._sigma_max / self._sigma_min) ** self.timesteps.cpu()
         self.discrete_sigmas = self._geometric_levels(n, self._sigma_min, self._sigma_max)
-        # g_i = sqrt(sigma_i^2 - sigma_{i-1}^2) per level (sigma_{-1} = 0), and g_i^2, as floats
+        # g_i = sqrt(sigma_i^2 - sigma_{i-1}^2) per level (sigma_{-1} = 0); also as (g^2, g) floats
         below = torch.cat([torch.zeros(1), self.discrete_sigmas[:-1]])
-        g = (self.discrete_sigmas**2 - below**2) ** 0.5
-        self._diffusion = list(zip((g**2).tolist(), g.tolist(), strict=True))
+        self._g = (self.discrete_sigmas**2 - below**2) ** 0.5
+        self._diffusion = list(zip((self._g**2).tolist(), self._g.tolist(), strict=True))
         self.num_inference_steps = n
         self._begin_index = None
 
@@ -149,13 +149,10 @@ class ScoreSdeVeScheduler(SchedulerMixin):
             prev_sample_mean = torch.add(sample, model_output, alpha=g_squared)
         else:
             level = self._levels(timestep, sample.shape[0])
-            sigma = self.discrete_sigmas[level]
-            sigma_below = torch.where(level == 0, torch.zeros_like(sigma),
-                                      self.discrete_sigmas[(level - 1).clamp(min=0)])
-            g = broadcast_to((sigma**2 - sigma_below**2) ** 0.5, sample).to(sample.device)
+            g = broadcast_to(self._g[level], sample).to(sample.device)
             prev_sample_mean = torch.addcmul(sample, g**2, model_output)
         # x_mean = x - f dt + g^2 s, with f = 0 for the VE SDE; x = x_mean + g z
-        prev_sample = noise_plus(gaussian_noise(sample, generator), g, (1.0, prev_sample_mean))
+        prev_sample = accumulate(gaussian_noise(sample, generator), g, (1.0, prev_sample_mean))
         if not return_dict:
             return prev_sample, prev_sample_mean
         return SdeVeOutput(prev_sample=prev_sample, prev_sample_mean=prev_sample_mean)

@@ -22,10 +22,11 @@ from diffusion_kernel.scheduling import SchedulerMixin
 
 from .alpha_schedule import check_num_inference_steps
 from .schedules import (
+    accumulate,
     broadcast_to,
     checked_begin_index,
     gaussian_noise,
-    noise_plus,
+    lincomb,
     uniform_time,
 )
 
@@ -108,11 +109,11 @@ class ScoreSdeVpScheduler(SchedulerMixin):
         time = uniform_time(t, x.shape[0]) if x.dtype == torch.float32 else None
         if time in self._coefficients:  # one of the run's times for the whole batch
             c_x, c_eps, c_noise = self._coefficients[time]
-            x_mean = torch.mul(x, c_x).add_(score, alpha=c_eps)
+            x_mean = lincomb(c_x, x, c_eps, score)
         else:
             c_x, c_eps, c_noise = self._step_coefficients(self._per_sample_t(t, x))
             x_mean = torch.mul(x, c_x).addcmul_(c_eps, score)
-        x = noise_plus(gaussian_noise(x, generator), c_noise, (1.0, x_mean))
+        x = accumulate(gaussian_noise(x, generator), c_noise, (1.0, x_mean))
         return SdeVpOutput(prev_sample=x, prev_sample_mean=x_mean)
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor,

@@ -27,6 +27,7 @@ from diffusion_kernel.errors import ConfigError
 from diffusion_kernel.scheduling import SchedulerOutput, check_option
 
 from .multistep import MultistepScheduler
+from .schedules import as_dtype
 
 UNIPC_SOLVER_TYPES = ("bh1", "bh2")
 # The other solvers' solver_type values map onto UniPC's default (config swaps).
@@ -201,5 +202,5 @@ class UniPCMultistepScheduler(MultistepScheduler):
             c_x, weights = self._predictor[i][order]
             prev_sample = self._combine(c_x, x, zip(weights, reversed(self._history[-order:])))
         self._end_step()
-        prev_sample = prev_sample.to(sample.dtype)
+        prev_sample = as_dtype(prev_sample, sample.dtype)
         return SchedulerOutput(prev_sample) if return_dict else (prev_sample,)
