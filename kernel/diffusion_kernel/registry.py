@@ -103,11 +103,15 @@ class Registry:
             self._aliases[key] = entry.name
         return True
 
+    def remove(self, name: str) -> None:
+        """Forget one entry and its aliases."""
+        self._entries.pop(name, None)
+        self._aliases = {a: n for a, n in self._aliases.items() if n != name}
+
     def remove_plugin(self, plugin: str) -> None:
         """Forget every entry a plugin registered (used when a plugin is unregistered)."""
         for name in [n for n, e in self._entries.items() if e.plugin == plugin]:
-            del self._entries[name]
-        self._aliases = {a: n for a, n in self._aliases.items() if n in self._entries}
+            self.remove(name)
 
     # Looking up ----------------------------------------------------------------------------
     def names(self) -> list[str]:

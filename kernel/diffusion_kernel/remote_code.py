@@ -139,7 +139,7 @@ def _register(cls: type, kind: str) -> type:
     plugin_manager.ensure_loaded()
     reg = registry[kind]
     if cls.__name__ in reg and reg.entry(cls.__name__).plugin == "remote-code":
-        reg._entries.pop(cls.__name__)
+        reg.remove(cls.__name__)
     reg.add(Entry(name=cls.__name__, target=f"{cls.__module__}:{cls.__qualname__}", kind=kind,
                   plugin="remote-code", obj=cls))
     return cls

@@ -270,3 +270,15 @@ def test_hook_register_pipelines(register_plugin):
 def test_hook_register_processors(register_plugin):
     register_plugin(_plugin(processors=[(("kernel_toys:ToyProcessor",), {})]), "h")
     assert registry.processors.get("ToyProcessor").__name__ == "ToyProcessor"
+
+
+def test_remove_forgets_the_entry_and_its_aliases_only():
+    from diffusion_kernel.registry import Entry, Registry
+
+    reg = Registry("schedulers")
+    reg.add(Entry(name="A", target="m:A", kind="schedulers", plugin="p", aliases=("a",), obj=int))
+    reg.add(Entry(name="B", target="m:B", kind="schedulers", plugin="p", aliases=("b",), obj=str))
+    reg.remove("A")
+    assert reg.names() == ["B"] and "a" not in reg and reg.get("b") is str
+    reg.remove("A")  # removing a missing name is a no-op
+    assert reg.names() == ["B"]
