@@ -5,10 +5,10 @@ Blocks that are not Python to run use other fence languages (```bash, ```toml, `
 docs/vision.md has its own runner (tests/vision/test_docs_examples.py); docs/hub.md needs the
 local Hub server (tests/hub/test_docs_hub.py); docs/community.md is not covered here."""
 
-import re
 from pathlib import Path
 
 import pytest
+from doc_blocks import python_blocks, run_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 COVERED_ELSEWHERE = {"vision.md", "hub.md", "community.md"}
@@ -16,25 +16,14 @@ DOCS = [ROOT / "README.md"] + sorted(p for p in (ROOT / "docs").glob("*.md")
                                      if p.name not in COVERED_ELSEWHERE)
 
 
-def python_blocks(text: str) -> list[str]:
-    """The bodies of the ```python fences of a markdown text, in order."""
-    return re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
-
-
 def label(doc: Path) -> str:
     return doc.relative_to(ROOT).as_posix() if doc.is_relative_to(ROOT) else doc.name
 
 
-def run_blocks(doc: Path) -> dict:
+def run_doc(doc: Path) -> dict:
     """Runs every python block of `doc` in one namespace; a failure names the file and block."""
-    name = label(doc)
-    namespace: dict = {"__name__": "docs_" + doc.stem.replace("-", "_")}
-    for number, block in enumerate(python_blocks(doc.read_text()), 1):
-        try:
-            exec(compile(block, f"{name} python block {number}", "exec"), namespace)
-        except Exception as exc:
-            raise AssertionError(f"{name} python block {number} failed: {exc!r}\n{block}") from exc
-    return namespace
+    return run_blocks(doc.read_text(), label(doc),
+                      {"__name__": "docs_" + doc.stem.replace("-", "_")})
 
 
 def test_the_runner_finds_the_docs_with_examples():
@@ -48,7 +37,7 @@ def test_a_failing_block_is_named_by_file_and_number(tmp_path, monkeypatch):
     doc = tmp_path / "broken.md"
     doc.write_text("```python\nx = 1\n```\n\n```python\nundefined_name\n```\n")
     with pytest.raises(AssertionError, match=r"broken.md python block 2 failed: NameError"):
-        run_blocks(doc)
+        run_doc(doc)
 
 
 @pytest.fixture
@@ -80,5 +69,5 @@ def test_every_python_block_of_the_doc_runs(doc, tmp_path, monkeypatch, one_thre
     from diffusion_kernel import plugin_manager
 
     monkeypatch.chdir(tmp_path)
-    run_blocks(doc)
+    run_doc(doc)
     assert set(plugin_manager.plugins) == in_process_plugins_removed, "the doc left a plugin"

@@ -1,31 +1,21 @@
 """Every python block of docs/community.md runs, in order, in one namespace, from the repository
 root, with `model` set to the tiny Stable Diffusion checkpoint and the test Hub serving."""
 
-import re
-
 import pytest
 from conftest import COMMUNITY
+from doc_blocks import python_blocks, run_blocks
 
 DOC = COMMUNITY.parent / "docs" / "community.md"
-
-
-def python_blocks(text: str) -> list[str]:
-    return re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
 
 
 @pytest.mark.filterwarnings("error::RuntimeWarning")  # e.g. NaN pixels cast to uint8
 def test_every_python_block_of_the_community_doc_runs(hub, sd_folder, monkeypatch):
     monkeypatch.chdir(COMMUNITY.parent)
     monkeypatch.setenv("DIFFUSION_KERNEL_COMMUNITY_REPO", "dk-docs/community")
-    namespace: dict = {"__name__": "docs_community", "model": str(sd_folder)}
-    blocks = python_blocks(DOC.read_text())
-    assert len(blocks) >= 7
-    for number, block in enumerate(blocks, 1):
-        try:
-            exec(compile(block, f"docs/community.md block {number}", "exec"), namespace)
-        except Exception as exc:
-            raise AssertionError(f"docs/community.md python block {number} failed: {exc!r}\n"
-                                 f"{block}") from exc
+    text = DOC.read_text()
+    assert len(python_blocks(text)) >= 7
+    namespace = run_blocks(text, "docs/community.md",
+                           {"__name__": "docs_community", "model": str(sd_folder)})
     assert type(namespace["panorama"]).__name__ == "PanoramaPipeline"
     assert namespace["wide"].size == (96, 32)
     assert len(namespace["frames"]) == 4 and all(p.is_file() for p in namespace["frames"])

@@ -5,18 +5,14 @@ The doc's example commit id (``3f2c1d9``) is given to a real commit of ``me/my-u
 that commit on the test server, so the block runs unchanged."""
 
 import os
-import re
 from pathlib import Path
 
 import pytest
 import torch
+from doc_blocks import run_blocks
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "hub.md"
 DOC_COMMIT = "3f2c1d9"
-
-
-def python_blocks(text: str) -> list[str]:
-    return re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
 
 
 def tiny_unet(seed: int):
@@ -78,13 +74,7 @@ def test_every_python_block_of_the_hub_doc_runs(doc_repos, hub, tmp_path, monkey
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
-    namespace: dict = {"__name__": "docs_hub"}
-    for number, block in enumerate(python_blocks(text), 1):
-        try:
-            exec(compile(block, f"docs/hub.md python block {number}", "exec"), namespace)
-        except Exception as exc:
-            raise AssertionError(f"docs/hub.md python block {number} failed: {exc!r}\n"
-                                 f"{block}") from exc
+    namespace = run_blocks(text, "docs/hub.md", {"__name__": "docs_hub"})
 
     # What the blocks claim happened, checked on the server.
     assert type(namespace["pipe"]).__name__ == "DDPMPipeline"

@@ -1,18 +1,14 @@
 """Every python code block of docs/vision.md runs, in order, in one namespace (as a reader would
 run them one after the other)."""
 
-import re
 from pathlib import Path
 
 import torch
+from doc_blocks import python_blocks, run_blocks
 
 from .tiny import single_thread  # noqa: F401
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "vision.md"
-
-
-def python_blocks(text: str) -> list[str]:
-    return re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
 
 
 def test_the_doc_has_the_examples_it_promises():
@@ -25,13 +21,7 @@ def test_the_doc_has_the_examples_it_promises():
 
 def test_every_python_block_of_the_vision_doc_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    namespace: dict = {"__name__": "docs_vision"}
-    for number, block in enumerate(python_blocks(DOC.read_text()), 1):
-        try:
-            exec(compile(block, f"docs/vision.md block {number}", "exec"), namespace)
-        except Exception as exc:
-            raise AssertionError(f"docs/vision.md python block {number} failed: {exc!r}\n"
-                                 f"{block}") from exc
+    namespace = run_blocks(DOC.read_text(), "docs/vision.md", {"__name__": "docs_vision"})
     assert isinstance(namespace["norms"], list) and len(namespace["norms"]) == 10
     assert len(list(namespace["workdir"].glob("step_*.png"))) == 5
     assert namespace["euler"][0].size == (32, 32)
