@@ -12,6 +12,7 @@ from diffusion_kernel.errors import ConfigError, ModelInputError
 from diffusion_kernel.nn import ModelOutput, maybe_checkpoint
 from torch import nn
 
+from ..noise import randn
 from .unet_blocks import get_down_block, get_mid_block, get_up_block
 
 
@@ -149,14 +150,11 @@ class DiagonalGaussianDistribution:
 
 def _randn(like: torch.Tensor, generator) -> torch.Tensor:
     """Standard normal noise shaped like ``like``; one generator per batch element if a list."""
-    if isinstance(generator, list):
-        if len(generator) != like.shape[0]:
-            raise ModelInputError(f"got {len(generator)} generators for a batch of "
-                                  f"{like.shape[0]}; pass one per batch element, or a single "
-                                  f"generator")
-        return torch.cat([torch.randn((1, *like.shape[1:]), generator=g, dtype=like.dtype,
-                                      device=like.device) for g in generator])
-    return torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
+    if isinstance(generator, list | tuple) and len(generator) != like.shape[0]:
+        raise ModelInputError(f"got {len(generator)} generators for a batch of "
+                              f"{like.shape[0]}; pass one per batch element, or a single "
+                              f"generator")
+    return randn(like.shape, generator, like.device, like.dtype)
 
 
 class VectorQuantizer(nn.Module):

@@ -10,7 +10,8 @@ from typing import Any
 import torch
 from diffusion_kernel.errors import PipelineError
 
-Generators = torch.Generator | Sequence[torch.Generator] | None
+from ..noise import Generators
+from ..noise import randn as _draw
 
 
 def check_generators(generator: Generators, batch_size: int) -> None:
@@ -23,19 +24,9 @@ def check_generators(generator: Generators, batch_size: int) -> None:
 
 def randn(shape: Sequence[int], generator: Generators = None, device: Any = None,
           dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Standard normal noise of ``shape``. With a list of generators, image i is drawn from
-    generator i alone, so a batch made with seeds s1..s4 equals four runs with one seed each.
-    Noise is drawn on the generator's device (a CPU generator gives the same numbers for every
-    target device) and then moved to ``device``."""
-    device = torch.device(device or "cpu")
-    if isinstance(generator, list | tuple):
-        check_generators(generator, shape[0])
-        if len(generator) == 1:
-            generator = generator[0]
-        else:
-            return torch.cat([randn((1, *shape[1:]), g, device, dtype) for g in generator])
-    draw_on = generator.device if generator is not None else device
-    return torch.randn(tuple(shape), generator=generator, device=draw_on, dtype=dtype).to(device)
+    """``noise.randn`` after checking that a list of generators has one per image."""
+    check_generators(generator, shape[0])
+    return _draw(shape, generator, device, dtype)
 
 
 def step_kwargs(scheduler: Any, generator: Generators, eta: float | None = None,
