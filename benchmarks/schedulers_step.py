@@ -67,7 +67,6 @@ def _one_run(scheduler, steps: int, sample: torch.Tensor, model_output: torch.Te
             times.append(time.perf_counter() - start)
             x = out[0]
             continue
-
         x_in = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") \
             else x
         del x_in
