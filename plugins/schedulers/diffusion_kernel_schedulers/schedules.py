@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from diffusion_kernel.configuration import config_parameters
 from diffusion_kernel.errors import SchedulerError
+from diffusion_kernel.noise import randn
 from diffusion_kernel.scheduling import check_option
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
@@ -290,29 +291,14 @@ def gaussian_noise(
     """Standard normal noise shaped like ``like`` (same dtype and device), in ``out`` if given.
 
     ``generator`` is one ``torch.Generator`` for the whole batch, or a list with one generator per
-    sample: sample i is then drawn from generator i alone, so a batch made with seeds s1..s4 equals
-    four batch-1 runs with those seeds (the EDM convention; it also matches the diffusers format's
-    draws for the same seeds). Noise is drawn on the generator's device, then moved. Drawing into
-    ``out`` gives the same numbers as a new tensor (``randn`` is ``normal_`` on fresh memory)."""
-    if isinstance(generator, (list, tuple)):
-        if len(generator) != like.shape[0]:
-            raise SchedulerError(
-                f"got {len(generator)} generators for a batch of {like.shape[0]} samples; pass "
-                f"one generator per sample, or a single generator"
-            )
-        if len(generator) == 1:
-            generator = generator[0]
-        elif out is not None:
-            for i, g in enumerate(generator):
-                gaussian_noise(like[i:i + 1], g, out[i:i + 1])
-            return out
-        else:
-            return torch.cat([gaussian_noise(like[i:i + 1], g) for i, g in enumerate(generator)])
-    device = generator.device if generator is not None else like.device
-    if out is not None and device == out.device:
-        return out.normal_(generator=generator)
-    noise = torch.randn(like.shape, generator=generator, device=device, dtype=like.dtype)
-    return noise.to(like.device) if out is None else out.copy_(noise)
+    sample (the kernel's ``noise.randn`` convention: seeds s1..s4 for a batch equal four batch-1
+    runs with those seeds, as in the diffusers format)."""
+    if isinstance(generator, (list, tuple)) and len(generator) != like.shape[0]:
+        raise SchedulerError(
+            f"got {len(generator)} generators for a batch of {like.shape[0]} samples; pass "
+            f"one generator per sample, or a single generator"
+        )
+    return randn(like.shape, generator, like.device, like.dtype, out=out)
 
 
 def added_noise(owner: Any, like: torch.Tensor,

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import torch
 from diffusion_kernel.errors import ConfigError, ModelInputError
 from diffusion_kernel.nn import ModelOutput, maybe_checkpoint
+from diffusion_kernel.noise import randn
 from torch import nn
 
-from ..noise import randn
 from .unet_blocks import get_down_block, get_mid_block, get_up_block
 
 

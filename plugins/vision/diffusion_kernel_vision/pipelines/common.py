@@ -9,9 +9,8 @@ from typing import Any
 
 import torch
 from diffusion_kernel.errors import PipelineError
-
-from ..noise import Generators
-from ..noise import randn as _draw
+from diffusion_kernel.noise import Generators
+from diffusion_kernel.noise import randn as _draw
 
 
 def check_generators(generator: Generators, batch_size: int) -> None:
@@ -24,7 +23,7 @@ def check_generators(generator: Generators, batch_size: int) -> None:
 
 def randn(shape: Sequence[int], generator: Generators = None, device: Any = None,
           dtype: torch.dtype | None = None) -> torch.Tensor:
-    """``noise.randn`` after checking that a list of generators has one per image."""
+    """The kernel's ``noise.randn`` after checking that a list of generators has one per image."""
     check_generators(generator, shape[0])
     return _draw(shape, generator, device, dtype)
 
