@@ -271,9 +271,22 @@ def fetch(
 def default_file_mode() -> int:
     """The mode a plainly created file gets (0o644 under the usual umask); temporary files are
     created 0o600, and a checkpoint must not stay unreadable to other users after its rename."""
-    umask = os.umask(0)
+    return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    # Linux reports the umask in /proc; setting it to read it back (the portable way) would, for
+    # an instant, let files other threads create then get mode 0o666.
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    umask = os.umask(0o077)  # the briefly set value errs on the private side
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

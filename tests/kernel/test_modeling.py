@@ -524,3 +524,39 @@ def test_saved_files_get_the_usual_permissions_not_those_of_temporary_files(tmp_
     for name in ("config.json", "diffusion_pytorch_model.safetensors"):
         mode = stat.S_IMODE(os.stat(tmp_path / "m" / name).st_mode)
         assert mode == default_file_mode(), (name, oct(mode))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
+def test_saved_files_follow_the_process_umask_read_without_changing_it(tmp_path, umask,
+                                                                       monkeypatch):
+    import stat
+
+    from diffusion_kernel import hub
+
+    previous = os.umask(umask)
+    try:
+        calls = []
+        real_umask = os.umask
+        monkeypatch.setattr(hub.os, "umask", lambda m: calls.append(m) or real_umask(m))
+        ToyModel().save_pretrained(tmp_path / "m")
+        mode = stat.S_IMODE(os.stat(tmp_path / "m" / "config.json").st_mode)
+        assert mode == 0o666 & ~umask
+        if os.path.exists("/proc/self/status"):  # read from /proc: the umask is never set
+            assert calls == []
+    finally:
+        os.umask(previous)
+
+
+def test_without_proc_the_umask_is_read_by_setting_it_back(monkeypatch):
+    from diffusion_kernel import hub
+
+    def no_proc(*args, **kwargs):
+        raise FileNotFoundError("/proc/self/status")
+
+    monkeypatch.setattr(hub, "open", no_proc, raising=False)
+    previous = os.umask(0o027)
+    try:
+        assert hub.default_file_mode() == 0o640
+        assert os.umask(0o027) == 0o027  # left as it was
+    finally:
+        os.umask(previous)
