@@ -80,6 +80,26 @@ def test_eta_matches_reference(ours, ref):
     assert np.abs(mine - run(ours, generator=seeded(7))).max() > 1e-3  # eta matters
 
 
+@pytest.mark.parametrize("phi", [0.7, 1.0])
+def test_guidance_rescale_matches_reference(ours, ref, phi):
+    kwargs = dict(guidance_scale=12.0, guidance_rescale=phi)
+    mine = run(ours, **kwargs)
+    np.testing.assert_allclose(mine, run(ref, **kwargs), atol=TOL)
+    assert np.abs(mine - run(ours, guidance_scale=12.0)).max() > 1e-3  # the rescale acts
+
+
+def test_guidance_rescale_gives_the_guided_prediction_the_conditional_spread():
+    from diffusion_kernel_vision.pipelines.stable_diffusion_common import rescale_guidance
+
+    cond = torch.randn(2, 4, 8, 8, generator=seeded(1))
+    guided = 3.0 * torch.randn(2, 4, 8, 8, generator=seeded(2)) + 0.5
+    full = rescale_guidance(guided, cond, 1.0)
+    torch.testing.assert_close(full.std(dim=(1, 2, 3)), cond.std(dim=(1, 2, 3)))
+    half = rescale_guidance(guided, cond, 0.5)
+    torch.testing.assert_close(half, 0.5 * full + 0.5 * guided)
+    assert torch.equal(rescale_guidance(guided, cond, 0.0), guided)
+
+
 def test_clip_skip_uses_the_normalised_hidden_state_before_the_last_layer(ours):
     # (the reference cannot be asked here: diffusers 0.42.1 looks for .text_model, which
     # transformers 5 no longer has)
@@ -206,6 +226,26 @@ def test_vae_slicing_and_tiling_give_the_same_images(folder):
     pipe.vae.disable_slicing()
 
 
+def test_pipeline_level_vae_switches_reach_the_vae(folder):
+    pipe = tiny.load_ours(StableDiffusionPipeline, folder)
+    before = run(pipe, prompt=["a cat", "the dog"])
+    pipe.enable_vae_slicing()
+    pipe.enable_vae_tiling()
+    assert pipe.vae.use_slicing and pipe.vae.use_tiling
+    np.testing.assert_allclose(run(pipe, prompt=["a cat", "the dog"]), before, atol=1e-5)
+    pipe.disable_vae_slicing()
+    pipe.disable_vae_tiling()
+    assert not pipe.vae.use_slicing and not pipe.vae.use_tiling
+
+
+def test_xformers_switch_warns_that_attention_already_uses_sdpa(ours):
+    before = run(ours)
+    with pytest.warns(UserWarning, match="scaled_dot_product_attention"):
+        ours.enable_xformers_memory_efficient_attention()
+    ours.disable_xformers_memory_efficient_attention()
+    np.testing.assert_array_equal(run(ours), before)
+
+
 def test_saved_pipeline_loads_in_reference_with_the_same_images(ours, tmp_path):
     ours.save_pretrained(tmp_path / "saved")
     index = json.loads((tmp_path / "saved" / "model_index.json").read_text())
@@ -245,8 +285,9 @@ def test_safety_checker_in_model_index_is_accepted_and_not_loaded(folder, tmp_pa
     (dict(prompt=None), "exactly one of prompt and prompt_embeds"),
     (dict(prompt=3), "str or a list of str"),
     (dict(latents=torch.zeros(1, 4, 8, 8)), r"needs \(1, 4, 16, 16\)"),
+    (dict(guidance_rescale=1.5), "guidance_rescale must be between 0 and 1"),
 ], ids=["size", "generators", "negative-kind", "negative-length", "output-type", "no-prompt",
-        "prompt-type", "latents-shape"])
+        "prompt-type", "latents-shape", "guidance-rescale"])
 def test_bad_arguments_raise_a_pipeline_error_naming_the_fix(ours, kwargs, message):
     prompt = kwargs.pop("prompt", "a cat")
     with pytest.raises(PipelineError, match=message):

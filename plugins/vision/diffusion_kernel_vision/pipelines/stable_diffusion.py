@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from diffusion_kernel.errors import PipelineError
 
 from .common import Generators
 from .stable_diffusion_common import (
@@ -29,6 +30,7 @@ class StableDiffusionPipeline(StableDiffusionBase):
         timesteps: list[int] | None = None,
         sigmas: list[float] | None = None,
         guidance_scale: float = 7.5,
+        guidance_rescale: float = 0.0,
         negative_prompt: str | list[str] | None = None,
         num_images_per_prompt: int = 1,
         eta: float = 0.0,
@@ -47,6 +49,9 @@ class StableDiffusionPipeline(StableDiffusionBase):
         ``height``/``width``: multiples of 8 (default: the UNet's sample size times the VAE
         factor); ``guidance_scale`` > 1 turns on classifier-free guidance (with
         ``negative_prompt`` / ``negative_prompt_embeds`` as the unconditional prompt);
+        ``guidance_rescale`` in [0, 1] pulls the guided prediction's spread back towards the
+        conditional one's (Lin et al. 2023, Sec. 3.4; 0.7 there), against over-exposure with
+        zero-terminal-SNR models;
         ``generator``: one, or one per image (images then do not depend on the batch);
         ``latents``: the initial noise to start from; ``eta``: DDIM's noise level;
         ``output_type``: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``;
@@ -57,6 +62,9 @@ class StableDiffusionPipeline(StableDiffusionBase):
         height = height or self._default_size(0)
         width = width or self._default_size(1)
         self._check_size(height, width)
+        if not 0.0 <= guidance_rescale <= 1.0:
+            raise PipelineError(f"guidance_rescale must be between 0 and 1 (the paper uses 0.7), "
+                                f"got {guidance_rescale}")
         batch = self._check_common(prompt, negative_prompt, prompt_embeds,
                                    negative_prompt_embeds, num_images_per_prompt, generator,
                                    output_type, callback_on_step_end_tensor_inputs)
@@ -69,7 +77,8 @@ class StableDiffusionPipeline(StableDiffusionBase):
                                        prompt_embeds.dtype, device, generator, latents)
         latents = self.denoise(latents, steps, prompt_embeds, negative_prompt_embeds,
                                guidance_scale, self.step_kwargs(generator, eta),
-                               callback_on_step_end, callback_on_step_end_tensor_inputs)
+                               callback_on_step_end, callback_on_step_end_tensor_inputs,
+                               guidance_rescale=guidance_rescale)
         return self.finish(latents, output_type, return_dict)
 
     def _default_size(self, axis: int) -> int:

@@ -11,6 +11,7 @@ There is no safety checker: a ``safety_checker`` / ``feature_extractor`` named i
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -65,6 +66,34 @@ class StableDiffusionBase(DiffusionPipeline):
     def disable_attention_slicing(self) -> None:
         """Compute attention in one go again."""
         self.enable_attention_slicing(None)
+
+    def enable_vae_slicing(self) -> None:
+        """Decode a batch one image at a time (``pipe.vae.enable_slicing()``)."""
+        self.vae.enable_slicing()
+
+    def disable_vae_slicing(self) -> None:
+        self.vae.disable_slicing()
+
+    def enable_vae_tiling(self) -> None:
+        """Encode and decode large images in overlapping tiles (``pipe.vae.enable_tiling()``)."""
+        self.vae.enable_tiling()
+
+    def disable_vae_tiling(self) -> None:
+        self.vae.disable_tiling()
+
+    def enable_xformers_memory_efficient_attention(self, attention_op: Any = None) -> None:
+        """Nothing to switch on: attention always runs through torch's
+        ``scaled_dot_product_attention``, which picks a memory-efficient or flash kernel where
+        one applies; xformers is not used. Warns so that scripts written for diffusers keep
+        running and their authors learn it."""
+        warnings.warn("enable_xformers_memory_efficient_attention() changes nothing here: "
+                      "attention already runs through torch's scaled_dot_product_attention "
+                      "(memory-efficient and flash kernels included); xformers is not used. "
+                      "Remove the call, or use enable_attention_slicing() to save more memory.",
+                      stacklevel=2)
+
+    def disable_xformers_memory_efficient_attention(self) -> None:
+        """Nothing to switch off (see ``enable_xformers_memory_efficient_attention``)."""
 
     # Argument checks -------------------------------------------------------------------------
     def _check_prompts(self, prompt: Any, negative_prompt: Any, prompt_embeds: Any,
@@ -247,10 +276,12 @@ class StableDiffusionBase(DiffusionPipeline):
                 extra_step: dict[str, Any], callback: Callable | None, tensor_inputs: TensorInputs,
                 conditioning: torch.Tensor | None = None,
                 after_step: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
-                callback_values: dict[str, Any] | None = None) -> torch.Tensor:
+                callback_values: dict[str, Any] | None = None,
+                guidance_rescale: float = 0.0) -> torch.Tensor:
         """Run the scheduler over ``timesteps``. ``conditioning`` is concatenated to the UNet
         input along channels (inpainting UNets); ``after_step(i, latents)`` may change the
-        latents after each step (legacy inpainting's blend)."""
+        latents after each step (legacy inpainting's blend); ``guidance_rescale`` see
+        ``rescale_guidance``."""
         cfg = negative_prompt_embeds is not None
         embeds = torch.cat([negative_prompt_embeds, prompt_embeds]) if cfg else prompt_embeds
         for i, t in enumerate(self.progress_bar(timesteps)):
@@ -263,6 +294,8 @@ class StableDiffusionBase(DiffusionPipeline):
             if cfg:
                 uncond, cond = noise_pred.chunk(2)
                 noise_pred = uncond + guidance_scale * (cond - uncond)
+                if guidance_rescale > 0.0:
+                    noise_pred = rescale_guidance(noise_pred, cond, guidance_rescale)
             latents = self.scheduler.step(noise_pred, t, latents, **extra_step).prev_sample
             if after_step is not None:
                 latents = after_step(i, latents)
@@ -290,6 +323,16 @@ class StableDiffusionBase(DiffusionPipeline):
         if not return_dict:
             return images, None
         return StableDiffusionPipelineOutput(images=images, nsfw_content_detected=None)
+
+
+def rescale_guidance(guided: torch.Tensor, cond: torch.Tensor, phi: float) -> torch.Tensor:
+    """Lin et al. 2023 ("Common diffusion noise schedules and sample steps are flawed"), Sec. 3.4:
+    a high guidance scale inflates the prediction's standard deviation and over-exposes images.
+    Rescale the guided prediction, per sample, to the conditional prediction's standard
+    deviation and blend: ``phi * guided * std(cond) / std(guided) + (1 - phi) * guided``."""
+    dims = list(range(1, guided.ndim))
+    ratio = cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True)
+    return guided * (phi * ratio + (1.0 - phi))
 
 
 def _is_prompt(value: Any) -> bool:
