@@ -240,6 +240,63 @@ def test_torch_compile_traces_without_graph_breaks():
     assert explanation.graph_break_count == 0, explanation.break_reasons
 
 
+FREEU = dict(s1=0.9, s2=0.2, b1=1.5, b2=1.6)
+
+
+@pytest.mark.parametrize("variant", ["sd1", "sd2",
+                                     "layers_per_block_per_block_and_two_transformer_layers"])
+@pytest.mark.parametrize("size", [16, 12])
+def test_freeu_matches_the_reference_and_switches_off_cleanly(variant, size, tmp_path):
+    config = VARIANTS[variant]
+    reference = _reference_checkpoint(config, tmp_path)
+    ours = UNet2DConditionModel.from_pretrained(tmp_path)
+    inputs = _inputs(config, size=size)
+    with torch.no_grad():
+        plain = ours(**inputs).sample
+        ours.enable_freeu(**FREEU)
+        reference.enable_freeu(**FREEU)
+        got, expected = ours(**inputs).sample, reference(**inputs).sample
+        assert torch.allclose(got, expected, atol=TOL), (got - expected).abs().max()
+        assert (got - plain).abs().max() > 1e-2  # FreeU changes the output
+        ours.disable_freeu()
+        assert torch.equal(ours(**inputs).sample, plain)
+
+
+def test_freeu_with_neutral_scales_changes_nothing_and_keeps_gradients():
+    ours = UNet2DConditionModel(**SD1_TINY)
+    inputs = _inputs(SD1_TINY)
+    plain = ours(**inputs).sample
+    ours.enable_freeu(s1=1.0, s2=1.0, b1=1.0, b2=1.0)
+    neutral = ours(**inputs).sample
+    assert torch.allclose(neutral, plain, atol=1e-5)
+    ours.enable_freeu(**FREEU)
+    ours(**inputs).sample.square().mean().backward()
+    assert all(p.grad is not None for p in ours.up_blocks[0].parameters())
+
+
+def test_freeu_scales_the_low_frequencies_only():
+    from diffusion_kernel_vision.models.freeu import low_frequencies_scaled
+
+    x = torch.randn(2, 3, 8, 6, dtype=torch.float64)
+    mask = torch.ones(8, 6, dtype=torch.float64)
+    mask[[0, 0, 7, 7], [0, 5, 0, 5]] = 0.25  # frequencies -1 and 0 on both axes
+    # Keeping the real part averages each frequency's factor with its mirror's (-k).
+    mirrored = mask[(-torch.arange(8)) % 8][:, (-torch.arange(6)) % 6]
+    expected = torch.fft.fft2(x) * (mask + mirrored) / 2
+    torch.testing.assert_close(torch.fft.fft2(low_frequencies_scaled(x, 0.25)), expected)
+    assert ((mask + mirrored) / 2 != 1).sum() == 7  # the box and its mirror: 7 of 48 change
+    half = low_frequencies_scaled(x.half(), 0.25)
+    assert half.dtype == torch.float16
+
+
+def test_freeu_refuses_values_that_are_not_numbers():
+    ours = UNet2DConditionModel(**SD1_TINY)
+    with pytest.raises(ModelInputError, match="finite numbers.*'b2': nan"):
+        ours.enable_freeu(s1=0.9, s2=0.2, b1=1.5, b2=float("nan"))
+    with pytest.raises(ModelInputError, match="'s1': '0.9'"):
+        ours.enable_freeu(s1="0.9", s2=0.2, b1=1.5, b2=1.6)
+
+
 def test_config_that_does_not_match_weights_raises_checkpoint_error(tmp_path):
     _reference_checkpoint(SD1_TINY, tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())

@@ -238,6 +238,21 @@ def test_pipeline_level_vae_switches_reach_the_vae(folder):
     assert not pipe.vae.use_slicing and not pipe.vae.use_tiling
 
 
+def test_freeu_images_match_reference_and_disable_restores(ours, ref):
+    plain = run(ours)
+    freeu = dict(s1=0.9, s2=0.2, b1=1.5, b2=1.6)
+    ours.enable_freeu(**freeu)
+    ref.enable_freeu(**freeu)
+    try:
+        mine = run(ours)
+        np.testing.assert_allclose(mine, run(ref), atol=TOL)
+        assert np.abs(mine - plain).max() > 1e-3
+    finally:
+        ours.disable_freeu()
+        ref.disable_freeu()
+    np.testing.assert_array_equal(run(ours), plain)
+
+
 def test_xformers_switch_warns_that_attention_already_uses_sdpa(ours):
     before = run(ours)
     with pytest.warns(UserWarning, match="scaled_dot_product_attention"):

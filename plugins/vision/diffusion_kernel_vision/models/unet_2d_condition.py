@@ -10,6 +10,7 @@ number of attention heads per block (SD 1.x: 8; SD 2.x: ``[5, 10, 20, 20]``); th
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,7 @@ from diffusion_kernel.nn import (
 from torch import nn
 
 from .checks import check_feature_map, check_tokens
+from .freeu import STAGES as FREEU_STAGES
 from .unet_blocks import get_down_block, get_mid_block, get_up_block
 from .unet_embeddings import class_embedding, timestep_batch
 from .unet_keys import rename_legacy_attention_keys
@@ -249,6 +251,29 @@ class UNet2DConditionModel(ModelMixin, AttentionSlicingMixin):
     @property
     def sample_size(self):
         return self.config.sample_size
+
+    def enable_freeu(self, s1: float, s2: float, b1: float, b2: float) -> None:
+        """FreeU (Si et al. 2023) at sampling time: the two lowest-resolution decoder stages scale
+        the first half of their backbone channels by ``b1`` / ``b2`` and the low frequencies of
+        their skip features by ``s1`` / ``s2`` (the authors suggest b1=1.5, b2=1.6, s1=0.9,
+        s2=0.2 for SD 1.x; b1=1.4, b2=1.6 for SD 2.x). Up blocks without cross-attention or with
+        it take part, as in the diffusers format; weights and config are unchanged."""
+        scales = {"s1": s1, "s2": s2, "b1": b1, "b2": b2}
+        bad = {k: v for k, v in scales.items()
+               if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)}
+        if bad:
+            raise ModelInputError(f"enable_freeu takes finite numbers, got {bad}")
+        self.disable_freeu()
+        stages = [(b1, s1), (b2, s2)][:FREEU_STAGES]
+        for block, stage in zip(self.up_blocks, stages):
+            if getattr(block, "attention_kind", "self") in (None, "cross"):
+                block.freeu = (float(stage[0]), float(stage[1]))
+
+    def disable_freeu(self) -> None:
+        """Back to the plain decoder."""
+        for block in self.up_blocks:
+            if hasattr(block, "freeu"):
+                block.freeu = None
 
     def forward(
         self,

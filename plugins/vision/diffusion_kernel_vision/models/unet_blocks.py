@@ -24,6 +24,7 @@ from diffusion_kernel.errors import ConfigError
 from diffusion_kernel.nn import Attention, maybe_checkpoint
 from torch import nn
 
+from .freeu import freeu_concat
 from .resnet import Downsample2D, ResnetBlock2D, Upsample2D
 from .transformer_2d import Transformer2DModel
 from .unet_skip_blocks import SKIP_DOWN_BLOCK_TYPES, SKIP_UP_BLOCK_TYPES, SkipDownBlock, SkipUpBlock
@@ -174,6 +175,7 @@ class UNetUpBlock(_AttentionLevel):
         super().__init__()
         self.attention_kind = attention_kind
         self.gradient_checkpointing = False
+        self.freeu: tuple[float, float] | None = None  # (backbone, skip) scales: see freeu.py
         resnets = []
         for i in range(num_layers):
             resnet_in = prev_output_channel if i == 0 else out_channels
@@ -204,7 +206,9 @@ class UNetUpBlock(_AttentionLevel):
         attentions = self.attentions if self.attention_kind else [None] * len(self.resnets)
         skips = list(res_hidden_states_tuple)
         for resnet, attention in zip(self.resnets, attentions):
-            if skips:
+            if skips and self.freeu is not None:
+                hidden_states = freeu_concat(hidden_states, skips.pop(), *self.freeu)
+            elif skips:
                 hidden_states = torch.cat([hidden_states, skips.pop()], dim=1)
             hidden_states = maybe_checkpoint(self, resnet, hidden_states, temb)
             hidden_states = self._attend(attention, hidden_states, context)

@@ -81,6 +81,18 @@ class StableDiffusionBase(DiffusionPipeline):
     def disable_vae_tiling(self) -> None:
         self.vae.disable_tiling()
 
+    def enable_freeu(self, s1: float, s2: float, b1: float, b2: float) -> None:
+        """FreeU (Si et al. 2023): see ``UNet2DConditionModel.enable_freeu``; it changes the
+        images, not the weights, until ``disable_freeu()``."""
+        if not hasattr(self.unet, "enable_freeu"):
+            raise PipelineError(f"{type(self.unet).__name__} has no enable_freeu, so FreeU is "
+                                f"not available for this UNet")
+        self.unet.enable_freeu(s1=s1, s2=s2, b1=b1, b2=b2)
+
+    def disable_freeu(self) -> None:
+        if hasattr(self.unet, "disable_freeu"):
+            self.unet.disable_freeu()
+
     def enable_xformers_memory_efficient_attention(self, attention_op: Any = None) -> None:
         """Nothing to switch on: attention always runs through torch's
         ``scaled_dot_product_attention``, which picks a memory-efficient or flash kernel where
