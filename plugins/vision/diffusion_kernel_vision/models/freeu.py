@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import torch
 
-# Decoder stages FreeU acts on, lowest resolution first: up block i gets (b_{i+1}, s_{i+1}).
-STAGES = 2
-
 
 def freeu_concat(hidden_states: torch.Tensor, skip: torch.Tensor, backbone_scale: float,
                  skip_scale: float) -> torch.Tensor:

@@ -27,7 +27,6 @@ from diffusion_kernel.nn import (
 from torch import nn
 
 from .checks import check_feature_map, check_tokens
-from .freeu import STAGES as FREEU_STAGES
 from .unet_blocks import get_down_block, get_mid_block, get_up_block
 from .unet_embeddings import class_embedding, timestep_batch
 from .unet_keys import rename_legacy_attention_keys
@@ -264,10 +263,9 @@ class UNet2DConditionModel(ModelMixin, AttentionSlicingMixin):
         if bad:
             raise ModelInputError(f"enable_freeu takes finite numbers, got {bad}")
         self.disable_freeu()
-        stages = [(b1, s1), (b2, s2)][:FREEU_STAGES]
-        for block, stage in zip(self.up_blocks, stages):
+        for block, (b, s) in zip(self.up_blocks, ((b1, s1), (b2, s2))):  # the two lowest stages
             if getattr(block, "attention_kind", "self") in (None, "cross"):
-                block.freeu = (float(stage[0]), float(stage[1]))
+                block.freeu = (float(b), float(s))
 
     def disable_freeu(self) -> None:
         """Back to the plain decoder."""
