@@ -1,0 +1,193 @@
+"""MoleculeConformerPipeline: 3-D conformers of a molecule from its graph, by denoising atom
+positions with GeoDiffModel (Xu et al. 2022) and any noise-prediction scheduler.
+
+Positions are noised as x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, the schedulers' form. The
+model reads positions in Ångström, x_t / sqrt(abar_t) = x_0 + sigma_t eps with
+sigma_t = sqrt((1 - abar_t) / abar_t), and predicts eps. After each step every conformer is moved
+back to its centroid: the model ignores translations, so the centroid only drifts with the noise
+(GeoDiff re-centres the same way).
+
+GeoDiff's sampling options, as in its code: the global term enters with weight ``w_global`` and
+only once sigma_t < ``global_start_sigma``; its per-atom norm is clipped at ``clip``, the local
+term's at ``clip_local``; positions are clamped to [-clip_pos, clip_pos].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from diffusion_kernel.errors import PipelineError
+from diffusion_kernel.noise import Generators, randn
+from diffusion_kernel.pipelines import DiffusionPipeline, PipelineOutput
+from rdkit import Chem
+
+from ..processing.molecule_processor import MoleculeLike, MoleculeProcessor, with_conformers
+
+OUTPUT_TYPES = ("mol", "pos")
+
+
+@dataclass
+class ConformerPipelineOutput(PipelineOutput):
+    """``molecules``: one RDKit ``Mol`` (with hydrogens) per input molecule, holding the
+    generated conformers; with ``output_type="pos"``, one (num_conformers, n_atoms, 3) float32
+    tensor of positions in Ångström per molecule instead."""
+
+    molecules: list[Any]
+
+
+def clip_norm(vectors: torch.Tensor, limit: float | None) -> torch.Tensor:
+    """Scale each row down to norm ``limit`` where it is longer (GeoDiff's ``clip_norm``)."""
+    if limit is None:
+        return vectors
+    norms = vectors.norm(dim=-1, keepdim=True)
+    return vectors * (limit / norms.clamp_min(limit))
+
+
+def sigma_at(alphas_cumprod: torch.Tensor, timestep: float) -> float:
+    """sigma = sqrt((1 - abar) / abar) at a training timestep; a fractional one (Karras-type
+    discretisations) interpolates log sigma between its neighbours."""
+    log_sigmas = 0.5 * np.log((1 - alphas_cumprod.double().numpy()) /
+                              alphas_cumprod.double().numpy())
+    return float(np.exp(np.interp(float(timestep), np.arange(len(log_sigmas)), log_sigmas)))
+
+
+class MoleculeConformerPipeline(DiffusionPipeline):
+    """``MoleculeConformerPipeline(model, scheduler)``;
+    ``pipe("CCO", num_conformers=5, generator=torch.Generator().manual_seed(0)).molecules[0]`` is
+    ethanol with hydrogens and five conformers."""
+
+    _callback_tensor_inputs = ("positions",)
+
+    def __init__(self, model: Any, scheduler: Any):
+        self.register_modules(model=model, scheduler=scheduler)
+
+    @property
+    def processor(self) -> MoleculeProcessor:
+        return MoleculeProcessor(edge_order=self.model.config.edge_order)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        molecule: MoleculeLike | Sequence[MoleculeLike],
+        num_conformers: int = 1,
+        num_inference_steps: int = 500,
+        generator: Generators = None,
+        w_global: float = 1.0,
+        global_start_sigma: float = float("inf"),
+        clip: float = 1000.0,
+        clip_local: float | None = None,
+        clip_pos: float | None = None,
+        output_type: str = "mol",
+        return_dict: bool = True,
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("positions",),
+    ) -> ConformerPipelineOutput | tuple:
+        """Generate ``num_conformers`` conformers of each molecule (a SMILES, an RDKit ``Mol``,
+        or a list of them) in ``num_inference_steps`` scheduler steps.
+
+        ``generator``: one ``torch.Generator``, or one per conformer (molecules x conformers, in
+        order; conformer k of a molecule then depends on its generator alone). ``w_global``,
+        ``global_start_sigma``, ``clip``, ``clip_local``, ``clip_pos``: GeoDiff's sampling
+        options (module docstring); the defaults are those the shipped model was trained for.
+        ``output_type``: ``"mol"`` or ``"pos"``. Every input is checked before any sampling."""
+        items = [molecule] if isinstance(molecule, str | Chem.Mol) else list(molecule)
+        mols = self._check_inputs(items, num_conformers, num_inference_steps, generator,
+                                  output_type, callback_on_step_end_tensor_inputs)
+        generators = _split_generators(generator, len(mols), num_conformers)
+        options = dict(w_global=w_global, global_start_sigma=global_start_sigma, clip=clip,
+                       clip_local=clip_local, clip_pos=clip_pos)
+        outputs = []
+        for mol, gens in zip(mols, generators):
+            positions = self._sample(mol, num_conformers, num_inference_steps, gens, options,
+                                     callback_on_step_end, callback_on_step_end_tensor_inputs)
+            outputs.append(positions if output_type == "pos" else
+                           with_conformers(mol, positions.double()))
+        return ConformerPipelineOutput(outputs) if return_dict else (outputs,)
+
+    def _check_inputs(self, items, num_conformers, num_inference_steps, generator, output_type,
+                      tensor_inputs) -> list[Chem.Mol]:
+        if isinstance(num_conformers, bool) or not isinstance(num_conformers, int) or \
+                num_conformers < 1:
+            raise PipelineError(f"num_conformers must be a positive integer, got "
+                                f"{num_conformers!r}")
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise PipelineError(f"num_inference_steps must be a positive integer, got "
+                                f"{num_inference_steps!r}")
+        if output_type not in OUTPUT_TYPES:
+            raise PipelineError(f"unknown output_type {output_type!r}; choose one of "
+                                f"{list(OUTPUT_TYPES)}")
+        if not items:
+            raise PipelineError("no molecule given; pass a SMILES string or an RDKit Mol")
+        if not hasattr(self.scheduler, "alphas_cumprod"):
+            raise PipelineError(f"{type(self.scheduler).__name__} has no alphas_cumprod; the "
+                                f"pipeline needs a noise-prediction scheduler with a beta "
+                                f"schedule (DDPM, DDIM, DPM-Solver, Euler, ...)")
+        if self.scheduler.config.get("prediction_type", "epsilon") != "epsilon":
+            raise PipelineError("GeoDiffModel predicts the noise; use a scheduler with "
+                                "prediction_type='epsilon'")
+        if self.scheduler.config.get("clip_sample") or self.scheduler.config.get("thresholding"):
+            raise PipelineError("the scheduler clips or thresholds samples to +-1, which would "
+                                "crush positions in Ångström: build it with clip_sample=False "
+                                "and thresholding=False")
+        self.check_callback_inputs(tensor_inputs)
+        processor = self.processor
+        mols = [processor.molecule(item) for item in items]
+        for mol in mols:
+            self.model.check_elements(processor.graph(mol).atom_type)
+        if isinstance(generator, list | tuple) and \
+                len(generator) != len(mols) * num_conformers:
+            raise PipelineError(f"got {len(generator)} generators for {len(mols)} molecule(s) x "
+                                f"{num_conformers} conformers; pass one per conformer, or one")
+        return mols
+
+    def _sample(self, mol, num_conformers, num_inference_steps, generator, options, callback,
+                tensor_inputs) -> torch.Tensor:
+        device, dtype = self._execution_device, self.dtype
+        graph = self.processor.graph(mol).repeat(num_conformers).to(device)
+        n = mol.GetNumAtoms()
+        scheduler = self.scheduler
+        scheduler.set_timesteps(num_inference_steps, device=device)
+        x = randn((num_conformers, n, 3), generator, device, dtype) * scheduler.init_noise_sigma
+        x = x - x.mean(dim=1, keepdim=True)
+        alphas_cumprod = scheduler.alphas_cumprod.cpu()
+        for i, t in enumerate(self.progress_bar(scheduler.timesteps)):
+            sigma = sigma_at(alphas_cumprod, float(t))
+            model_input = scheduler.scale_model_input(x, t) * (1.0 + sigma**2) ** 0.5
+            eps = self._noise_estimate(model_input.reshape(-1, 3), graph, sigma, options)
+            x = scheduler.step(eps.reshape(x.shape), t, x, **_step_kwargs(scheduler, generator))
+            x = x.prev_sample
+            x = x - x.mean(dim=1, keepdim=True)
+            if options["clip_pos"] is not None:
+                x = x.clamp(-options["clip_pos"], options["clip_pos"])
+            if not torch.isfinite(x).all():
+                raise PipelineError(f"positions became non-finite at step {i} (t={int(t)}); "
+                                    f"try more inference steps or clip_local/clip_pos")
+            replaced = self.step_end(callback, i, t, tensor_inputs, {"positions": x})
+            x = replaced.get("positions", x)
+        return x.float().cpu()
+
+    def _noise_estimate(self, pos, graph, sigma, options) -> torch.Tensor:
+        use_global = sigma < options["global_start_sigma"] and options["w_global"] != 0
+        out = self.model(pos, graph, global_branch=use_global)
+        eps = clip_norm(out.local_sample, options["clip_local"])
+        if use_global:
+            eps = eps + options["w_global"] * clip_norm(out.global_sample, options["clip"])
+        return eps
+
+
+def _split_generators(generator: Generators, num_molecules: int, num_conformers: int):
+    if isinstance(generator, list | tuple):
+        return [list(generator[k * num_conformers:(k + 1) * num_conformers])
+                for k in range(num_molecules)]
+    return [generator] * num_molecules
+
+
+def _step_kwargs(scheduler, generator) -> dict[str, Any]:
+    import inspect
+
+    takes = inspect.signature(scheduler.step).parameters
+    return {"generator": generator} if "generator" in takes and generator is not None else {}
