@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 from .errors import NotRegisteredError, PluginError
@@ -196,3 +197,14 @@ def default_model() -> ShippedModel:
                                  "PATH_OR_REPO (a pipeline folder or a Hub repo id), or install "
                                  "one: pip install 'diffusion-kernel[vision]' ships 'digits'")
     return marked[0]
+
+
+def resolve_model(model: str | None) -> str:
+    """What ``--model`` names: the default shipped model if None; a local path as is if it
+    exists; else a shipped model's name; else (a Hub repo id) as is."""
+    if model is None:
+        return default_model().source
+    if Path(model).exists():
+        return model
+    shipped = shipped_models()
+    return shipped[model].source if model in shipped else model

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 from .cli_extensions import positive_int as _positive
 from .errors import ConfigError, PipelineError
@@ -60,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         return _list_models(cli_extensions.shipped_models())
     if args.input is not None and args.prompt is not None:
         raise ConfigError("give the prompt once: as INPUT or as --prompt, not both")
-    source = _resolve_model(args.model)
+    source = cli_extensions.resolve_model(args.model)
     text = args.prompt if args.prompt is not None else args.input
     started = time.perf_counter()
     from .threads import command_threads
@@ -108,18 +107,6 @@ def _list_models(shipped) -> int:
         mark = " (default)" if model.default else ""
         print(f"{model.name}{mark}  [{model.plugin}]  {model.summary}\n    {model.source}")
     return 0
-
-
-def _resolve_model(model: str | None) -> str:
-    """A local path as is; else a shipped model's name; else a Hub repo id as is."""
-    from . import cli_extensions
-
-    if model is None:
-        return cli_extensions.default_model().source
-    if Path(model).exists():
-        return model
-    shipped = cli_extensions.shipped_models()
-    return shipped[model].source if model in shipped else model
 
 
 def _check_device(name: str):

@@ -465,3 +465,60 @@ def test_a_lazy_runner_that_fails_to_import_names_its_plugin(register_plugin, ca
     assert main(["train", "ghost"]) == 2
     err = capsys.readouterr().err
     assert "plugin 'ghostly-kinds' registered 'no_such_module_xyz:run'" in err
+
+
+# Threads --------------------------------------------------------------------------------------
+def test_threads_are_the_idle_cores_unless_asked(monkeypatch):
+    from diffusion_kernel import threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "usable_cores", lambda: 2)
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (1.2, 0.0, 0.0))  # one core busy
+    assert threads.choose_threads() == (1, "1 of 2 cores idle")
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (0.1, 0.0, 0.0))
+    assert threads.choose_threads() == (2, "2 of 2 cores idle")
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (9.0, 0.0, 0.0))  # never below one
+    assert threads.choose_threads()[0] == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert threads.choose_threads() == (3, "OMP_NUM_THREADS")
+    assert threads.choose_threads(4) == (4, "--threads")
+
+
+def test_importing_the_library_and_loading_a_pipeline_keep_torchs_thread_count(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import torch; torch.set_num_threads(3); import diffusion_kernel; "
+            "from diffusion_kernel import registry, DiffusionPipeline; "
+            "[reg.names() for reg in registry]; print(torch.get_num_threads())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "3", out.stderr
+
+
+# A pipeline folder's recommended step count -----------------------------------------------------
+def test_the_recommended_step_count_round_trips_through_model_index(toys, tmp_path):
+    from kernel_toys import ToyModel, ToyPipeline, ToyScheduler
+
+    pipe = ToyPipeline(unet=ToyModel(), scheduler=ToyScheduler())
+    assert pipe.default_num_inference_steps is None
+    assert "_default_num_inference_steps" not in pipe.config
+    pipe.default_num_inference_steps = 7
+    pipe.save_pretrained(tmp_path / "p")
+    index = json.loads((tmp_path / "p" / "model_index.json").read_text())
+    assert index["_default_num_inference_steps"] == 7
+    loaded = DiffusionPipeline.from_pretrained(tmp_path / "p")
+    assert loaded.default_num_inference_steps == 7
+    assert loaded.inference_steps(None, 50) == 7 and loaded.inference_steps(3, 50) == 3
+
+
+@pytest.mark.parametrize("bad", [0, -2, 2.5, "20", True])
+def test_a_bad_recommended_step_count_is_named(toys, tmp_path, bad):
+    from diffusion_kernel.errors import PipelineError
+    from kernel_toys import ToyModel, ToyPipeline, ToyScheduler
+
+    ToyPipeline(unet=ToyModel(), scheduler=ToyScheduler()).save_pretrained(tmp_path / "p")
+    index = json.loads((tmp_path / "p" / "model_index.json").read_text())
+    index["_default_num_inference_steps"] = bad
+    (tmp_path / "p" / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(PipelineError, match="_default_num_inference_steps must be a positive"):
+        DiffusionPipeline.from_pretrained(tmp_path / "p")
