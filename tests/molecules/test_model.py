@@ -41,8 +41,8 @@ def test_rotating_and_translating_the_input_rotates_the_noise(tiny_model, proces
     pos = noisy_positions(graph)
     g = torch.Generator().manual_seed(1)
     rotation, shift = random_rotation(g), torch.randn(3, generator=g, dtype=torch.float64) * 5
-    out = model(pos, graph, global_branch=global_branch).sample
-    moved = model(pos @ rotation.T + shift, graph, global_branch=global_branch).sample
+    out = model(pos, graph, 0.7, global_branch=global_branch).sample
+    moved = model(pos @ rotation.T + shift, graph, 0.7, global_branch=global_branch).sample
     assert out.abs().max() > 1e-2  # a real, non-zero field
     assert (moved - out @ rotation.T).abs().max() < 1e-5
 
@@ -51,8 +51,8 @@ def test_float32_equivariance_error_is_below_1e_5(tiny_model, processor):
     graph = processor.preprocess(SMILES)
     pos = noisy_positions(graph).float()
     rotation = random_rotation(torch.Generator().manual_seed(2)).float()
-    out = tiny_model(pos, graph).sample
-    moved = tiny_model(pos @ rotation.T + torch.tensor([3.0, -2.0, 1.0]), graph).sample
+    out = tiny_model(pos, graph, 0.7).sample
+    moved = tiny_model(pos @ rotation.T + torch.tensor([3.0, -2.0, 1.0]), graph, 0.7).sample
     assert (moved - out @ rotation.T).abs().max() < 1e-5
 
 
@@ -66,7 +66,7 @@ def test_permuting_atoms_permutes_the_output(tiny_model, processor):
     assert torch.equal(graph_p.atom_type, graph.atom_type[order])
     model = tiny_model.double()
     pos = noisy_positions(graph)
-    out, out_p = model(pos, graph).sample, model(pos[order], graph_p).sample
+    out, out_p = model(pos, graph, 0.7).sample, model(pos[order], graph_p, 0.7).sample
     assert (out_p - out[order]).abs().max() < 1e-10
 
 
@@ -75,8 +75,9 @@ def test_a_batch_of_different_molecules_equals_them_one_by_one(tiny_model, proce
     graphs = [processor.preprocess(s) for s in smiles]
     positions = [noisy_positions(g, seed=k) for k, g in enumerate(graphs)]
     model = tiny_model.double()
-    batched = model(torch.cat(positions), batch_graphs(graphs))
-    alone = [model(p, g) for p, g in zip(positions, graphs)]
+    sigmas = torch.tensor([0.3, 1.0, 2.5], dtype=torch.float64)  # one noise level per molecule
+    batched = model(torch.cat(positions), batch_graphs(graphs), sigmas)
+    alone = [model(p, g, s) for p, g, s in zip(positions, graphs, sigmas)]
     for name in ("sample", "local_sample", "global_sample"):
         expected = torch.cat([getattr(a, name) for a in alone])
         assert (getattr(batched, name) - expected).abs().max() < 1e-10
@@ -84,8 +85,19 @@ def test_a_batch_of_different_molecules_equals_them_one_by_one(tiny_model, proce
 
 def test_the_output_has_no_net_translation(tiny_model, processor):
     graph = processor.preprocess(SMILES)
-    out = tiny_model.double()(noisy_positions(graph), graph).sample
+    out = tiny_model.double()(noisy_positions(graph), graph, 0.7).sample
     assert out.sum(0).abs().max() < 1e-10  # pair terms cancel: eps is centroid-free
+
+
+def test_the_noise_level_divides_the_output(tiny_model, processor):
+    graph = processor.preprocess("CCO")
+    pos = noisy_positions(graph)
+    model = tiny_model.double()
+    assert torch.allclose(model(pos, graph, 0.5).sample, 2 * model(pos, graph, 1.0).sample)
+    with pytest.raises(ModelInputError, match="one positive noise level or one per molecule"):
+        model(pos, graph, torch.tensor([1.0, 2.0]))
+    with pytest.raises(ModelInputError, match="positive"):
+        model(pos, graph, 0.0)
 
 
 def test_saved_in_the_diffusers_layout_and_loaded_back(tiny_model, processor, tmp_path):
@@ -100,20 +112,20 @@ def test_saved_in_the_diffusers_layout_and_loaded_back(tiny_model, processor, tm
     loaded = GeoDiffModel.from_pretrained(tmp_path / "model")
     graph = processor.preprocess("CCO")
     pos = noisy_positions(graph).float()
-    assert torch.equal(loaded(pos, graph).sample, tiny_model(pos, graph).sample)
+    assert torch.equal(loaded(pos, graph, 0.7).sample, tiny_model(pos, graph, 0.7).sample)
 
 
 def test_an_untrained_element_is_refused(tiny_model, processor):
     graph = processor.preprocess("CCS")
     with pytest.raises(ModelInputError, match=r"trained on the elements \['H', 'C', 'N', 'O', "
                                               r"'F'\] only; the molecule contains \['S'\]"):
-        tiny_model(torch.zeros(graph.num_atoms, 3), graph)
+        tiny_model(torch.zeros(graph.num_atoms, 3), graph, 1.0)
 
 
 def test_positions_of_the_wrong_shape_are_refused(tiny_model, processor):
     graph = processor.preprocess("CCO")
     with pytest.raises(ModelInputError, match=r"do not fit a graph of 9 atoms"):
-        tiny_model(torch.zeros(8, 3), graph)
+        tiny_model(torch.zeros(8, 3), graph, 1.0)
 
 
 def test_an_unknown_edge_encoder_is_a_config_error():

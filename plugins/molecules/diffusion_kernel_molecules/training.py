@@ -46,9 +46,10 @@ def denoising_loss(model, graph: MoleculeGraph, pos: torch.Tensor,
     if timesteps is None:
         timesteps = antithetic_timesteps(graph.num_graphs, len(alphas_cumprod), generator)
     abar = alphas_cumprod[timesteps].to(pos.dtype)
-    sigma = ((1 - abar) / abar).sqrt()[graph.batch].unsqueeze(-1)
+    sigma = ((1 - abar) / abar).sqrt()
     noise = centred(torch.randn(pos.shape, generator=generator, dtype=pos.dtype), graph)
-    prediction = model(centred(pos, graph) + sigma * noise, graph).sample
+    noisy = centred(pos, graph) + sigma[graph.batch].unsqueeze(-1) * noise
+    prediction = model(noisy, graph, sigma).sample
     return (prediction - noise).pow(2).sum(-1).mean()
 
 

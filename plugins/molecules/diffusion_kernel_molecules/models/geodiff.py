@@ -15,8 +15,14 @@ s_ij = MLP([h_i * h_j, e_ij]), and the scalars into an equivariant noise estimat
 
 Distances, types and products of node features are invariant under rotations, translations and
 reorderings of the atoms; the difference vectors rotate with the molecule. So eps rotates with
-the input, ignores translations and follows any permutation of the atoms. As in the paper, the
-model takes no timestep: the noise level is read from the geometry.
+the input, ignores translations and follows any permutation of the atoms.
+
+As in the paper, the networks take no timestep: they read the noise from the geometry. The noise
+level sigma (Å) of the positions only scales the output, s_ij = MLP(...) / sigma, the NCSNv2
+parameterisation (Song & Ermon 2020, sec. 3.3) that the GeoDiff code applies in its score-matching
+variant: the networks then estimate the displacement sigma * eps, a function of the geometry
+alone (how far each bond, angle and pair is from where it belongs), and dividing by sigma gives
+eps at every noise level.
 """
 
 from __future__ import annotations
@@ -74,8 +80,9 @@ def global_edge_mask(lengths: torch.Tensor, graph: MoleculeGraph, cutoff: float)
 
 class GeoDiffModel(ModelMixin):
     """``GeoDiffModel(hidden_dim=128, num_convs=6, num_convs_local=4, cutoff=10.0, ...)``;
-    ``model(pos, graph).sample`` is the (N, 3) noise estimate for the atoms of ``graph`` (a
-    ``MoleculeGraph``, one molecule or a batch) at positions ``pos`` (N, 3) in Ångström.
+    ``model(pos, graph, sigma).sample`` is the (N, 3) noise estimate for the atoms of ``graph``
+    (a ``MoleculeGraph``, one molecule or a batch) at positions ``pos`` (N, 3) in Ångström that
+    carry Gaussian noise of standard deviation ``sigma`` (Å; one value, or one per molecule).
 
     Config (the GeoDiff notebook's keys): ``hidden_dim``, ``num_convs`` (SchNet interactions),
     ``num_convs_local`` (GIN convolutions), ``cutoff`` (Å, the global radius graph),
@@ -116,21 +123,33 @@ class GeoDiffModel(ModelMixin):
             raise ModelInputError(f"this model was trained on the elements {known} only; the "
                                   f"molecule contains {names}. Use a model trained on them")
 
-    def forward(self, pos: torch.Tensor, graph: MoleculeGraph, global_branch: bool = True,
-                return_dict: bool = True) -> GeoDiffModelOutput | tuple:
-        """Noise estimate at ``pos`` (N, 3). ``global_branch=False`` skips the SchNet branch
-        (GeoDiff's samplers add it only below a noise level). Returns ``GeoDiffModelOutput``
-        (a tuple with ``return_dict=False``)."""
+    def forward(self, pos: torch.Tensor, graph: MoleculeGraph, sigma: float | torch.Tensor,
+                global_branch: bool = True, return_dict: bool = True) -> GeoDiffModelOutput | tuple:
+        """Noise estimate at ``pos`` (N, 3) with noise level ``sigma`` (a number or a
+        (num_graphs,) tensor). ``global_branch=False`` skips the SchNet branch (GeoDiff's
+        samplers add it only below a noise level). Returns ``GeoDiffModelOutput`` (a tuple with
+        ``return_dict=False``)."""
         if pos.shape != (graph.num_atoms, 3):
             raise ModelInputError(f"positions of shape {tuple(pos.shape)} do not fit a graph of "
                                   f"{graph.num_atoms} atoms; expected ({graph.num_atoms}, 3)")
         self.check_elements(graph.atom_type)
         geometry = pair_geometry(pos, graph)
-        local = self._local_term(graph, geometry)
-        glob = self._global_term(graph, geometry) if global_branch else None
+        inverse_sigma = self._inverse_sigma(sigma, graph, pos)
+        local = self._local_term(graph, geometry) * inverse_sigma
+        glob = self._global_term(graph, geometry) * inverse_sigma if global_branch else None
         sample = local if glob is None else local + glob
         output = GeoDiffModelOutput(sample, local, glob)
         return output if return_dict else output.to_tuple()
+
+    @staticmethod
+    def _inverse_sigma(sigma, graph: MoleculeGraph, pos: torch.Tensor) -> torch.Tensor:
+        """1 / sigma per atom, (N, 1)."""
+        sigma = torch.as_tensor(sigma, dtype=pos.dtype, device=pos.device).reshape(-1)
+        if sigma.numel() not in (1, graph.num_graphs) or not bool((sigma > 0).all()):
+            raise ModelInputError(f"sigma must be one positive noise level or one per molecule "
+                                  f"({graph.num_graphs}), got {sigma.tolist()}")
+        per_atom = sigma if sigma.numel() == 1 else sigma[graph.batch]
+        return per_atom.reciprocal().reshape(-1, 1)
 
     def _local_term(self, graph: MoleculeGraph, geometry: PairGeometry) -> torch.Tensor:
         mask = graph.local_mask

@@ -61,9 +61,22 @@ class MoleculeConformerPipeline(DiffusionPipeline):
     ethanol with hydrogens and five conformers."""
 
     _callback_tensor_inputs = ("positions",)
+    generate_input = "molecule"
 
     def __init__(self, model: Any, scheduler: Any):
         self.register_modules(model=model, scheduler=scheduler)
+
+    def generate_arguments(self, num_samples: int, input: Any = None,
+                           num_inference_steps: int | None = None,
+                           generator: list | None = None) -> dict[str, Any]:
+        """For ``diffusion-kernel generate SMILES --num N``: N conformers of the molecule, one
+        generator each."""
+        if input is None:
+            raise PipelineError("name the molecule: diffusion-kernel generate \"CCO\" ...")
+        kwargs = {"molecule": input, "num_conformers": num_samples, "generator": generator}
+        if num_inference_steps is not None:
+            kwargs["num_inference_steps"] = num_inference_steps
+        return kwargs
 
     @property
     def processor(self) -> MoleculeProcessor:
@@ -172,7 +185,7 @@ class MoleculeConformerPipeline(DiffusionPipeline):
 
     def _noise_estimate(self, pos, graph, sigma, options) -> torch.Tensor:
         use_global = sigma < options["global_start_sigma"] and options["w_global"] != 0
-        out = self.model(pos, graph, global_branch=use_global)
+        out = self.model(pos, graph, sigma, global_branch=use_global)
         eps = clip_norm(out.local_sample, options["clip_local"])
         if use_global:
             eps = eps + options["w_global"] * clip_norm(out.global_sample, options["clip"])

@@ -130,13 +130,16 @@ def _molecules(mols: Chem.Mol | Sequence[Chem.Mol]) -> list[Chem.Mol]:
 
 
 def sdf_text(mols: Chem.Mol | Sequence[Chem.Mol]) -> str:
-    """An SDF block per conformer of each molecule, named after its SMILES and conformer."""
+    """An SDF block per conformer of each molecule, named "<SMILES> conformer <k>" (k counts the
+    conformers of one SMILES through the whole list)."""
     buffer = io.StringIO()
     writer = Chem.SDWriter(buffer)
+    counts: dict[str, int] = {}
     for mol in _molecules(mols):
         named = Chem.Mol(mol)  # the caller's molecule keeps its own name
         name = Chem.MolToSmiles(Chem.RemoveHs(mol))
-        for k, conformer in enumerate(named.GetConformers()):
+        for conformer in named.GetConformers():
+            k = counts[name] = counts.get(name, -1) + 1
             named.SetProp("_Name", f"{name} conformer {k}")
             writer.write(named, confId=conformer.GetId())
     writer.close()
