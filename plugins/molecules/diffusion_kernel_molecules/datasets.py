@@ -12,6 +12,7 @@ molecules whose conformers are the references.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 from collections.abc import Sequence
@@ -92,6 +93,11 @@ def nci_smiles(max_heavy_atoms: int = 9, elements: Sequence[str] = ("C", "N", "O
                source: str | os.PathLike = NCI_SMILES) -> list[str]:
     """Canonical SMILES of the neutral, single-fragment molecules of ``source`` with at most
     ``max_heavy_atoms`` heavy atoms, all of ``elements``; unique, in file order."""
+    return list(_filtered_smiles(max_heavy_atoms, tuple(elements), os.fspath(source)))
+
+
+@functools.cache  # parsing the 5,000 NCI SMILES takes seconds
+def _filtered_smiles(max_heavy_atoms: int, elements: tuple[str, ...], source: str):
     allowed = set(elements)
     seen: dict[str, None] = {}
     from rdkit import rdBase
@@ -106,7 +112,7 @@ def nci_smiles(max_heavy_atoms: int = 9, elements: Sequence[str] = ("C", "N", "O
             if any(a.GetFormalCharge() or a.GetSymbol() not in allowed for a in mol.GetAtoms()):
                 continue
             seen.setdefault(Chem.MolToSmiles(mol))
-    return list(seen)
+    return tuple(seen)
 
 
 def heavy_atom_rmsd(probe: Chem.Mol, reference: Chem.Mol, probe_id: int = -1,

@@ -136,7 +136,7 @@ def train(config: TrainConfig, log=print) -> Path:
     batches = ConformerBatches(data.molecules, config.edge_order, generator)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     ema = EMAModel(model.parameters(), decay=config.ema_decay)
-    start, running = time.monotonic(), 0.0
+    start, cpu_start, running = time.monotonic(), time.process_time(), 0.0
     for step in range(1, config.max_steps + 1):
         for group in optimizer.param_groups:
             group["lr"] = _cosine(step, config)
@@ -151,8 +151,9 @@ def train(config: TrainConfig, log=print) -> Path:
         minutes = (time.monotonic() - start) / 60
         done = step == config.max_steps or (config.max_minutes and minutes >= config.max_minutes)
         if step % config.log_steps == 0 or done:
+            cpu = (time.process_time() - cpu_start) / 60
             log(f"step {step} loss {running / (step % config.log_steps or config.log_steps):.4f}"
-                f" lr {optimizer.param_groups[0]['lr']:.2e} {minutes:.1f} min")
+                f" lr {optimizer.param_groups[0]['lr']:.2e} {minutes:.1f} min ({cpu:.1f} CPU)")
             running = 0.0
         if step % config.save_steps == 0 or done:
             _save_ema(pipe, ema, config.output_dir)

@@ -87,7 +87,7 @@ class MoleculeConformerPipeline(DiffusionPipeline):
         self,
         molecule: MoleculeLike | Sequence[MoleculeLike],
         num_conformers: int = 1,
-        num_inference_steps: int = 500,
+        num_inference_steps: int | None = None,
         generator: Generators = None,
         w_global: float = 1.0,
         global_start_sigma: float = float("inf"),
@@ -106,8 +106,11 @@ class MoleculeConformerPipeline(DiffusionPipeline):
         order; conformer k of a molecule then depends on its generator alone). ``w_global``,
         ``global_start_sigma``, ``clip``, ``clip_local``, ``clip_pos``: GeoDiff's sampling
         options (module docstring); the defaults are those the shipped model was trained for.
-        ``output_type``: ``"mol"`` or ``"pos"``. Every input is checked before any sampling."""
+        ``output_type``: ``"mol"`` or ``"pos"``. ``num_inference_steps`` defaults to the count
+        the model folder recommends (``default_num_inference_steps``), else 500. Every input is
+        checked before any sampling."""
         items = [molecule] if isinstance(molecule, str | Chem.Mol) else list(molecule)
+        num_inference_steps = self.inference_steps(num_inference_steps, 500)
         mols = self._check_inputs(items, num_conformers, num_inference_steps, generator,
                                   output_type, callback_on_step_end_tensor_inputs)
         generators = _split_generators(generator, len(mols), num_conformers)
