@@ -100,6 +100,24 @@ def test_the_noise_level_divides_the_output(tiny_model, processor):
         model(pos, graph, 0.0)
 
 
+def test_the_global_term_joins_below_global_start_sigma(processor):
+    torch.manual_seed(0)
+    model = GeoDiffModel(hidden_dim=16, num_convs=2, num_convs_local=2,
+                         global_start_sigma=0.5).double()
+    graphs = [processor.preprocess(s) for s in ("CCO", "CC(=O)O")]
+    positions = [noisy_positions(g, seed=k) for k, g in enumerate(graphs)]
+    assert model(positions[0], graphs[0], 1.0).global_sample is None
+    assert model(positions[0], graphs[0], 0.3).global_sample.abs().max() > 0
+    forced = model(positions[0], graphs[0], 1.0, global_branch=True).global_sample
+    assert forced is not None
+    # a batch at two noise levels: only the quieter molecule gets the term
+    batched = model(torch.cat(positions), batch_graphs(graphs), torch.tensor([0.3, 1.0]))
+    n = graphs[0].num_atoms
+    assert (batched.sample[:n] - model(positions[0], graphs[0], 0.3).sample).abs().max() < 1e-10
+    assert (batched.sample[n:] - model(positions[1], graphs[1], 1.0).sample).abs().max() < 1e-10
+    assert batched.global_sample[n:].abs().max() == 0
+
+
 def test_saved_in_the_diffusers_layout_and_loaded_back(tiny_model, processor, tmp_path):
     tiny_model.save_pretrained(tmp_path / "model")
     config = json.loads((tmp_path / "model" / "config.json").read_text())

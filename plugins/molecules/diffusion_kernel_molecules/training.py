@@ -6,8 +6,10 @@ removed (translations carry no information),
 
     x_t / sqrt(abar_t) = x_0 + sigma_t eps,   loss = || eps - eps_theta(x_0 + sigma_t eps) ||^2
 
-summed over coordinates and averaged over atoms. Timesteps are drawn in antithetic pairs
-(t, T - 1 - t), as GeoDiff does, so each batch covers both ends of the schedule.
+summed over coordinates and averaged over atoms. The model adds its global term only below its
+``global_start_sigma`` (GeoDiff samples that way; 0.5 Å by default), so the local term alone
+learns the noisier levels and the global branch costs nothing there. Timesteps are drawn in
+antithetic pairs (t, T - 1 - t), as GeoDiff does, so each batch covers both ends of the schedule.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ class TrainConfig:
     num_train_timesteps: int = 5000
     beta_start: float = 1e-7
     beta_end: float = 2e-3
+    global_start_sigma: float | None = 0.5
     save_steps: int = 500
     log_steps: int = 100
 
@@ -109,7 +112,8 @@ def build_pipeline(config: TrainConfig, elements: list[int]):
 
     model = GeoDiffModel(hidden_dim=config.hidden_dim, num_convs=config.num_convs,
                          num_convs_local=config.num_convs_local, cutoff=config.cutoff,
-                         edge_order=config.edge_order, elements=elements)
+                         edge_order=config.edge_order, elements=elements,
+                         global_start_sigma=config.global_start_sigma)
     scheduler = registry.schedulers.get("DDPMScheduler")(
         num_train_timesteps=config.num_train_timesteps, beta_schedule="sigmoid",
         beta_start=config.beta_start, beta_end=config.beta_end, clip_sample=False)

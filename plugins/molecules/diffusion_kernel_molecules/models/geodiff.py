@@ -27,6 +27,7 @@ eps at every noise level.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -89,12 +90,13 @@ class GeoDiffModel(ModelMixin):
     ``mlp_act``, ``edge_order`` (local edges reach this many bonds), ``edge_encoder`` ("mlp"),
     ``smooth_conv`` (cosine cutoff in the SchNet filters); and ``elements``: the atomic numbers the
     weights were trained on (None: no check), so that an untrained element is refused instead of
-    read through an untrained embedding."""
+    read through an untrained embedding; ``global_start_sigma``: the noise level (Å) below which
+    the global term was trained and is added (None: at every level)."""
 
     def __init__(self, hidden_dim: int = 128, num_convs: int = 6, num_convs_local: int = 4,
                  cutoff: float = 10.0, mlp_act: str = "relu", edge_order: int = 3,
                  edge_encoder: str = "mlp", smooth_conv: bool = True,
-                 elements: list[int] | None = None):
+                 elements: list[int] | None = None, global_start_sigma: float | None = None):
         super().__init__()
         if edge_encoder not in EDGE_ENCODERS:
             raise ConfigError(f"edge_encoder {edge_encoder!r} is not available; use one of "
@@ -107,6 +109,7 @@ class GeoDiffModel(ModelMixin):
         self.grad_global_dist_mlp = MultiLayerPerceptron(2 * hidden_dim, head, mlp_act)
         self.grad_local_dist_mlp = MultiLayerPerceptron(2 * hidden_dim, head, mlp_act)
         self.cutoff = float(cutoff)
+        self.global_start_sigma = math.inf if global_start_sigma is None else global_start_sigma
         self.allowed = None if elements is None else torch.tensor(sorted(set(elements)))
 
     def check_elements(self, atom_type: torch.Tensor) -> None:
@@ -124,32 +127,39 @@ class GeoDiffModel(ModelMixin):
                                   f"molecule contains {names}. Use a model trained on them")
 
     def forward(self, pos: torch.Tensor, graph: MoleculeGraph, sigma: float | torch.Tensor,
-                global_branch: bool = True, return_dict: bool = True) -> GeoDiffModelOutput | tuple:
+                global_branch: bool | torch.Tensor | None = None,
+                return_dict: bool = True) -> GeoDiffModelOutput | tuple:
         """Noise estimate at ``pos`` (N, 3) with noise level ``sigma`` (a number or a
-        (num_graphs,) tensor). ``global_branch=False`` skips the SchNet branch (GeoDiff's
-        samplers add it only below a noise level). Returns ``GeoDiffModelOutput`` (a tuple with
-        ``return_dict=False``)."""
+        (num_graphs,) tensor). ``global_branch``: which molecules get the global term (a bool,
+        or one per molecule); by default those with sigma below the config's
+        ``global_start_sigma`` (GeoDiff's samplers add it only there; None: always). Returns
+        ``GeoDiffModelOutput`` (a tuple with ``return_dict=False``); ``global_sample`` is None
+        when no molecule has the global term."""
         if pos.shape != (graph.num_atoms, 3):
             raise ModelInputError(f"positions of shape {tuple(pos.shape)} do not fit a graph of "
                                   f"{graph.num_atoms} atoms; expected ({graph.num_atoms}, 3)")
         self.check_elements(graph.atom_type)
+        sigma = self._per_graph_sigma(sigma, graph, pos)
+        if global_branch is None:
+            global_branch = sigma < self.global_start_sigma
+        with_global = torch.as_tensor(global_branch, device=pos.device).expand(graph.num_graphs)
         geometry = pair_geometry(pos, graph)
-        inverse_sigma = self._inverse_sigma(sigma, graph, pos)
+        inverse_sigma = sigma.reciprocal()[graph.batch].unsqueeze(-1)
         local = self._local_term(graph, geometry) * inverse_sigma
-        glob = self._global_term(graph, geometry) * inverse_sigma if global_branch else None
+        glob = None
+        if bool(with_global.any()):
+            glob = self._global_term(graph, geometry, with_global) * inverse_sigma
         sample = local if glob is None else local + glob
         output = GeoDiffModelOutput(sample, local, glob)
         return output if return_dict else output.to_tuple()
 
     @staticmethod
-    def _inverse_sigma(sigma, graph: MoleculeGraph, pos: torch.Tensor) -> torch.Tensor:
-        """1 / sigma per atom, (N, 1)."""
+    def _per_graph_sigma(sigma, graph: MoleculeGraph, pos: torch.Tensor) -> torch.Tensor:
         sigma = torch.as_tensor(sigma, dtype=pos.dtype, device=pos.device).reshape(-1)
         if sigma.numel() not in (1, graph.num_graphs) or not bool((sigma > 0).all()):
             raise ModelInputError(f"sigma must be one positive noise level or one per molecule "
                                   f"({graph.num_graphs}), got {sigma.tolist()}")
-        per_atom = sigma if sigma.numel() == 1 else sigma[graph.batch]
-        return per_atom.reciprocal().reshape(-1, 1)
+        return sigma.expand(graph.num_graphs)
 
     def _local_term(self, graph: MoleculeGraph, geometry: PairGeometry) -> torch.Tensor:
         mask = graph.local_mask
@@ -160,8 +170,11 @@ class GeoDiffModel(ModelMixin):
         return eq_transform(scores.squeeze(-1), geometry.vectors[mask], lengths, index[0],
                             graph.num_atoms)
 
-    def _global_term(self, graph: MoleculeGraph, geometry: PairGeometry) -> torch.Tensor:
+    def _global_term(self, graph: MoleculeGraph, geometry: PairGeometry,
+                     with_global: torch.Tensor) -> torch.Tensor:
         mask = global_edge_mask(geometry.lengths, graph, self.cutoff)
+        if not bool(with_global.all()):  # only the molecules that get the term
+            mask &= with_global[graph.batch[graph.pair_index[0]]]
         index, lengths = graph.pair_index[:, mask], geometry.lengths[mask]
         edge_types = graph.pair_type[mask]
         edge_attr = self.edge_encoder_global(lengths, edge_types)

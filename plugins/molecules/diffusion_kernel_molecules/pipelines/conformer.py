@@ -90,7 +90,7 @@ class MoleculeConformerPipeline(DiffusionPipeline):
         num_inference_steps: int | None = None,
         generator: Generators = None,
         w_global: float = 1.0,
-        global_start_sigma: float = float("inf"),
+        global_start_sigma: float | None = None,
         clip: float = 1000.0,
         clip_local: float | None = None,
         clip_pos: float | None = None,
@@ -105,7 +105,8 @@ class MoleculeConformerPipeline(DiffusionPipeline):
         ``generator``: one ``torch.Generator``, or one per conformer (molecules x conformers, in
         order; conformer k of a molecule then depends on its generator alone). ``w_global``,
         ``global_start_sigma``, ``clip``, ``clip_local``, ``clip_pos``: GeoDiff's sampling
-        options (module docstring); the defaults are those the shipped model was trained for.
+        options (module docstring); by default the global term enters with weight 1 below the
+        noise level the model was trained with it (its config's ``global_start_sigma``).
         ``output_type``: ``"mol"`` or ``"pos"``. ``num_inference_steps`` defaults to the count
         the model folder recommends (``default_num_inference_steps``), else 500. Every input is
         checked before any sampling."""
@@ -187,10 +188,13 @@ class MoleculeConformerPipeline(DiffusionPipeline):
         return x.float().cpu()
 
     def _noise_estimate(self, pos, graph, sigma, options) -> torch.Tensor:
-        use_global = sigma < options["global_start_sigma"] and options["w_global"] != 0
+        start = options["global_start_sigma"]
+        if start is None:
+            start = self.model.config.get("global_start_sigma") or float("inf")
+        use_global = sigma < start and options["w_global"] != 0
         out = self.model(pos, graph, sigma, global_branch=use_global)
         eps = clip_norm(out.local_sample, options["clip_local"])
-        if use_global:
+        if out.global_sample is not None:
             eps = eps + options["w_global"] * clip_norm(out.global_sample, options["clip"])
         return eps
 
