@@ -111,7 +111,8 @@ def test_the_global_term_joins_below_global_start_sigma(processor):
     forced = model(positions[0], graphs[0], 1.0, global_branch=True).global_sample
     assert forced is not None
     # a batch at two noise levels: only the quieter molecule gets the term
-    batched = model(torch.cat(positions), batch_graphs(graphs), torch.tensor([0.3, 1.0]))
+    batched = model(torch.cat(positions), batch_graphs(graphs),
+                    torch.tensor([0.3, 1.0], dtype=torch.float64))
     n = graphs[0].num_atoms
     assert (batched.sample[:n] - model(positions[0], graphs[0], 0.3).sample).abs().max() < 1e-10
     assert (batched.sample[n:] - model(positions[1], graphs[1], 1.0).sample).abs().max() < 1e-10
