@@ -14,6 +14,7 @@ term's at ``clip_local``; positions are clamped to [-clip_pos, clip_pos].
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -47,12 +48,13 @@ def clip_norm(vectors: torch.Tensor, limit: float | None) -> torch.Tensor:
     return vectors * (limit / norms.clamp_min(limit))
 
 
-def sigma_at(alphas_cumprod: torch.Tensor, timestep: float) -> float:
-    """sigma = sqrt((1 - abar) / abar) at a training timestep; a fractional one (Karras-type
+def sigmas_at(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> list[float]:
+    """sigma = sqrt((1 - abar) / abar) at each training timestep; a fractional one (Karras-type
     discretisations) interpolates log sigma between its neighbours."""
-    log_sigmas = 0.5 * np.log((1 - alphas_cumprod.double().numpy()) /
-                              alphas_cumprod.double().numpy())
-    return float(np.exp(np.interp(float(timestep), np.arange(len(log_sigmas)), log_sigmas)))
+    abar = alphas_cumprod.double().cpu().numpy()
+    log_sigmas = 0.5 * np.log((1 - abar) / abar)
+    t = timesteps.double().cpu().numpy()
+    return np.exp(np.interp(t, np.arange(len(log_sigmas)), log_sigmas)).tolist()
 
 
 class MoleculeConformerPipeline(DiffusionPipeline):
@@ -170,9 +172,8 @@ class MoleculeConformerPipeline(DiffusionPipeline):
         scheduler.set_timesteps(num_inference_steps, device=device)
         x = randn((num_conformers, n, 3), generator, device, dtype) * scheduler.init_noise_sigma
         x = x - x.mean(dim=1, keepdim=True)
-        alphas_cumprod = scheduler.alphas_cumprod.cpu()
-        for i, t in enumerate(self.progress_bar(scheduler.timesteps)):
-            sigma = sigma_at(alphas_cumprod, float(t))
+        sigmas = sigmas_at(scheduler.alphas_cumprod, scheduler.timesteps)
+        for i, (t, sigma) in enumerate(zip(self.progress_bar(scheduler.timesteps), sigmas)):
             model_input = scheduler.scale_model_input(x, t) * (1.0 + sigma**2) ** 0.5
             eps = self._noise_estimate(model_input.reshape(-1, 3), graph, sigma, options)
             x = scheduler.step(eps.reshape(x.shape), t, x, **_step_kwargs(scheduler, generator))
@@ -189,8 +190,9 @@ class MoleculeConformerPipeline(DiffusionPipeline):
 
     def _noise_estimate(self, pos, graph, sigma, options) -> torch.Tensor:
         start = options["global_start_sigma"]
-        if start is None:
-            start = self.model.config.get("global_start_sigma") or float("inf")
+        if start is None:  # the level the model learned its global term below
+            start = self.model.config.get("global_start_sigma")
+        start = float("inf") if start is None else start
         use_global = sigma < start and options["w_global"] != 0
         out = self.model(pos, graph, sigma, global_branch=use_global)
         eps = clip_norm(out.local_sample, options["clip_local"])
@@ -207,7 +209,5 @@ def _split_generators(generator: Generators, num_molecules: int, num_conformers:
 
 
 def _step_kwargs(scheduler, generator) -> dict[str, Any]:
-    import inspect
-
     takes = inspect.signature(scheduler.step).parameters
     return {"generator": generator} if "generator" in takes and generator is not None else {}
