@@ -92,3 +92,41 @@ def test_bad_training_settings_are_refused(small_references, tmp_path):
 def processor_batch(small_references):
     batches = ConformerBatches(small_references.molecules, 3, torch.Generator().manual_seed(1))
     return batches.sample(3)
+
+
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(small_references, tmp_path):
+    """Interrupted after the save at step 2 and resumed, a run reaches the same weights as one
+    that was never stopped: the optimizer, EMA, schedule and batches all continue."""
+    from diffusion_kernel.pipelines import DiffusionPipeline
+
+    small_references.save(tmp_path / "refs.npz")
+    settings = dict(data=str(tmp_path / "refs.npz"), max_steps=4, batch_size=2, hidden_dim=8,
+                    num_convs=1, num_convs_local=1, save_steps=2, log_steps=1)
+    train(TrainConfig(output_dir=str(tmp_path / "whole"), **settings), log=lambda line: None)
+
+    def stop_at_step_3(line):
+        if line.startswith("step 3 "):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(output_dir=str(tmp_path / "split"), **settings), log=stop_at_step_3)
+    logged = []
+    train(TrainConfig(output_dir=str(tmp_path / "split"), resume=True, **settings),
+          log=logged.append)
+    assert logged[0].startswith("resuming at step 3")
+    whole = DiffusionPipeline.from_pretrained(tmp_path / "whole").model.state_dict()
+    split = DiffusionPipeline.from_pretrained(tmp_path / "split").model.state_dict()
+    assert all(torch.equal(whole[k], split[k]) for k in whole)
+
+
+def test_resume_without_a_saved_state_and_a_mismatched_start_are_refused(small_references,
+                                                                         tmp_path):
+    small_references.save(tmp_path / "refs.npz")
+    settings = dict(data=str(tmp_path / "refs.npz"), max_steps=1, batch_size=2, hidden_dim=8,
+                    num_convs=1, num_convs_local=1)
+    with pytest.raises(ConfigError, match="nothing to resume"):
+        train(TrainConfig(output_dir=str(tmp_path / "new"), resume=True, **settings))
+    train(TrainConfig(output_dir=str(tmp_path / "a"), **settings), log=lambda line: None)
+    with pytest.raises(ConfigError, match="same architecture flags"):
+        train(TrainConfig(output_dir=str(tmp_path / "b"), init_from=str(tmp_path / "a"),
+                          **{**settings, "hidden_dim": 16}))

@@ -48,6 +48,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-convs-local", type=int, default=3, help="GIN convolutions (local)")
     p.add_argument("--cutoff", type=float, default=10.0, help="global radius graph, Å")
     p.add_argument("--save-steps", type=int, default=500)
+    p.add_argument("--init-from", help="start from the weights of this pipeline folder "
+                                       "(same architecture flags; a fresh optimizer)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from the training state in --output-dir")
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

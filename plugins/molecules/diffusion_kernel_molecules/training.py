@@ -79,6 +79,11 @@ class TrainConfig:
     global_start_sigma: float | None = 0.5
     save_steps: int = 500
     log_steps: int = 100
+    init_from: str | None = None
+    resume: bool = False
+
+
+TRAINING_STATE = "training_state.pt"
 
 
 class ConformerBatches:
@@ -124,7 +129,13 @@ def train(config: TrainConfig, log=print) -> Path:
     """Train on the reference conformers in ``config.data`` (a ``ConformerSet`` .npz) and save
     the pipeline, with the EMA weights, to ``config.output_dir`` every ``save_steps`` and at the
     end (atomically: an interrupted run leaves the last complete save). Stops after
-    ``max_steps`` or ``max_minutes``, whichever comes first."""
+    ``max_steps`` or ``max_minutes``, whichever comes first.
+
+    Each save also writes ``training_state.pt`` (step, raw weights, optimizer, EMA, the batch
+    generator) beside the pipeline; with ``resume`` a run continues from it exactly where the
+    last save left off (same learning-rate schedule, same batches). ``init_from``: a pipeline
+    folder whose model weights the run starts from instead of random ones (a fresh optimizer;
+    the architecture flags must match that model's)."""
     from .datasets import ConformerSet
 
     if config.max_steps < 1 or config.batch_size < 1:
@@ -137,11 +148,17 @@ def train(config: TrainConfig, log=print) -> Path:
     elements = sorted({a.GetAtomicNum() for m in data.molecules for a in m.GetAtoms()})
     pipe = build_pipeline(config, elements)
     model, alphas_cumprod = pipe.model, pipe.scheduler.alphas_cumprod
+    if config.init_from:
+        _load_weights(model, config.init_from)
     batches = ConformerBatches(data.molecules, config.edge_order, generator)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     ema = EMAModel(model.parameters(), decay=config.ema_decay)
-    start, cpu_start, running = time.monotonic(), time.process_time(), 0.0
-    for step in range(1, config.max_steps + 1):
+    first = 1
+    if config.resume:
+        first = _restore_state(Path(config.output_dir), model, optimizer, ema, generator) + 1
+        log(f"resuming at step {first} from {config.output_dir}")
+    start, cpu_start, running, seen = time.monotonic(), time.process_time(), 0.0, 0
+    for step in range(first, config.max_steps + 1):
         for group in optimizer.param_groups:
             group["lr"] = _cosine(step, config)
         graph, pos = batches.sample(config.batch_size)
@@ -151,16 +168,17 @@ def train(config: TrainConfig, log=print) -> Path:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         optimizer.step()
         ema.step(model.parameters())
-        running += loss.item()
+        running, seen = running + loss.item(), seen + 1
         minutes = (time.monotonic() - start) / 60
         done = step == config.max_steps or (config.max_minutes and minutes >= config.max_minutes)
         if step % config.log_steps == 0 or done:
             cpu = (time.process_time() - cpu_start) / 60
-            log(f"step {step} loss {running / (step % config.log_steps or config.log_steps):.4f}"
+            log(f"step {step} loss {running / seen:.4f}"
                 f" lr {optimizer.param_groups[0]['lr']:.2e} {minutes:.1f} min ({cpu:.1f} CPU)")
-            running = 0.0
+            running, seen = 0.0, 0
         if step % config.save_steps == 0 or done:
             _save_ema(pipe, ema, config.output_dir)
+            _save_state(Path(config.output_dir), step, model, optimizer, ema, generator)
         if done:
             break
     return Path(config.output_dir)
@@ -179,3 +197,40 @@ def _save_ema(pipe, ema: EMAModel, output_dir: str) -> None:
         pipe.save_pretrained(output_dir)
     finally:
         ema.restore(pipe.model.parameters())
+
+
+def _load_weights(model, folder: str) -> None:
+    from diffusion_kernel.pipelines import DiffusionPipeline
+
+    source = DiffusionPipeline.from_pretrained(folder).model
+    if dict(source.config) != dict(model.config):
+        raise ConfigError(f"{folder} holds a model with config {dict(source.config)}, which "
+                          f"differs from the one to train {dict(model.config)}; pass the same "
+                          f"architecture flags (hidden_dim, num_convs, ...) and data elements")
+    model.load_state_dict(source.state_dict())
+
+
+def _save_state(folder: Path, step: int, model, optimizer, ema: EMAModel,
+                generator: torch.Generator) -> None:
+    import io
+
+    from diffusion_kernel.hub import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    torch.save({"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "ema": ema.state_dict(), "generator": generator.get_state()}, buffer)
+    atomic_write_bytes(folder / TRAINING_STATE, buffer.getvalue())
+
+
+def _restore_state(folder: Path, model, optimizer, ema: EMAModel,
+                   generator: torch.Generator) -> int:
+    path = folder / TRAINING_STATE
+    if not path.is_file():
+        raise ConfigError(f"nothing to resume: {path} does not exist; train without resume, "
+                          f"or point output_dir at the folder of an interrupted run")
+    state = torch.load(path, weights_only=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    ema.load_state_dict(state["ema"])
+    generator.set_state(state["generator"])
+    return int(state["step"])
