@@ -8,6 +8,7 @@ import argparse
 import json
 import sys
 
+from . import cli_verify
 from .errors import DiffusionKernelError
 from .plugins import plugin_manager, registry
 from .registry import KINDS
@@ -86,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "diffusion-kernel/community)")
     p.add_argument("--local", action="store_true", help="list the local folder only")
     p.set_defaults(func=cmd_community)
+    cli_verify.add_command(sub)
     plugin_manager.ensure_loaded()
     plugin_manager.call_each("register_commands", subparsers=sub)
     return parser

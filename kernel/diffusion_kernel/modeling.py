@@ -187,6 +187,7 @@ class ModelMixin(nn.Module, ConfigMixin, PushToHubMixin):
         mmap: bool = True,
         use_safetensors: bool | None = None,
         low_cpu_mem_usage: bool = True,
+        verify: bool = False,
         **config_overrides: Any,
     ):
         """Load a model from a folder or Hub repo in the diffusers layout.
@@ -197,6 +198,8 @@ class ModelMixin(nn.Module, ConfigMixin, PushToHubMixin):
         Taken for diffusers compatibility (so they do not end up in the config):
         ``use_safetensors=True`` refuses pickles even with ``allow_pickle``; ``low_cpu_mem_usage``
         changes nothing, loading always builds on the meta device.
+        ``verify=True`` checks the config and weight files against their recorded sha256 (the
+        folder's ``SHA256SUMS``, or the hashes the Hub published) before use: one read of each.
         """
         allow_pickle = allow_pickle and not use_safetensors
         if torch_dtype is not None and not isinstance(torch_dtype, torch.dtype):
@@ -216,7 +219,8 @@ class ModelMixin(nn.Module, ConfigMixin, PushToHubMixin):
                 f"For a pipeline, pass subfolder='unet' (or the component's folder)"
             )
         weights = select_weight_files(available, variant, allow_pickle, source)
-        root = fetch(source, [prefix + f for f in [cls.config_name, *weights]], **hub)
+        root = fetch(source, [prefix + f for f in [cls.config_name, *weights]], verify=verify,
+                     **hub)
         folder = root / prefix if prefix else root
         config = read_json(folder / cls.config_name)
         model_cls = cls._class_for_config(config)
@@ -226,7 +230,7 @@ class ModelMixin(nn.Module, ConfigMixin, PushToHubMixin):
             if missing:
                 raise CheckpointError(f"shard index {weights[0]} names files that are missing: "
                                       f"{missing}")
-            root = fetch(source, [prefix + s for s in shard_names], **hub)
+            root = fetch(source, [prefix + s for s in shard_names], verify=verify, **hub)
             folder = root / prefix if prefix else root
             weights = shard_names
         with gc_paused():
