@@ -287,7 +287,8 @@ def list_files(
     token: str | bool | None = None,
 ) -> list[str]:
     """Every file of a folder or Hub repo, as POSIX paths relative to its root (not counting
-    what interrupted saves left in a folder)."""
+    what interrupted saves left in a folder, which is put right first)."""
+    recover_interrupted_save(source)
     if is_local(source):
         root = Path(source)
         return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()

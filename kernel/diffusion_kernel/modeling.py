@@ -276,10 +276,11 @@ class ModelMixin(nn.Module, ConfigMixin, PushToHubMixin):
             self._check_keys(expected, sources, files)
             for key, (src, name) in sources.items():
                 stored = src.dtype(name) if isinstance(src, SafetensorsFile) else src[name].dtype
-                if expected[key].is_floating_point() and not stored.is_floating_point:
+                if expected[key].is_floating_point() != stored.is_floating_point:
+                    kind = "floating point" if expected[key].is_floating_point() else "integer"
                     raise CheckpointError(
                         f"tensor {key!r} in {', '.join(str(f) for f in files)} has dtype "
-                        f"{stored} but {type(self).__name__} expects floating point values; "
+                        f"{stored} but {type(self).__name__} expects {kind} values; "
                         f"the checkpoint does not belong to this model or is corrupt")
                 target = self._target_dtype(key, expected[key], stored, dtype)
                 if isinstance(src, SafetensorsFile):  # one tensor at a time, pages released

@@ -104,23 +104,22 @@ class SafetensorsFile:
         return header
 
     def _check_entry(self, name: str, info) -> None:
-        def ints(value) -> bool:
-            return isinstance(value, list) and all(
-                isinstance(v, int) and not isinstance(v, bool) for v in value)
-
-        if not (isinstance(info, dict) and isinstance(info.get("dtype"), str)
-                and ints(info.get("shape")) and ints(info.get("data_offsets"))
-                and len(info["data_offsets"]) == 2):
+        # ``type(v) is int`` also refuses bools; these checks run for every tensor of every load
+        if not (type(info) is dict and type(info.get("dtype")) is str
+                and type(shape := info.get("shape")) is list
+                and type(offsets := info.get("data_offsets")) is list and len(offsets) == 2
+                and all(type(v) is int for v in shape) and all(type(v) is int for v in offsets)):
             raise self._corrupt("tensor entry", f"the entry for {name!r} needs a dtype, a shape "
                                 f"and two data offsets, all integers: {_short(info)}")
-        if info["dtype"] not in DTYPES:
+        dtype = DTYPES.get(info["dtype"])
+        if dtype is None:
             raise self._corrupt("tensor entry", f"tensor {name!r} has dtype {info['dtype']!r}; "
                                 f"known dtypes: {', '.join(DTYPES)}")
-        shape, (begin, end) = info["shape"], info["data_offsets"]
-        if any(d < 0 for d in shape) or not 0 <= begin <= end:
+        begin, end = offsets
+        if not 0 <= begin <= end or any(d < 0 for d in shape):
             raise self._corrupt("tensor entry", f"tensor {name!r} has a negative size or "
-                                f"offsets out of order: shape {shape}, offsets {[begin, end]}")
-        expected = math.prod(shape) * DTYPES[info["dtype"]].itemsize
+                                f"offsets out of order: shape {shape}, offsets {offsets}")
+        expected = math.prod(shape) * dtype.itemsize
         if expected != end - begin:
             raise self._corrupt("byte length", f"tensor {name!r} spans {end - begin} bytes but "
                                 f"its shape {shape} and dtype {info['dtype']} make {expected}")
