@@ -92,6 +92,15 @@ unet.half().save_pretrained({str(folder)!r}, variant="fp16")
     return folder
 
 
+def record_hashes(folder: Path) -> None:
+    """The reference saves no SHA256SUMS: record one (as ``diffusion-kernel verify --record``)
+    so that ``verify=True`` has hashes to check against."""
+    from diffusion_kernel.hub import record_hashes
+
+    if not (folder / "SHA256SUMS").is_file():
+        record_hashes(folder)
+
+
 def warm_page_cache(folder: Path) -> None:
     for name in (WEIGHTS, WEIGHTS_FP16):
         with open(folder / name, "rb") as f:
@@ -247,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         child(args.child[0], args.child[1], json.loads(args.child[2]), int(args.child[3]))
         return 0
     folder = prepare(args.work)
+    record_hashes(folder)
     sizes = {"fp32": (folder / WEIGHTS).stat().st_size,
              "fp16": (folder / WEIGHTS_FP16).stat().st_size}
     print(f"checkpoint: {folder}  fp32 {sizes['fp32'] / GB:.2f} GB, "

@@ -157,7 +157,9 @@ def _accepts(hint: Any, value: Any) -> bool:
 
 def _accepts_items(args: tuple, value: Any) -> bool:
     """``tuple[X, ...]`` (any length), ``tuple[X, Y]`` (exactly these) or a bare tuple; a JSON
-    list stands for a tuple."""
+    list stands for a tuple, and a numpy array or tensor for a list of its values."""
+    if hasattr(value, "tolist") and not isinstance(value, str):
+        value = value.tolist()
     if not isinstance(value, list | tuple):
         return False
     if not args:

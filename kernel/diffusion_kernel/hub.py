@@ -506,6 +506,16 @@ def _record_hashes(folder: Path, known: dict[str, str]) -> None:
     atomic_write_text(folder / integrity.MANIFEST, integrity.manifest_text(folder, known))
 
 
+def record_hashes(folder: str | os.PathLike) -> Path:
+    """Write the ``SHA256SUMS`` of a folder saved by another tool (or copied), as a save would:
+    what ``verify`` later compares with. Returns its path."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileAccessError(f"cannot record hashes of {os.fspath(folder)!r}: not a folder")
+    _record_hashes(folder, {})
+    return folder / integrity.MANIFEST
+
+
 def recover_interrupted_save(folder: str | os.PathLike) -> None:
     """Clean up (with a warning) what saves of ``folder`` or of its subfolders that were killed
     part-way left behind, and put back a folder killed between the two renames of its save."""

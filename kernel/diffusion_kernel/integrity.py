@@ -178,8 +178,9 @@ def require_intact(checks: list[FileCheck], where: str) -> None:
     if all(c.status == "unrecorded" for c in bad):
         raise CheckpointError(
             f"cannot verify {where}: no hash is recorded for {', '.join(c.path for c in bad)} "
-            f"(diffusion-kernel records them in {MANIFEST} when it saves; re-save the folder "
-            f"with save_pretrained to record them, or load without verify=True)")
+            f"(diffusion-kernel records them in {MANIFEST} when it saves; record them for a "
+            f"folder saved elsewhere that you trust with `diffusion-kernel verify --record "
+            f"FOLDER`, or load without verify=True)")
     raise CheckpointError(
         f"{where} does not match its recorded hashes: "
         f"{'; '.join(c.describe() for c in bad)}. The files changed after they were saved or "

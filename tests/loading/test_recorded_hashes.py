@@ -134,3 +134,13 @@ def test_the_verify_command_with_nothing_recorded_fails(saved, capsys):
     (saved / MANIFEST).unlink()
     assert main(["verify", str(saved)]) == 1
     assert "no file has a recorded hash" in capsys.readouterr().out
+
+
+def test_hashes_recorded_for_a_folder_saved_elsewhere_are_checked(saved, capsys):
+    (saved / MANIFEST).unlink()  # as diffusers saves it
+    assert main(["verify", "--record", str(saved)]) == 0
+    assert read_manifest(saved) == {"config.json": _sha(saved / "config.json"),
+                                    WEIGHTS: _sha(saved / WEIGHTS)}
+    _flip_last_byte(saved / WEIGHTS)
+    with pytest.raises(CheckpointError, match="does not match its recorded hashes"):
+        _unet().from_pretrained(saved, verify=True)
