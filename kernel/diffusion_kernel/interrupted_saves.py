@@ -45,13 +45,20 @@ def is_debris(name: str) -> bool:
 @contextlib.contextmanager
 def held(folder: Path) -> Iterator[None]:
     """Hold a shared lock on ``folder`` (its inode: the lock follows a rename)."""
-    fd = os.open(folder, os.O_RDONLY)
+    fd = _lock(folder)
     try:
-        if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_SH)
         yield
     finally:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
+
+
+def _lock(folder: Path) -> int | None:
+    if fcntl is None:  # no directory locks: debris is judged by its age instead
+        return None
+    fd = os.open(folder, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd
 
 
 @contextlib.contextmanager
@@ -62,13 +69,11 @@ def staging_folder(target: Path) -> Iterator[tuple[Path, str]]:
         token = uuid.uuid4().hex[:8]
         staging = target.parent / f".{target.name}.partial-{token}"
         staging.mkdir()
-        fd = os.open(staging, os.O_RDONLY)
-        if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_SH)
+        fd = _lock(staging)
         # A cleanup in another process may have taken the folder for debris between the mkdir
         # and the lock: if it is gone, start over under a new name.
         with contextlib.suppress(FileNotFoundError):
-            if os.path.samestat(os.fstat(fd), os.stat(staging)):
+            if fd is None or os.path.samestat(os.fstat(fd), os.stat(staging)):
                 break
         os.close(fd)
     try:
@@ -77,7 +82,8 @@ def staging_folder(target: Path) -> Iterator[tuple[Path, str]]:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     finally:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
 
 
 def _abandoned(path: Path) -> bool:
