@@ -109,8 +109,9 @@ def warm_page_cache(folder: Path) -> None:
 
 
 def file_passes(path: Path, repeat: int = 3) -> dict:
-    """Seconds for one plain read and one sha256 pass over the file (page cache warm, median),
-    and for the format checks of its header alone (median of 20)."""
+    """Seconds for one plain read and one sha256 pass over the file (page cache warm, median;
+    the pass's CPU seconds too), and for the format checks of its header alone (median of
+    20)."""
     from diffusion_kernel.integrity import file_sha256
     from diffusion_kernel.weights import SafetensorsFile
 
@@ -120,12 +121,12 @@ def file_passes(path: Path, repeat: int = 3) -> dict:
             while f.readinto(buffer):
                 pass
 
-    def timed(call, n):
+    def timed(call, n, clock=time.perf_counter):
         times = []
         for _ in range(n):
-            start = time.perf_counter()
+            start = clock()
             call()
-            times.append(time.perf_counter() - start)
+            times.append(clock() - start)
         return statistics.median(times)
 
     with SafetensorsFile(path, mmap_file=False) as file:
@@ -137,6 +138,7 @@ def file_passes(path: Path, repeat: int = 3) -> dict:
             file._check_layout(file.header, size)
 
         return {"read": timed(read, repeat), "hash": timed(lambda: file_sha256(path), repeat),
+                "hash_cpu": timed(lambda: file_sha256(path), repeat, cpu_seconds),
                 "checks": timed(checks, 20), "tensors": len(file.header)}
 
 
@@ -185,9 +187,9 @@ def child(impl: str, folder: str, kwargs: dict, threads: int) -> None:
     if save:  # the figure of this case is the save's time
         out = Path(folder).parent / f"_saved_{impl}"
         shutil.rmtree(out, ignore_errors=True)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), cpu_seconds()
         model.save_pretrained(out)
-        load = time.perf_counter() - start
+        load, cpu = time.perf_counter() - start, cpu_seconds() - cpu
         shutil.rmtree(out)
     print(json.dumps({"load": load, "cpu": cpu, "touch": touch, "baseline": baseline, "peak": peak,
                       "peak_load": peak_load, "kept": kept, "dtypes": dtypes,
@@ -226,11 +228,13 @@ def judge(case: Case, ours: dict, ref: dict, file_size: int,
         factor, base = limit.split("x ")
         factor = float(factor)
         if what == "extra":  # time over the plain case (loads) or the reference's (saves)
-            plain = passes["fp32"] if case.name == "verify" else ref["load"]
-            extra, bound = ours["load"] - plain, factor * passes["hash"]
-            ok = extra <= bound
-            verdicts.append(f"extra {extra:.2f}s <= {bound:.2f}s ({factor}x one sha256 pass): "
-                            f"{'yes' if ok else 'NO'}")
+            # Judged on wall and on CPU seconds: on a busy machine the wall clock mostly
+            # measures the wait for a core, CPU seconds the work done.
+            for clock, key, one_pass in (("wall", "load", "hash"), ("cpu", "cpu", "hash_cpu")):
+                plain = passes[f"fp32_{key}"] if case.name == "verify" else ref[key]
+                extra, bound = ours[key] - plain, factor * passes[one_pass]
+                verdicts.append(f"{clock}: extra {extra:.2f}s <= {bound:.2f}s ({factor}x one "
+                                f"sha256 pass): {'yes' if extra <= bound else 'NO'}")
         elif what == "time":
             value, bound = ours["load"], factor * ref["load"]
             ok = value <= bound
@@ -270,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     verdicts = []
     passes = file_passes(folder / WEIGHTS)
     print(f"one pass over the fp32 file: read {passes['read']:.2f} s, sha256 "
-          f"{passes['hash']:.2f} s ({sizes['fp32'] / GB / passes['hash']:.2f} GB/s); format "
+          f"{passes['hash']:.2f} s ({sizes['fp32'] / GB / passes['hash']:.2f} GB/s, "
+          f"{passes['hash_cpu']:.2f} CPU s); format "
           f"checks of its header ({passes['tensors']} tensors): {passes['checks'] * 1e3:.2f} ms"
           f"\n")
     chosen = [c for c in CASES if c.name in args.cases.split(",")]
@@ -288,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
                 runs[impl].append(measure(impl, folder, kwargs, args.threads))
         results = {impl: summarise(r) for impl, r in runs.items()}
         if case.name == "fp32" and "ours" in results:
-            passes["fp32"] = results["ours"]["load"]
+            passes["fp32_load"] = results["ours"]["load"]
+            passes["fp32_cpu"] = results["ours"]["cpu"]
         for impl, r in results.items():
             ref = results.get("reference")
             load_ratio = f"{r['load'] / ref['load']:.2f}x" if ref else "-"
