@@ -175,11 +175,13 @@ def test_every_mutant_is_refused_with_verify(original, tmp_path):
         (tmp_path / name).write_bytes((folder / name).read_bytes())
     rng = random.Random(SEED + 1)
     loaded_other = 0
-    for number in range(100):
-        mutant = rng.choice(STRUCTURE + CONTENT * 3)(rng, data)
+    for number in range(60):
+        mutate = rng.choice(STRUCTURE + CONTENT * 3)
+        mutant = mutate(rng, data)
         if mutant == data:
             continue
-        unverified = _load(tmp_path, mutant, verify=False)
-        loaded_other += unverified is not None and not _exact(unverified, tensors)
+        if mutate in CONTENT:  # the format alone lets these through
+            unverified = _load(tmp_path, mutant, verify=False)
+            loaded_other += unverified is not None and not _exact(unverified, tensors)
         assert _load(tmp_path, mutant, verify=True) is None, f"mutant {number} was accepted"
-    assert loaded_other >= 30  # what the format alone cannot see, the recorded hash does
+    assert loaded_other >= 20  # what the format cannot see, the recorded hash does
