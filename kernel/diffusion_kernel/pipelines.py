@@ -13,7 +13,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from .hub import (
     list_files,
     pin_revision,
 )
+from .outputs import BaseOutput
 from .weights import PICKLE_SUFFIXES
 
 MODEL_INDEX = "model_index.json"
@@ -38,11 +39,9 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".msgpack", 
 
 
 @dataclass
-class PipelineOutput:
-    """Base of pipeline outputs; fields are also reachable by index, like a tuple."""
-
-    def __getitem__(self, index: int) -> Any:
-        return getattr(self, fields(self)[index].name)
+class PipelineOutput(BaseOutput):
+    """Base of pipeline outputs: a read-only dict of its fields, also reachable by index, like a
+    tuple (``diffusion_kernel.outputs``)."""
 
 
 @dataclass
@@ -233,6 +232,7 @@ class DiffusionPipeline(PushToHubMixin):
         custom_pipeline: str | os.PathLike | None = None,
         custom_revision: str | None = None,
         trust_remote_code: bool = False,
+        dtype: torch.dtype | None = None,
         **overrides: Any,
     ) -> DiffusionPipeline:
         """Load a pipeline folder or Hub repo; keyword arguments named like components replace
@@ -244,7 +244,9 @@ class DiffusionPipeline(PushToHubMixin):
         defined in ``<component>/<module>.py``, runs only with ``trust_remote_code=True``
         (see ``remote_code.py``)."""
         from . import remote_code
+        from .modeling import resolve_dtype
 
+        torch_dtype = resolve_dtype(dtype, torch_dtype)  # dtype: diffusers' newer name
         allow_pickle = allow_pickle and not use_safetensors
         hub = dict(revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
                    token=token)

@@ -26,18 +26,17 @@ import torch
 from .configuration import ConfigMixin
 from .errors import ConfigError, SchedulerError
 from .hub import PushToHubMixin
+from .outputs import BaseOutput
 
 
 @dataclass
-class SchedulerOutput:
+class SchedulerOutput(BaseOutput):
     """What ``step`` returns: the sample at the next (less noisy) timestep and, where the solver
-    forms it, its estimate of the clean sample."""
+    forms it, its estimate of the clean sample. A read-only dict too (``out["prev_sample"]``,
+    ``out[0]``, ``out.to_tuple()``), as every output (``diffusion_kernel.outputs``)."""
 
     prev_sample: torch.Tensor
     pred_original_sample: torch.Tensor | None = None
-
-    def __getitem__(self, index: int) -> torch.Tensor:  # tuple-style access, as in diffusers
-        return (self.prev_sample, self.pred_original_sample)[index]
 
 
 class SchedulerMixin(ConfigMixin, PushToHubMixin):
