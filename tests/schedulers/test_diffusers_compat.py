@@ -56,7 +56,9 @@ CONSTRUCTOR_CASES = [(name, {}) for name in SIGMA_SCHEDULERS] + [
     ("LMSDiscreteScheduler", dict(use_exponential_sigmas=True, num_train_timesteps=300)),
     ("EDMEulerScheduler", dict(sigma_schedule="exponential", final_sigmas_type="sigma_min")),
     ("FlowMatchEulerDiscreteScheduler", dict(shift=3.0)),
-]
+] + [(name, dict(beta_schedule="scaled_linear")) for name in (  # listed; step needs a run
+    "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler", "UniPCMultistepScheduler",
+    "DEISMultistepScheduler")]
 
 
 @pytest.mark.parametrize("name, config", CONSTRUCTOR_CASES)
