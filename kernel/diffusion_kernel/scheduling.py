@@ -3,7 +3,8 @@
 The contract (diffusers-compatible), for a scheduler ``s``:
 
 - ``s.set_timesteps(num_inference_steps, device=None, timesteps=None, sigmas=None)`` prepares a
-  sampling run (calling it again starts a fresh run) and fills ``s.timesteps``;
+  sampling run (calling it again starts a fresh run) and fills ``s.timesteps`` (where the
+  diffusers format does, a new scheduler already holds a run over the training timesteps);
 - ``s.scale_model_input(sample, t)`` scales the sample before the model sees it (identity for
   most discrete-time schedulers);
 - ``s.step(model_output, t, sample, generator=None).prev_sample`` is one solver step;
