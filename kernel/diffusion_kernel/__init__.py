@@ -28,7 +28,7 @@ _KERNEL_NAMES = {
     "ConfigMixin": "configuration",
     "FrozenConfig": "configuration",
     "ModelMixin": "modeling",
-    "BaseOutput": "outputs",
+    "BaseOutput": "base_output",
     "SchedulerMixin": "scheduling",
     "SchedulerOutput": "scheduling",
     "DiffusionPipeline": "pipelines",

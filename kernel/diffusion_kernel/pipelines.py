@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from .base_output import BaseOutput
 from .configuration import FORMAT_VERSION, FrozenConfig, config_parameters, read_json
 from .errors import NotRegisteredError, PipelineError, UnsafeCheckpointError
 from .hub import (
@@ -29,7 +30,6 @@ from .hub import (
     list_files,
     pin_revision,
 )
-from .outputs import BaseOutput
 from .weights import PICKLE_SUFFIXES
 
 MODEL_INDEX = "model_index.json"
@@ -41,7 +41,7 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".msgpack", 
 @dataclass
 class PipelineOutput(BaseOutput):
     """Base of pipeline outputs: a read-only dict of its fields, also reachable by index, like a
-    tuple (``diffusion_kernel.outputs``)."""
+    tuple (``diffusion_kernel.base_output``)."""
 
 
 @dataclass

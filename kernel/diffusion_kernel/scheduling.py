@@ -24,17 +24,17 @@ from typing import Any
 
 import torch
 
+from .base_output import BaseOutput
 from .configuration import ConfigMixin
 from .errors import ConfigError, SchedulerError
 from .hub import PushToHubMixin
-from .outputs import BaseOutput
 
 
 @dataclass
 class SchedulerOutput(BaseOutput):
     """What ``step`` returns: the sample at the next (less noisy) timestep and, where the solver
     forms it, its estimate of the clean sample. A read-only dict too (``out["prev_sample"]``,
-    ``out[0]``, ``out.to_tuple()``), as every output (``diffusion_kernel.outputs``)."""
+    ``out[0]``, ``out.to_tuple()``), as every output (``diffusion_kernel.base_output``)."""
 
     prev_sample: torch.Tensor
     pred_original_sample: torch.Tensor | None = None

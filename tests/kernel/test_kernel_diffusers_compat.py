@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from diffusion_kernel.base_output import BaseOutput
 from diffusion_kernel.configuration import ConfigMixin, FrozenConfig, register_to_config
 from diffusion_kernel.errors import ConfigError, OutputError
-from diffusion_kernel.outputs import BaseOutput
 from diffusion_kernel.pipelines import DiffusionPipeline
 from kernel_toys import ToyModel, ToyPipeline, ToyScheduler
 

@@ -1,9 +1,9 @@
-"""Model outputs: the kernel's one output mechanism (``diffusion_kernel.outputs.BaseOutput``), a
+"""Model outputs: the kernel's one output mechanism (``diffusion_kernel.base_output.BaseOutput``), a
 dataclass that is also a read-only dict reachable by field name, key and position."""
 
 from __future__ import annotations
 
-from ..outputs import BaseOutput
+from ..base_output import BaseOutput
 
 # The name model outputs derive from (``UNet2DOutput(ModelOutput)``): the same base as scheduler
 # and pipeline outputs.

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from diffusion_kernel.base_output import BaseOutput
 from diffusion_kernel.errors import SchedulerError
-from diffusion_kernel.outputs import BaseOutput
 
 from .alpha_schedule import (
     AlphaSchedulerMixin,

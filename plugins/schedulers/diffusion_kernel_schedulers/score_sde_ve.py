@@ -23,8 +23,8 @@ import math
 from dataclasses import dataclass
 
 import torch
+from diffusion_kernel.base_output import BaseOutput
 from diffusion_kernel.errors import ConfigError, SchedulerError
-from diffusion_kernel.outputs import BaseOutput
 from diffusion_kernel.scheduling import SchedulerMixin, SchedulerOutput
 
 from .alpha_schedule import check_num_inference_steps

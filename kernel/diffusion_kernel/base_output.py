@@ -1,5 +1,5 @@
-"""The output objects of models, schedulers and pipelines: dataclasses that are also read-only
-dicts, as in diffusers (``BaseOutput``).
+"""The base of the output objects of models, schedulers and pipelines: dataclasses that are also
+read-only dicts, as in diffusers (``BaseOutput``).
 
 An output ``out`` of a dataclass with fields ``(prev_sample, pred_original_sample)`` answers
 ``out.prev_sample``, ``out["prev_sample"]``, ``out[0]`` (position among the fields that are not
