@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from .base_output import BaseOutput
 from .configuration import FORMAT_VERSION, FrozenConfig, config_parameters, read_json
 from .errors import NotRegisteredError, PipelineError, UnsafeCheckpointError
 from .hub import (
@@ -44,11 +45,9 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".msgpack", 
 
 
 @dataclass
-class PipelineOutput:
-    """Base of pipeline outputs; fields are also reachable by index, like a tuple."""
-
-    def __getitem__(self, index: int) -> Any:
-        return getattr(self, fields(self)[index].name)
+class PipelineOutput(BaseOutput):
+    """Base of pipeline outputs: a read-only dict of its fields, also reachable by index, like a
+    tuple (``diffusion_kernel.base_output``)."""
 
 
 @dataclass
@@ -312,6 +311,7 @@ class DiffusionPipeline(PushToHubMixin):
         custom_pipeline: str | os.PathLike | None = None,
         custom_revision: str | None = None,
         trust_remote_code: bool = False,
+        dtype: torch.dtype | None = None,
         **overrides: Any,
     ) -> DiffusionPipeline:
         """Load a pipeline folder or Hub repo; keyword arguments named like components replace
@@ -323,7 +323,9 @@ class DiffusionPipeline(PushToHubMixin):
         defined in ``<component>/<module>.py``, runs only with ``trust_remote_code=True``
         (see ``remote_code.py``)."""
         from . import remote_code
+        from .modeling import resolve_dtype
 
+        torch_dtype = resolve_dtype(dtype, torch_dtype)  # dtype: diffusers' newer name
         allow_pickle = allow_pickle and not use_safetensors
         hub = dict(revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
                    token=token)

@@ -14,9 +14,9 @@ from PIL import Image
 # Schedulers for other model families are not meant for a DDPM epsilon UNet: score-SDE VE/VP
 # need a score model in continuous time, flow matching a velocity model, EDM-Euler a model with
 # the EDM preconditioning (c_noise = ln(sigma)/4 instead of the timestep); DDIM inversion runs
-# towards noise.
+# towards noise; IPNDM samples the continuous v-diffusion process with a velocity model.
 NOT_FOR_DDPM = {"ScoreSdeVeScheduler", "ScoreSdeVpScheduler", "FlowMatchEulerDiscreteScheduler",
-                "EDMEulerScheduler", "DDIMInverseScheduler"}
+                "EDMEulerScheduler", "DDIMInverseScheduler", "IPNDMScheduler"}
 
 
 @pytest.fixture(scope="module")
