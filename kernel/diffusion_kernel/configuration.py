@@ -10,9 +10,9 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import logging
 import os
-import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from .errors import ConfigError, DiffusionKernelError
 # The version of the on-disk format we read and write (the diffusers layout).
 FORMAT_VERSION = "0.42.1"
 _warned_unknown: set[tuple[str, str]] = set()
+logger = logging.getLogger(__name__)
 
 
 def _freeze(value: Any) -> Any:
@@ -40,67 +41,95 @@ def _thaw(value: Any) -> Any:
     if isinstance(value, tuple | list):
         return [_thaw(v) for v in value]
     if isinstance(value, Mapping):
-        return {k: _thaw(v) for k, v in value.items()}
+        return {k: _thaw(v) for k, v in dict(value).items()}
     if hasattr(value, "tolist"):  # numpy / torch scalars and arrays
         return value.tolist()
     return value
 
 
-class FrozenConfig(Mapping):
-    """A read-only mapping with attribute access: ``config.num_train_timesteps``.
+class FrozenConfig(dict):
+    """A read-only ``dict`` with attribute access: ``config.num_train_timesteps``.
 
-    To change a value, build a new object: ``cls.from_config(obj.config, key=value)``.
-    ``owner`` is the name of the class whose config this is (so a swap to another class knows
-    that the keys it does not take belong to that class, and does not warn about them).
+    A real ``dict`` (diffusers' ``X.from_config(our_scheduler.config)`` and ``json.dumps`` take it
+    as one), but every method that would change it raises ``ConfigError``. To change a value,
+    build a new object, ``cls.from_config(obj.config, key=value)``, or give the object a new
+    config with ``obj.register_to_config(key=value)``. Lists are stored as tuples and nested
+    mappings as ``FrozenConfig``. ``owner`` is the name of the class whose config this is (so a
+    swap to another class knows that the keys it does not take belong to that class).
     """
 
-    __slots__ = ("_data", "_owner")
+    __slots__ = ("_owner",)
 
     def __init__(self, data: Mapping[str, Any] = (), owner: str | None = None):
-        object.__setattr__(self, "_data", {k: _freeze(v) for k, v in dict(data).items()})
+        try:  # __init__ called again on a built config would change it
+            object.__getattribute__(self, "_owner")
+        except AttributeError:
+            pass
+        else:
+            self._refuse("be rebuilt in place")
+        dict.__init__(self, {k: _freeze(v) for k, v in dict(data).items()})
         object.__setattr__(self, "_owner", owner)
 
-    def __reduce__(self):  # copy and pickle rebuild through __init__ (__setattr__ refuses)
-        return FrozenConfig, (self._data, self._owner)
-
-    def __getitem__(self, key: str) -> Any:
-        return self._data[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._data)
-
-    def __len__(self) -> int:
-        return len(self._data)
+    def __reduce__(self):  # copy and pickle rebuild through __init__ (__setitem__ refuses)
+        return FrozenConfig, (dict(self), self._owner)
 
     def __getattr__(self, key: str) -> Any:
-        if key.startswith("__") or key in ("_data", "_owner"):
+        if key.startswith("__") or key == "_owner":
             raise AttributeError(key)
         try:
-            return self._data[key]
+            return self[key]
         except KeyError:
             raise AttributeError(f"config has no field {key!r}") from None
 
-    def __setattr__(self, key: str, value: Any) -> None:
+    def _refuse(self, what: str, key: str | None = None):
+        field = key if isinstance(key, str) else "key"
         raise ConfigError(
-            f"config is read-only (tried to set {key!r}); build a new object instead: "
-            f"cls.from_config(obj.config, {key}=...)"
+            f"config is read-only (it cannot {what}); build a new object instead: "
+            f"cls.from_config(obj.config, {field}=...), or replace the object's config with "
+            f"obj.register_to_config({field}=...)"
         )
 
-    __setitem__ = __setattr__
+    def __setattr__(self, key: str, value: Any) -> None:
+        self._refuse(f"set {key!r}", key)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._refuse(f"set {key!r}", key)
 
     def __delattr__(self, key: str) -> None:
-        self.__setattr__(key, None)
+        self._refuse(f"delete {key!r}", key)
 
-    __delitem__ = __delattr__
+    def __delitem__(self, key: str) -> None:
+        self._refuse(f"delete {key!r}", key)
+
+    def pop(self, key, *default):
+        self._refuse(f"pop {key!r}", key)
+
+    def popitem(self):
+        self._refuse("popitem")
+
+    def setdefault(self, key, default=None):
+        self._refuse(f"setdefault {key!r}", key)
+
+    def update(self, *args, **kwargs):
+        self._refuse("update")
+
+    def clear(self):
+        self._refuse("clear")
+
+    def __ior__(self, other):
+        self._refuse("|=")
 
     def to_dict(self) -> dict[str, Any]:
-        return _thaw(self._data)
+        return _thaw(dict(self))
 
     def __repr__(self) -> str:
         return f"FrozenConfig({json.dumps(self.to_dict(), indent=2, default=str)})"
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Mapping) and self.to_dict() == _thaw(dict(other))
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
 
     __hash__ = None
 
@@ -177,18 +206,57 @@ def _record(self, bound: inspect.BoundArguments, explicit: dict[str, Any]) -> No
     config = FrozenConfig({**hidden, **extra, **values}, owner=type(self).__name__)
     object.__setattr__(self, "_config", config)
     if extra and not getattr(self, "_accepts_extra_kwargs", False):
-        _warn_unknown(type(self), extra)
+        _report_unused(type(self), extra)
 
 
-def _warn_unknown(cls: type, keys) -> None:
-    fresh = [k for k in keys if (cls.__name__, k) not in _warned_unknown and not k.startswith("_")]
+def _report_unused(cls: type, keys, source_class: str | None = None) -> None:
+    """Log config keys ``cls`` does not take (they stay in its config, hidden).
+
+    Keys of another class's config (a sampler swap: ``source_class`` is that class, or the keys
+    are ones a compatible class takes) are normal: logged at info level, as diffusers does.
+    Keys no related class takes (a typo, a config for something else) are logged as a warning,
+    once per class and key."""
+    deprecated = getattr(cls, "_deprecated_kwargs", ())  # old names the class still honours
+    keys = [k for k in keys if not k.startswith("_") and k not in deprecated]
+    if not keys:
+        return
+    if source_class not in (None, cls.__name__):
+        swapped, unknown = sorted(keys), []
+    else:
+        related = _keys_of_compatible_classes(cls)
+        swapped = sorted(k for k in keys if k in related)
+        unknown = sorted(k for k in keys if k not in related)
+    if swapped:
+        logger.info("%s does not take config keys %s (from %s); they are kept in its config and "
+                    "saved again, and have no effect on it", cls.__name__, swapped,
+                    source_class or "a compatible class")
+    fresh = [k for k in unknown if (cls.__name__, k) not in _warned_unknown]
     if fresh:
         _warned_unknown.update((cls.__name__, k) for k in fresh)
-        warnings.warn(
-            f"{cls.__name__} does not use config keys {sorted(fresh)}; they are kept in the "
-            f"config (and saved again) but have no effect.",
-            stacklevel=4,
-        )
+        logger.warning("%s does not use config keys %s; they are kept in the config (and saved "
+                       "again) but have no effect.", cls.__name__, fresh)
+
+
+def _keys_of_compatible_classes(cls: type) -> set[str]:
+    """Config keys some installed class in ``cls._compatibles`` takes."""
+    names = [n for n in getattr(cls, "_compatibles", ()) if n != cls.__name__]
+    if not names:
+        return set()
+    from .plugins import registry
+
+    keys: set[str] = set()
+    for name in names:
+        try:
+            keys |= set(config_parameters(registry.find(name).load()))
+        except DiffusionKernelError:  # not installed, or its plugin does not load
+            continue
+    return keys
+
+
+def register_to_config(init):
+    """Decorator for ``__init__`` of a ``ConfigMixin`` class, as in diffusers. Optional here: every
+    ``ConfigMixin`` subclass records its constructor arguments as its config anyway."""
+    return init if getattr(init, "_records_config", False) else _record_config(init)
 
 
 class ConfigMixin:
@@ -215,15 +283,27 @@ class ConfigMixin:
     @config.setter
     def config(self, value: Any) -> None:
         raise ConfigError(f"{type(self).__name__}.config is read-only; build a new object "
-                          f"instead: {type(self).__name__}.from_config(obj.config, key=value)")
+                          f"instead: {type(self).__name__}.from_config(obj.config, key=value), "
+                          f"or give this one a new config: obj.register_to_config(key=value)")
+
+    def register_to_config(self, **kwargs: Any) -> None:
+        """Give this object a new frozen config: the current one with ``kwargs`` merged in (the
+        old config object is left as it was). Only what reads ``self.config`` later sees the new
+        values: state the constructor computed from the old ones stays (as in diffusers); to
+        rebuild that too, use ``type(obj).from_config(obj.config, key=value)``."""
+        current = self.config
+        merged = FrozenConfig({**current, **kwargs}, owner=current._owner)
+        object.__setattr__(self, "_config", merged)
 
     # Building from a config ------------------------------------------------------------------
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | str | os.PathLike | None = None, **overrides):
         """Build an instance from a config mapping (or a saved config file/folder).
 
-        Keys this class does not take are kept in its config (so a swap back restores them);
-        they are warned about once when the config was written for this very class.
+        Keys this class does not take are kept in its config (so a swap back restores them) and
+        logged (``logging``, logger ``diffusion_kernel.configuration``): at info level when they
+        belong to another class's config (a swap), as a warning (once) when no related class
+        takes them.
         """
         if config is None:
             config = {}
@@ -239,9 +319,11 @@ class ConfigMixin:
         init_kwargs = {k: v for k, v in data.items() if k in params}
         hidden = {k: v for k, v in data.items() if k not in params and not k.startswith("_")}
         source_class = data.get("_class_name") or getattr(config, "_owner", None)
-        same_class = source_class in (None, cls.__name__)
-        if hidden and same_class:
-            _warn_unknown(cls, hidden)
+        _report_unused(cls, hidden, source_class if isinstance(source_class, str) else None)
+        # old names of options the constructor still takes through **kwargs (diffusers'
+        # _deprecated_kwargs)
+        init_kwargs.update({k: data[k] for k in getattr(cls, "_deprecated_kwargs", ())
+                            if k in data})
         required = [k for k, p in params.items() if p.default is p.empty and k not in init_kwargs]
         if required:
             raise ConfigError(f"{cls.__name__} needs config fields {required}, which the config "

@@ -187,12 +187,14 @@ class ModelMixin(nn.Module, ConfigMixin, PushToHubMixin):
         mmap: bool = True,
         use_safetensors: bool | None = None,
         low_cpu_mem_usage: bool = True,
+        dtype: torch.dtype | None = None,
         verify: bool = False,
         **config_overrides: Any,
     ):
         """Load a model from a folder or Hub repo in the diffusers layout.
 
-        ``torch_dtype`` converts floating weights tensor by tensor; ``device`` moves them;
+        ``torch_dtype`` (or its diffusers alias ``dtype``) converts floating weights tensor by
+        tensor; ``device`` moves them;
         ``mmap=False`` streams the file instead of mapping it (for network disks);
         ``allow_pickle=True`` accepts ``.bin`` weights (loaded with ``weights_only=True``).
         Taken for diffusers compatibility (so they do not end up in the config):
@@ -202,6 +204,7 @@ class ModelMixin(nn.Module, ConfigMixin, PushToHubMixin):
         folder's ``SHA256SUMS``, or the hashes the Hub published) before use: one read of each.
         """
         allow_pickle = allow_pickle and not use_safetensors
+        torch_dtype = resolve_dtype(dtype, torch_dtype)
         if torch_dtype is not None and not isinstance(torch_dtype, torch.dtype):
             raise ConfigError(f"torch_dtype must be a torch.dtype like torch.float16, "
                               f"got {torch_dtype!r}")
@@ -351,6 +354,11 @@ class ModelMixin(nn.Module, ConfigMixin, PushToHubMixin):
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        """Whether any block recomputes its activations in the backward pass."""
+        return any(getattr(m, "gradient_checkpointing", False) for m in self.modules())
+
     def enable_gradient_checkpointing(self) -> None:
         if not self._supports_gradient_checkpointing:
             raise ConfigError(f"{type(self).__name__} does not support gradient checkpointing")
@@ -362,6 +370,15 @@ class ModelMixin(nn.Module, ConfigMixin, PushToHubMixin):
         for module in self.modules():
             if hasattr(module, "gradient_checkpointing"):
                 module.gradient_checkpointing = False
+
+
+def resolve_dtype(dtype: torch.dtype | None, torch_dtype: torch.dtype | None
+                  ) -> torch.dtype | None:
+    """The dtype asked for by ``dtype=`` (the diffusers spelling) or ``torch_dtype=``."""
+    if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
+        raise ConfigError(f"dtype={dtype} and torch_dtype={torch_dtype} disagree; pass one of "
+                          f"them (dtype is the newer name of torch_dtype)")
+    return dtype if dtype is not None else torch_dtype
 
 
 def _unshare(tensor: torch.Tensor, seen: set[int]) -> torch.Tensor:
