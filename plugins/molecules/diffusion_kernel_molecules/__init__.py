@@ -4,6 +4,6 @@
 ``diffusion-kernel generate --model conformers``); ``SHIPPED_TEST_SET``: the held-out NCI
 molecules and their reference conformers it is evaluated on (docs/molecules.md)."""
 
-from .commands import SHIPPED_MODEL, SHIPPED_TEST_SET
+from .plugin import SHIPPED_MODEL, SHIPPED_TEST_SET
 
 __all__ = ["SHIPPED_MODEL", "SHIPPED_TEST_SET"]

@@ -7,9 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-SHIPPED_MODEL = Path(__file__).parent / "shipped" / "geodiff-nci"
-SHIPPED_TEST_SET = Path(__file__).parent / "data" / "nci-test.npz"
-SHIPPED_NAME = "conformers"
+from .plugin import SHIPPED_NAME, SHIPPED_TEST_SET
 
 
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:

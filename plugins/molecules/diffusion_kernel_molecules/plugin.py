@@ -1,9 +1,16 @@
 """Entry point of the molecules plugin: registers GeoDiffModel, the conformer pipeline and the
 molecule processor by module path (imported on first use), and the ``molecules`` commands."""
 
+from pathlib import Path
+
 from diffusion_kernel import hookimpl
 
 _PKG = "diffusion_kernel_molecules"
+# Defined here, not in commands.py: listing the registries (and importing the package, which
+# exports them) must not import the plugin's code.
+SHIPPED_MODEL = Path(__file__).parent / "shipped" / "geodiff-nci"
+SHIPPED_TEST_SET = Path(__file__).parent / "data" / "nci-test.npz"
+SHIPPED_NAME = "conformers"
 
 
 @hookimpl
@@ -45,8 +52,6 @@ def register_output_writers(register):
 
 @hookimpl
 def register_shipped_models(register):
-    from .commands import SHIPPED_MODEL, SHIPPED_NAME
-
     register(SHIPPED_NAME, str(SHIPPED_MODEL),
              summary="conformers of small organic molecules (H, C, N, O, F), a GeoDiff model "
                      "trained on RDKit's NCI sample (docs/molecules.md)")
