@@ -381,7 +381,8 @@ def plugin_statuses(venv: Venv, allowlist: str) -> dict[str, str]:
 
 def test_allowlist_of_plugin_names_loads_only_those(venv):
     assert plugin_statuses(venv, "schedulers,audio") == {
-        "schedulers": "loaded", "audio": "loaded", "vision": "disabled", "sequence": "disabled"}
+        "schedulers": "loaded", "audio": "loaded", "vision": "disabled", "sequence": "disabled",
+        "molecules": "disabled"}
     out = venv.run("diffusion-kernel", "registry", "models",
                    DIFFUSION_KERNEL_PLUGINS="schedulers,audio").stdout
     assert out.splitlines() == ["models:", "  (none)"]
@@ -389,7 +390,8 @@ def test_allowlist_of_plugin_names_loads_only_those(venv):
 
 def test_allowlist_accepts_distribution_names(venv):
     assert plugin_statuses(venv, "diffusion-kernel-vision") == {
-        "schedulers": "disabled", "audio": "disabled", "vision": "loaded", "sequence": "disabled"}
+        "schedulers": "disabled", "audio": "disabled", "vision": "loaded", "sequence": "disabled",
+        "molecules": "disabled"}
 
 
 def test_empty_allowlist_loads_no_plugin(venv):
