@@ -238,11 +238,12 @@ def list_lora_adapters(model: nn.Module) -> list[str]:
 
 
 def active_lora_adapters(model: nn.Module) -> list[str]:
-    """Names of the adapters in use (``set_lora_adapters``), in their order."""
-    names: dict[str, None] = {}
+    """Names of the adapters in use, in the order ``set_lora_adapters`` gave them."""
+    names: set[str] = set()
     for _, layer in lora_layers(model):
-        names.update(dict.fromkeys(n for n in layer.lora_active if n in layer.lora_A))
-    return list(names)
+        names.update(n for n in layer.lora_active if n in layer.lora_A)
+    order = model.__dict__.get("_lora_order", [])
+    return [n for n in order if n in names] + sorted(names - set(order))
 
 
 def inject_lora(model: nn.Module, adapter_name: str, weights: dict[str, LoRAWeights]) -> None:
@@ -368,6 +369,7 @@ def set_lora_adapters(model: nn.Module, adapter_names: Sequence[str],
     """Use exactly ``adapter_names`` (others stay loaded, unused) with these ``weights``
     (default 1.0 each). A layer ignores names it does not hold."""
     weights = [1.0] * len(adapter_names) if weights is None else list(weights)
+    model.__dict__["_lora_order"] = list(adapter_names)  # for active_lora_adapters
     for _, layer in lora_layers(model):
         layer.lora_active = [n for n in adapter_names if n in layer.lora_A]
         for name, weight in zip(adapter_names, weights):
