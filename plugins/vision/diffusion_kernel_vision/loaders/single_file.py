@@ -176,7 +176,8 @@ def _component_specs(cls, variant, config, original_config, hub, prediction_type
         specs: dict[str, tuple[str, Any]] = {
             "unet": ("model", ldm_config.unet_config(yaml, variant)),
             "vae": ("model", ldm_config.vae_config(yaml, variant)),
-            "scheduler": ("scheduler", ldm_config.scheduler_config(yaml, prediction_type))}
+            "scheduler": ("scheduler", ("DDIMScheduler",
+                                        ldm_config.scheduler_config(yaml, prediction_type)))}
         needs_repo = [n for n in ("text_encoder", "tokenizer") if n not in components]
         if needs_repo:
             source = ConfigSource(DEFAULT_CONFIG_REPOS[variant], hub, default=True)
