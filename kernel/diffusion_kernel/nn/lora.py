@@ -136,13 +136,16 @@ class LoRALayer:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = super().forward(x)
         for name, scale in self._lora_live:
-            scale = scale * self.lora_call_scale
+            # In place on tensors made here, which no backward pass needs (a linear map saves
+            # its input, not its output): no extra full-size allocation per adapter.
             hidden = self._lora_down(x, self.lora_A[name])
             bias = self.lora_B_bias[name] if name in self.lora_B_bias else None
             if bias is None:  # scale the rank-wide hidden state: cheaper than the output
-                out = out + self._lora_up(hidden * scale, self.lora_B[name], None)
+                hidden = hidden.mul_(scale * self.lora_call_scale)
+                out = out.add_(self._lora_up(hidden, self.lora_B[name], None))
             else:
-                out = out + self._lora_up(hidden, self.lora_B[name], bias) * scale
+                update = self._lora_up(hidden, self.lora_B[name], bias)
+                out = out.add_(update.mul_(scale * self.lora_call_scale))
         return out
 
 
