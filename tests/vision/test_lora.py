@@ -167,7 +167,7 @@ def test_kohya_alphas_apply_per_layer(ours, files, tmp_path):
         weight = layer.weight + entry["alpha"] / 4 * delta
         expected = (torch.nn.functional.conv2d(x, weight, layer.bias) if x.ndim == 4
                     else torch.nn.functional.linear(x, weight, layer.bias))
-        torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
+        assert torch.allclose(layer(x), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_both_clip_key_layouts_load(ours, files, tmp_path):

@@ -196,6 +196,9 @@ def check_adapter_name(name: str) -> str:
     if not isinstance(name, str) or not name or "." in name:
         raise ConfigError(f"adapter name {name!r} is not usable: give a non-empty string without "
                           f"'.' (it becomes part of parameter names)")
+    if hasattr(nn.ParameterDict, name):  # the adapters are attributes of a ParameterDict
+        raise ConfigError(f"adapter name {name!r} is the name of a torch Module attribute; "
+                          f"choose another one")
     return name
 
 
