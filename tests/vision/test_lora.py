@@ -182,6 +182,20 @@ def test_both_clip_key_layouts_load(ours, files, tmp_path):
     np.testing.assert_array_equal(run(ours), flat)
 
 
+def test_text_encoder_layers_resolve_in_the_nested_clip_layout_too(ours, files):
+    """transformers < 5.6 nests the CLIP layers under .text_model: the same file names them."""
+    from diffusion_kernel_vision.loaders import lora_formats
+
+    nested = torch.nn.Module()
+    nested.text_model = ours.text_encoder
+    for source in (files["kohya"], files["diffusers"]):
+        groups = lora_formats.parse(load_file(source), {}, str(source))
+        resolved = lora_formats.resolve({"text_encoder": groups["text_encoder"]},
+                                        {"text_encoder": nested}, str(source))
+        paths = sorted(resolved["text_encoder"])
+        assert paths and all(p.startswith("text_model.encoder.layers.") for p in paths)
+
+
 def test_delete_unload_disable_and_enable(ours, files, base):
     ours.load_lora_weights(files["kohya"], adapter_name="k")
     ours.load_lora_weights(files["diffusers"].parent, adapter_name="d")

@@ -27,9 +27,11 @@ _HUB_URL = re.compile(r"https?://[^/]+/(?P<repo>[^/]+/[^/]+)/(?:blob|resolve)/(?
 _SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
 _CONV_IN = UNET_PREFIX + "input_blocks.0.0.weight"
 _ATTN2_TO_K = UNET_PREFIX + "input_blocks.{}.1.transformer_blocks.0.attn2.to_k.weight"
-# Keys that tell other files apart, for the error a wrong file gets.
+# Keys that tell other files apart, for the error a wrong file gets. SDXL shares the U-Net
+# prefix and block names with SD 1.x / 2.x; its second text encoder gives it away.
+_SDXL = ("conditioner.embedders.1.", "Stable Diffusion XL")
 _OTHER_MODELS = (
-    ("conditioner.embedders.1.", "Stable Diffusion XL"),
+    _SDXL,
     ("double_blocks.", "FLUX"), ("model.diffusion_model.double_blocks.", "FLUX"),
     ("joint_blocks.", "Stable Diffusion 3"), ("model.diffusion_model.joint_blocks.",
                                                "Stable Diffusion 3"),
@@ -118,10 +120,9 @@ def detect_variant(checkpoint: Checkpoint) -> str:
         raise CheckpointError(f"{checkpoint.path} is not a Stable Diffusion 1.x / 2.x checkpoint "
                               f"(no {UNET_PREFIX}* U-Net weights): it looks like "
                               f"{_what_else(checkpoint)}")
-    for marker, what in _OTHER_MODELS[:5]:
-        if any(k.startswith(marker) for k in checkpoint.names):
-            raise CheckpointError(f"{checkpoint.path} is a {what} checkpoint; only Stable "
-                                  f"Diffusion 1.x / 2.x single files are supported")
+    if checkpoint.with_prefix(_SDXL[0]):
+        raise CheckpointError(f"{checkpoint.path} is a {_SDXL[1]} checkpoint; only Stable "
+                              f"Diffusion 1.x / 2.x single files are supported")
     v2 = bool(checkpoint.with_prefix(OPEN_CLIP_PREFIX)) or _cross_attention_width(checkpoint) \
         == 1024
     if checkpoint.shape(_CONV_IN)[1] == 9:

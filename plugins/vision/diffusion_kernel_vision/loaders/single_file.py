@@ -108,9 +108,10 @@ class FromSingleFileMixin:
         hub = dict(revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
                    token=token)
         path = checkpoint_path(pretrained_model_link_or_path, **hub)
+        config_hub = {**hub, "revision": None}  # the revision is the checkpoint repo's
         with Checkpoint(path, allow_pickle) as checkpoint:
             variant = detect_variant(checkpoint)
-            specs = _component_specs(cls, variant, config, original_config, hub,
+            specs = _component_specs(cls, variant, config, original_config, config_hub,
                                      prediction_type, components)
             loaded = dict(components)
             for name, spec in specs.items():
@@ -119,8 +120,7 @@ class FromSingleFileMixin:
                                                    extract_ema)
         for name in cls._components_not_loaded:
             loaded.setdefault(name, None)
-        pipe = cls(**loaded)
-        return pipe
+        return cls(**loaded)
 
     def save_single_file(self, path: str | os.PathLike, dtype: torch.dtype | None = None,
                          text_encoder_layout: str | None = None) -> Path:
@@ -313,8 +313,8 @@ class FromOriginalModelMixin:
             else:
                 source = ConfigSource(
                     config if config is not None
-                    else DEFAULT_CONFIG_REPOS[_variant_or_v1(checkpoint)], hub,
-                    default=config is None)
+                    else DEFAULT_CONFIG_REPOS[_variant_or_v1(checkpoint)],
+                    {**hub, "revision": None}, default=config is None)
                 folder = name if subfolder is None else subfolder.strip("/")
                 if subfolder is None and f"{name}/config.json" not in source.files:
                     folder = ""  # a model folder: config.json at its root
