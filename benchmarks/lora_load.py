@@ -129,7 +129,7 @@ def _load_with_peft(unet, path: str) -> None:
     rank = next(iter(state.values())).shape[0]
     # low_cpu_mem_usage: adapters made on the meta device and filled, as diffusers does
     inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, target_modules=paths), unet,
-                            adapter_name="default_0", low_cpu_mem_usage=True)
+                            adapter_name="default_0", state_dict=state, low_cpu_mem_usage=True)
     set_peft_model_state_dict(unet, state, adapter_name="default_0", low_cpu_mem_usage=True)
 
 

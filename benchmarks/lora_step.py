@@ -6,14 +6,17 @@ peft), same weights, same inputs, same run.
 
 Models: the tests' tiny U-Net (16x16 latents) and ``UNet2DConditionModel(cross_attention_dim=768,
 sample_size=64)`` (859.5M parameters, 64x64 latents, 77 text tokens). The reference builds and
-initialises the weights; our two models are built on the meta device and take the very same
-tensors. The LoRA (random, rank ``--rank``, alpha = rank) adapts what kohya's trainer adapts in
-a transformer block: ``to_q, to_k, to_v, to_out.0, ff.net.0.proj, ff.net.2, proj_in,
-proj_out``. One torch thread, float32, CPU, ``torch.inference_mode``; the variants run
-alternately ``--repeat`` times after a warm-up each, and the table gives median step times,
-the overhead over the base step (LoRA - base) and the ratio of our overhead to the reference's
-(target: at most 1.0x). Fused LoRA is timed last (fusing changes the shared weights); target:
-equal to the base step within noise.
+initialises the weights; a second reference model and three of ours (base, native LoRA, peft
+LoRA) are built on the meta device and take the very same tensors. The LoRA (random, rank
+``--rank``, alpha = rank) adapts what kohya's trainer adapts in a transformer block: ``to_q,
+to_k, to_v, to_out.0, ff.net.0.proj, ff.net.2, proj_in, proj_out``.
+
+One torch thread, float32, CPU, ``torch.inference_mode``; all variants run in turn, ``--repeat``
+rounds after a warm-up each. The table gives median step times, the overhead over the base step
+(the median of the per-round differences LoRA - base, robust to a busy machine) and the ratio
+of our overhead to the reference's (target: at most 1.0x). Fused LoRA is timed last, against
+the base model again (fusing changes the shared weights); target: equal to the base step within
+noise.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ SIZES = {
                              norm_num_groups=8, cross_attention_dim=32, attention_head_dim=8,
                              down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
                              up_block_types=("CrossAttnUpBlock2D", "UpBlock2D")),
-                 tokens=16, repeat=30),
+                 tokens=16, repeat=100),
     "sd15": dict(config=dict(cross_attention_dim=768, sample_size=64), tokens=77, repeat=3),
 }
 TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in",
@@ -37,19 +40,23 @@ TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "pro
 
 
 def build(config: dict):
-    """The reference U-Net (initialised) and two of ours sharing its tensors."""
+    """The reference U-Net (initialised), a second reference and three of ours, all sharing its
+    tensors: base and LoRA models run side by side, so every round times each of them."""
     from diffusers import UNet2DConditionModel as Reference
     from diffusion_kernel_vision.models.unet_2d_condition import UNet2DConditionModel
 
     torch.manual_seed(0)
     reference = Reference(**config).eval()
-    ours = []
-    for _ in range(2):
+    state = reference.state_dict()
+    models = {"reference base": reference}
+    for name, cls in (("reference LoRA", Reference), ("ours base", UNet2DConditionModel),
+                      ("ours LoRA", UNet2DConditionModel),
+                      ("ours with peft layers LoRA", UNet2DConditionModel)):
         with torch.device("meta"):
-            model = UNet2DConditionModel(**config)
-        model.load_state_dict(reference.state_dict(), strict=True, assign=True)
-        ours.append(model.eval())
-    return reference, ours[0], ours[1]
+            model = cls(**config)
+        model.load_state_dict(state, strict=True, assign=True)
+        models[name] = model.eval()
+    return models
 
 
 def lora_tensors(model, rank: int) -> dict[str, torch.Tensor]:
@@ -100,13 +107,16 @@ def timed(model, inputs) -> float:
 def measure(size: str, repeat: int | None, batch: int, rank: int) -> dict[str, float]:
     spec = SIZES[size]
     config = spec["config"]
-    reference, ours, ours_peft = build(config)
+    models = build(config)
     width = config.get("sample_size", 64)
     torch.manual_seed(2)
     inputs = dict(sample=torch.randn(batch, 4, width, width), timestep=torch.tensor(500),
                   encoder_hidden_states=torch.randn(batch, spec["tokens"],
                                                     config["cross_attention_dim"]))
-    state = lora_tensors(ours, rank)
+    state = lora_tensors(models["ours base"], rank)
+    add_native(models["ours LoRA"], state, rank)
+    add_peft(models["ours with peft layers LoRA"], state, rank)
+    add_reference(models["reference LoRA"], state, rank)
     runs = repeat or spec["repeat"]
     times: dict[str, list[float]] = {}
 
@@ -118,36 +128,38 @@ def measure(size: str, repeat: int | None, batch: int, rank: int) -> dict[str, f
                 times.setdefault(name, []).append(timed(model, inputs))
 
     with torch.inference_mode():
-        rounds({"ours base": ours, "reference base": reference})
-        add_native(ours, state, rank)
-        add_peft(ours_peft, state, rank)
-        add_reference(reference, state, rank)
-        rounds({"ours LoRA": ours, "ours with peft layers LoRA": ours_peft,
-                "reference LoRA": reference})
-        agreement = (ours(**inputs).sample - reference(**inputs).sample).abs().max().item()
+        outputs = {n: models[n](**inputs).sample for n in ("ours LoRA", "reference LoRA")}
+        agreement = (outputs["ours LoRA"] - outputs["reference LoRA"]).abs().max().item()
+        rounds(models)
         from diffusion_kernel.nn.lora import fuse_lora
 
-        fuse_lora(ours)  # changes the weights all three share: timed last
-        rounds({"ours fused": ours})
+        fuse_lora(models["ours LoRA"])  # changes the weights all share: timed last
+        rounds({"ours fused": models["ours LoRA"], "ours base (again)": models["ours base"]})
     medians = {name: statistics.median(values) for name, values in times.items()}
+    # overheads as the median of paired differences (same round), robust to a busy machine
+    for lora_name, base_name in (("ours LoRA", "ours base"), ("reference LoRA", "reference base"),
+                                 ("ours with peft layers LoRA", "ours base"),
+                                 ("ours fused", "ours base (again)")):
+        medians[f"{lora_name} overhead"] = statistics.median(
+            a - b for a, b in zip(times[lora_name], times[base_name]))
     medians["max |ours - reference|"] = agreement
     return medians
 
 
 def report(size: str, medians: dict[str, float]) -> None:
-    print(f"\n{size}: median step (ms)")
+    print(f"\n{size}: median step (ms); overhead = median of (LoRA - base) paired per round")
     print("| variant | step (ms) | overhead over base (ms) | overhead / reference's |")
     print("| --- | --- | --- | --- |")
-    ref_overhead = medians["reference LoRA"] - medians["reference base"]
+    ref_overhead = medians["reference LoRA overhead"]
     for name in ("ours base", "reference base", "ours LoRA", "ours with peft layers LoRA",
                  "reference LoRA", "ours fused"):
-        base = medians["reference base" if name.startswith("reference") else "ours base"]
-        overhead = medians[name] - base
-        ratio = (f"{overhead / ref_overhead:.2f}x" if "LoRA" in name and ref_overhead > 0
+        overhead = medians.get(f"{name} overhead")
+        ratio = (f"{overhead / ref_overhead:.2f}x" if overhead is not None and "LoRA" in name
                  else "-")
-        print(f"| {name} | {medians[name] * 1e3:,.1f} | {overhead * 1e3:+,.1f} | {ratio} |")
-    ours_overhead = medians["ours LoRA"] - medians["ours base"]
-    fused = medians["ours fused"] / medians["ours base"]
+        shown = "-" if overhead is None else f"{overhead * 1e3:+,.1f}"
+        print(f"| {name} | {medians[name] * 1e3:,.1f} | {shown} | {ratio} |")
+    ours_overhead = medians["ours LoRA overhead"]
+    fused = medians["ours fused"] / medians["ours base (again)"]
     print(f"unfused overhead, ours / reference: {ours_overhead / ref_overhead:.2f}x "
           f"(target <= 1.0x: {'met' if ours_overhead <= ref_overhead else 'MISSED'}); "
           f"fused / base: {fused:.3f}x; outputs agree to "

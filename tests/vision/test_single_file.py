@@ -3,6 +3,8 @@ bit for bit in diffusers' ``from_single_file``; what it reads gives diffusers' w
 (SD 1.x, SD 2.x OpenCLIP, inpainting; config folder or original yaml, offline); EMA weights are
 chosen when present; bad files get clear errors."""
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -57,11 +59,13 @@ def sd1_file(ours, tmp_path_factory):
     return ours.save_single_file(tmp_path_factory.mktemp("single") / "sd1.safetensors")
 
 
-def test_a_saved_single_file_loads_bit_for_bit_in_diffusers(ours, folder, sd1_file):
+def test_a_saved_single_file_loads_bit_for_bit_in_diffusers(ours, folder, sd1_file, caplog):
     import diffusers
 
-    ref = diffusers.StableDiffusionPipeline.from_single_file(str(sd1_file), config=str(folder),
-                                                            local_files_only=True)
+    with caplog.at_level(logging.WARNING):
+        ref = diffusers.StableDiffusionPipeline.from_single_file(
+            str(sd1_file), config=str(folder), local_files_only=True)
+    assert [r.getMessage() for r in caplog.records if "key" in r.getMessage().lower()] == []
     for name in MODELS:
         assert_same_weights(getattr(ours, name), getattr(ref, name))
     assert "model.diffusion_model.output_blocks.2.0.skip_connection.weight" in \
