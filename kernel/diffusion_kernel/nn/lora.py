@@ -81,16 +81,13 @@ class LoRALayer:
                                 if n in self.lora_A and n not in self.lora_fused
                                 and self.lora_enabled)
 
-    def _lora_add(self, name: str, weights: LoRAWeights) -> None:
+    def _lora_add(self, name: str, weights: LoRAWeights, copy: bool) -> None:
         like = self.weight
-        # copies: the adapter never shares memory with a caller's tensors or a mapped file
-        self.lora_A[name] = nn.Parameter(weights.down.to(like.device, like.dtype, copy=True),
-                                         requires_grad=False)
-        self.lora_B[name] = nn.Parameter(weights.up.to(like.device, like.dtype, copy=True),
-                                         requires_grad=False)
-        if weights.up_bias is not None:
-            self.lora_B_bias[name] = nn.Parameter(
-                weights.up_bias.to(like.device, like.dtype, copy=True), requires_grad=False)
+        tensors = {"lora_A": weights.down, "lora_B": weights.up, "lora_B_bias": weights.up_bias}
+        for store, tensor in tensors.items():
+            if tensor is not None:
+                tensor = tensor.to(like.device, like.dtype, copy=copy)
+                getattr(self, store)[name] = nn.Parameter(tensor, requires_grad=False)
         self.lora_alpha[name] = float(weights.rank if weights.alpha is None else weights.alpha)
         self.lora_weight[name] = 1.0
         self._lora_refresh()
@@ -252,14 +249,16 @@ def active_lora_adapters(model: nn.Module) -> list[str]:
     return [n for n in order if n in names] + sorted(names - set(order))
 
 
-def inject_lora(model: nn.Module, adapter_name: str, weights: dict[str, LoRAWeights]) -> None:
+def inject_lora(model: nn.Module, adapter_name: str, weights: dict[str, LoRAWeights],
+                copy: bool = True) -> None:
     """Add adapter ``adapter_name`` with the given per-layer ``weights`` (keys: module paths in
     ``model``) and make it the only active one, as loading an adapter does in diffusers. Every
-    layer is checked first: on an error nothing has changed."""
+    layer is checked first: on an error nothing has changed. ``copy=False`` lets the adapters
+    use the given tensors' memory (tensors read from a file for this call: no second copy)."""
     check_lora_weights(model, adapter_name, weights)
+    modules = dict(model.named_modules())
     for path, layer_weights in weights.items():
-        layer = _as_lora_layer(model.get_submodule(path))
-        layer._lora_add(adapter_name, layer_weights)
+        _as_lora_layer(modules[path])._lora_add(adapter_name, layer_weights, copy)
     set_lora_adapters(model, [adapter_name])
 
 
@@ -273,10 +272,10 @@ def check_lora_weights(model: nn.Module, adapter_name: str,
                           f"{type(model).__name__}; pass another adapter_name, or "
                           f"delete_adapters({adapter_name!r}) first")
     problems = []
+    modules = dict(model.named_modules())
     for path, layer_weights in weights.items():
-        try:
-            layer = model.get_submodule(path)
-        except AttributeError:
+        layer = modules.get(path)
+        if layer is None:
             problems.append(f"{path}: no such layer")
             continue
         problem = lora_shape_problem(layer, layer_weights)
@@ -321,7 +320,7 @@ def add_lora(model: nn.Module, adapter_name: str, rank: int, alpha: float | None
     if not weights:
         raise ConfigError(f"no Linear or Conv layer of {type(model).__name__} matches "
                           f"target_modules={list(target_modules)}")
-    inject_lora(model, adapter_name, weights)
+    inject_lora(model, adapter_name, weights, copy=False)  # tensors made here
     for parameter in lora_parameters(model, adapter_name):
         parameter.requires_grad_(True)
     return list(weights)

@@ -178,6 +178,7 @@ def resolve(groups: dict[str, dict], models: dict[str, nn.Module | None],
     """``{component: {layer path: LoRAWeights}}``; a name that matches no layer of the model it
     is for raises ``CheckpointError`` (a LoRA for another base model)."""
     tables = {c: _name_table(c, m) for c, m in models.items() if m is not None}
+    modules = {c: dict(m.named_modules()) for c, m in models.items() if m is not None}
     resolved: dict[str, dict[str, LoRAWeights]] = {}
     unknown = []
     for component, layers in groups.items():
@@ -186,7 +187,7 @@ def resolve(groups: dict[str, dict], models: dict[str, nn.Module | None],
             if path is None:
                 unknown.append(name.removeprefix("kohya:"))
                 continue
-            layer = models[target].get_submodule(path)
+            layer = modules[target][path]
             resolved.setdefault(target, {})[path] = LoRAWeights(
                 _fit(entry["down"], layer), _fit(entry["up"], layer), entry.get("alpha"),
                 entry.get("bias"))

@@ -86,8 +86,9 @@ class StableDiffusionLoraLoaderMixin:
                 lora.check_lora_weights(models[component], adapter_name, weights)
             except CheckpointError as exc:
                 raise CheckpointError(f"{where}: {exc}") from None
-        for component, weights in resolved.items():
-            lora.inject_lora(models[component], adapter_name, weights)
+        for component, weights in resolved.items():  # a file's tensors are ours: no copy
+            lora.inject_lora(models[component], adapter_name, weights,
+                             copy=isinstance(source, dict))
         # the new adapter is the one in use, in every model that holds adapters
         for component, model in models.items():
             if component not in resolved:
