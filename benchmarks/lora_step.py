@@ -32,8 +32,10 @@ SIZES = {
                              norm_num_groups=8, cross_attention_dim=32, attention_head_dim=8,
                              down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
                              up_block_types=("CrossAttnUpBlock2D", "UpBlock2D")),
-                 tokens=16, repeat=100),
-    "sd15": dict(config=dict(cross_attention_dim=768, sample_size=64), tokens=77, repeat=3),
+                 tokens=16, repeat=100, warm_up=True),
+    # a step takes seconds: no warm-up call, the first round's overhead is negligible
+    "sd15": dict(config=dict(cross_attention_dim=768, sample_size=64), tokens=77, repeat=3,
+                 warm_up=False),
 }
 TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in",
            "proj_out")
@@ -121,11 +123,14 @@ def measure(size: str, repeat: int | None, batch: int, rank: int) -> dict[str, f
     times: dict[str, list[float]] = {}
 
     def rounds(variants):
-        for model in variants.values():  # warm-up
+        for model in variants.values() if spec["warm_up"] else ():
             timed(model, inputs)
-        for _ in range(runs):
+        for number in range(runs):
             for name, model in variants.items():
                 times.setdefault(name, []).append(timed(model, inputs))
+            if size != "tiny":  # progress, for runs of many minutes
+                print(f"round {number + 1}: " + ", ".join(
+                    f"{n} {times[n][-1]:.2f}s" for n in variants), flush=True)
 
     with torch.inference_mode():
         outputs = {n: models[n](**inputs).sample for n in ("ours LoRA", "reference LoRA")}
