@@ -11,7 +11,9 @@ written once by ours to ``benchmarks/_work`` with a diffusers-layout config fold
 (``config=``: nothing is downloaded). Every measurement runs in a fresh interpreter with the
 page cache warm; a child reports the wall time of ``from_single_file``, the time to touch every
 weight afterwards (a forward pass reads them all too) and its peak RSS minus the RSS after
-imports ("peak"). Ours and the reference alternate run by run. Targets: load time at most the
+imports ("peak"; transformers' CLIP classes are imported before, for both: the reference
+imports them with its pipeline class, ours on first use). Ours and the reference alternate run
+by run. Targets: load time at most the
 reference's; peak at most 1.2x the weights the pipeline keeps.
 """
 
@@ -93,6 +95,10 @@ def child(impl: str, path: str, config: str) -> None:
         from diffusion_kernel import StableDiffusionPipeline
     else:
         from diffusers import StableDiffusionPipeline
+    # The reference imports transformers' CLIP classes with its pipeline class, ours when a
+    # pipeline first needs them: import them here for both, outside what is timed.
+    from transformers import CLIPTextModel, CLIPTokenizer  # noqa: F401
+
     baseline = rss_now()
     start = time.perf_counter()
     pipe = StableDiffusionPipeline.from_single_file(path, config=config, local_files_only=True)
