@@ -62,7 +62,7 @@ def _no_adapters_left(ours, ref):
 
 
 def run(pipe, **kwargs):
-    return pipe("a cat", num_inference_steps=3, output_type="np",
+    return pipe("a cat", num_inference_steps=2, output_type="np",
                 generator=torch.Generator().manual_seed(0), **kwargs).images
 
 

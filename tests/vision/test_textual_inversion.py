@@ -46,7 +46,7 @@ def _unloaded(ours, ref):
 
 
 def run(pipe, prompt=PROMPT):
-    return pipe(prompt, num_inference_steps=3, output_type="np",
+    return pipe(prompt, num_inference_steps=2, output_type="np",
                 generator=torch.Generator().manual_seed(0)).images
 
 
