@@ -12,6 +12,7 @@ import inspect
 import json
 import os
 import re
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 
 import torch
 
+from .base_output import BaseOutput
 from .configuration import FORMAT_VERSION, FrozenConfig, config_parameters, read_json
 from .errors import NotRegisteredError, PipelineError, UnsafeCheckpointError
 from .hub import (
@@ -29,20 +31,25 @@ from .hub import (
     list_files,
     pin_revision,
 )
+from .integrity import MANIFEST as MANIFEST_NAME
 from .weights import PICKLE_SUFFIXES
 
 MODEL_INDEX = "model_index.json"
+# The step count a pipeline folder recommends (see DiffusionPipeline.default_num_inference_steps).
+# A private key: diffusers drops "_"-keys of model_index.json silently, so the folder still loads
+# there (with the pipeline's own default step count).
+DEFAULT_STEPS_KEY = "_default_num_inference_steps"
+# Names of the __call__ argument that takes the number of samples, in diffusers' pipelines.
+_COUNT_ARGUMENTS = ("batch_size", "num_images_per_prompt", "num_samples")
 _OWN_LIBRARIES = ("diffusers", "diffusion_kernel")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".msgpack", ".h5", ".onnx",
                     ".pb", ".ot", ".gguf")
 
 
 @dataclass
-class PipelineOutput:
-    """Base of pipeline outputs; fields are also reachable by index, like a tuple."""
-
-    def __getitem__(self, index: int) -> Any:
-        return getattr(self, fields(self)[index].name)
+class PipelineOutput(BaseOutput):
+    """Base of pipeline outputs: a read-only dict of its fields, also reachable by index, like a
+    tuple (``diffusion_kernel.base_output``)."""
 
 
 @dataclass
@@ -72,6 +79,13 @@ class DiffusionPipeline(PushToHubMixin):
     # Components a model_index.json may name that this pipeline accepts but never loads or runs
     # (e.g. Stable Diffusion's safety checker): from_pretrained sets them to None.
     _components_not_loaded: tuple[str, ...] = ()
+    # The step count a call uses when given none, recorded in model_index.json (None: the
+    # pipeline's own default). Set it on a pipeline you save to ship a recommended sampler
+    # budget with it (e.g. 20 for DPM-Solver++ 2M SDE).
+    default_num_inference_steps: int | None = None
+    # The __call__ argument that `diffusion-kernel generate`'s INPUT (or --prompt) fills; None:
+    # "prompt" if __call__ takes one, else the pipeline takes no input.
+    generate_input: str | None = None
 
     def register_modules(self, **components: Any) -> None:
         names = self.__dict__.setdefault("_component_names", [])
@@ -93,7 +107,73 @@ class DiffusionPipeline(PushToHubMixin):
         for name, component in self.components.items():
             data[name] = ([None, None] if component is None
                           else [library_of(component), type(component).__name__])
+        if self.default_num_inference_steps is not None:
+            data[DEFAULT_STEPS_KEY] = self.default_num_inference_steps
         return FrozenConfig(data)
+
+    def inference_steps(self, requested: int | None, fallback: int) -> int:
+        """The step count of a call: ``requested`` if given, else the folder's recommended
+        ``default_num_inference_steps``, else the pipeline's ``fallback`` (diffusers' default)."""
+        if requested is not None:
+            return requested
+        return self.default_num_inference_steps or fallback
+
+    # `diffusion-kernel generate` -----------------------------------------------------------
+    def generate_arguments(self, num_samples: int, input: Any = None,
+                           num_inference_steps: int | None = None,
+                           generator: list | None = None) -> dict[str, Any]:
+        """The keyword arguments ``diffusion-kernel generate`` calls this pipeline with, for
+        ``num_samples`` samples from the command line's ``input`` (a prompt...; None if not
+        given) with one generator per sample. Raises ``PipelineError`` for a request the pipeline
+        cannot take, before any sampling.
+
+        The default reads ``__call__``'s signature: ``input`` goes to ``generate_input`` (or
+        ``prompt``), which is then required; the count to the first of ``batch_size``,
+        ``num_images_per_prompt``, ``num_samples`` it takes. Override it for other signatures."""
+        params = inspect.signature(self.__call__).parameters
+        name = self.generate_input or ("prompt" if "prompt" in params else None)
+        kwargs: dict[str, Any] = {}
+        cls = type(self).__name__
+        if name is None and input is not None:
+            raise PipelineError(f"{cls} takes no input (no prompt: it samples unconditionally); "
+                                f"drop the INPUT / --prompt")
+        if name is not None:
+            if input is None:
+                raise PipelineError(f"{cls} needs an input for its {name!r} argument: "
+                                    f"diffusion-kernel generate \"...\" (or --prompt \"...\")")
+            kwargs[name] = input
+        count = next((c for c in _COUNT_ARGUMENTS if c in params), None)
+        if count is not None:
+            kwargs[count] = num_samples
+        elif num_samples != 1:
+            names = ", ".join(_COUNT_ARGUMENTS)
+            raise PipelineError(f"{cls}.__call__ takes no sample count (none of {names}); "
+                                f"pass --num 1")
+        if num_inference_steps is not None:
+            if "num_inference_steps" not in params:
+                raise PipelineError(f"{cls} takes no step count; drop --steps")
+            kwargs["num_inference_steps"] = num_inference_steps
+        if generator is not None and "generator" in params:
+            kwargs["generator"] = generator
+        return kwargs
+
+    @classmethod
+    def generate_output_fields(cls) -> tuple[str, ...]:
+        """The fields of the output ``__call__`` returns, read from its return annotation (the
+        first ``PipelineOutput`` dataclass in it); empty if it has none."""
+        import sys
+        import typing
+
+        annotation = inspect.get_annotations(cls.__call__).get("return")
+        if isinstance(annotation, str):
+            try:
+                annotation = eval(annotation, vars(sys.modules[cls.__call__.__module__]))
+            except Exception:  # an annotation that does not evaluate names no fields
+                return ()
+        for candidate in (*typing.get_args(annotation), annotation):
+            if isinstance(candidate, type) and issubclass(candidate, PipelineOutput):
+                return tuple(f.name for f in fields(candidate))
+        return ()
 
     # Devices and dtypes --------------------------------------------------------------------
     def _modules(self) -> Iterable[torch.nn.Module]:
@@ -233,6 +313,8 @@ class DiffusionPipeline(PushToHubMixin):
         custom_pipeline: str | os.PathLike | None = None,
         custom_revision: str | None = None,
         trust_remote_code: bool = False,
+        dtype: torch.dtype | None = None,
+        verify: bool = False,
         **overrides: Any,
     ) -> DiffusionPipeline:
         """Load a pipeline folder or Hub repo; keyword arguments named like components replace
@@ -242,9 +324,12 @@ class DiffusionPipeline(PushToHubMixin):
         repo id holding ``pipeline.py`` or a local ``.py`` file, whose class runs the components
         (``custom_revision``: its branch, tag or commit); code from the Hub, this and components
         defined in ``<component>/<module>.py``, runs only with ``trust_remote_code=True``
-        (see ``remote_code.py``)."""
+        (see ``remote_code.py``). ``verify=True`` checks every file the load reads against its
+        recorded sha256 (``SHA256SUMS`` files, or the hashes the Hub published)."""
         from . import remote_code
+        from .modeling import resolve_dtype
 
+        torch_dtype = resolve_dtype(dtype, torch_dtype)  # dtype: diffusers' newer name
         allow_pickle = allow_pickle and not use_safetensors
         hub = dict(revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
                    token=token)
@@ -266,6 +351,8 @@ class DiffusionPipeline(PushToHubMixin):
         if bad:  # a component name is a folder name: "../x" would read outside the pipeline
             raise PipelineError(f"{MODEL_INDEX} in {os.fspath(source)!r} names components "
                                 f"{bad}; component names must be Python identifiers")
+        overrides = {**_check_components(pipeline_cls, specs, files, overrides, source),
+                     **overrides}
         needed = [f for f in files if f.split("/")[0] in specs and f.split("/")[0] not in overrides]
         if variant and not any(_variant_of(f) == variant for f in needed):
             present = sorted({_variant_of(f) for f in needed if f.endswith(_WEIGHT_SUFFIXES)}
@@ -273,7 +360,8 @@ class DiffusionPipeline(PushToHubMixin):
             raise PipelineError(f"no component of {os.fspath(source)!r} has weights for variant "
                                 f"{variant!r} (variants present: {present or 'none'}); drop "
                                 f"variant= or pass one of those")
-        root = fetch(source, [MODEL_INDEX, *select_files(needed, variant, allow_pickle)], **hub)
+        root = fetch(source, [MODEL_INDEX, *select_files(needed, variant, allow_pickle)],
+                     verify=verify, **hub)
 
         expected = pipeline_cls._expected_components()
         # Plain values beside the components ("requires_safety_checker": true) are constructor
@@ -302,6 +390,7 @@ class DiffusionPipeline(PushToHubMixin):
             raise PipelineError(f"{pipeline_cls.__name__}.from_pretrained got unknown arguments "
                                 f"{unknown}; it takes components {expected}")
         pipe = pipeline_cls(**components, **overrides)
+        pipe.default_num_inference_steps = _recommended_steps(index, source)
         if device is not None:
             pipe.to(device)
         return pipe
@@ -327,6 +416,71 @@ class DiffusionPipeline(PushToHubMixin):
     def __repr__(self) -> str:
         parts = ", ".join(f"{k}={type(v).__name__}" for k, v in self.components.items())
         return f"{type(self).__name__}({parts})"
+
+
+def _check_components(pipeline_cls: type, specs: dict[str, Any], files: list[str],
+                      overrides: dict[str, Any], source: Any) -> dict[str, None]:
+    """Before anything is downloaded: every component the pipeline takes and the caller did not
+    pass must be named in ``model_index.json`` as ``[library, class]`` of a library this project
+    loads from, with a class it can resolve and a folder that holds it. A component the
+    pipeline declares optional is left out (``None``, with a warning) where it is not; any other
+    is a ``PipelineError``. Returns the optional components to leave out."""
+    from .plugins import registry
+
+    left_out: dict[str, None] = {}
+    for name in pipeline_cls._expected_components():
+        if name in overrides or name not in specs:
+            continue  # passed by the caller; or absent, which the load reports with the others
+        spec, problem = specs[name], None
+        optional = name in pipeline_cls._optional_components
+        if spec is None or (isinstance(spec, list | tuple) and list(spec) == [None, None]):
+            if optional:  # how a pipeline saved without this component records it
+                continue
+            problem = "is [null, null] (no component)"
+        elif not (isinstance(spec, list | tuple) and len(spec) == 2
+                  and all(isinstance(s, str) for s in spec)):
+            problem = f"must be [library, class], got {spec!r}"
+        elif not any(f.startswith(f"{name}/") for f in files):
+            problem = f"is {list(spec)} but {os.fspath(source)!r} has no {name}/ folder for it"
+        else:
+            problem = _unresolvable(name, *spec, files, registry)
+        if problem is None:
+            continue
+        message = f"{MODEL_INDEX} entry {name!r} of {os.fspath(source)!r} {problem}"
+        if not optional:
+            raise PipelineError(f"{message}; {pipeline_cls.__name__} needs it: fix the entry, or "
+                                f"pass {name}=... to from_pretrained")
+        warnings.warn(f"{message}; {pipeline_cls.__name__} declares it optional, so it is "
+                      f"left out (None)", stacklevel=3)
+        left_out[name] = None
+    return left_out
+
+
+def _unresolvable(name: str, library: str, class_name: str, files: list[str],
+                  registry: Any) -> str | None:
+    """Why ``[library, class_name]`` cannot be loaded, or None if it can: a transformers class,
+    a class defined in ``<name>/<library>.py`` of the pipeline (remote code), or a class some
+    installed plugin registers, whatever library the file names (a plugin may provide the
+    classes of another library's checkpoints)."""
+    if library == "transformers" or f"{name}/{library}.py" in files:  # checked when imported
+        return None
+    try:
+        registry.find(class_name)
+    except NotRegisteredError as exc:
+        hint = ("" if library in _OWN_LIBRARIES else
+                f"; the class comes from library {library!r}: install the diffusion-kernel "
+                f"plugin that registers it")
+        return (f"names [{library!r}, {class_name!r}], which cannot be loaded "
+                f"({str(exc).rstrip('.')}){hint}")
+    return None
+
+
+def _recommended_steps(index: dict[str, Any], source: Any) -> int | None:
+    steps = index.get(DEFAULT_STEPS_KEY)
+    if steps is None or (isinstance(steps, int) and not isinstance(steps, bool) and steps > 0):
+        return steps
+    raise PipelineError(f"{MODEL_INDEX} in {os.fspath(source)!r}: {DEFAULT_STEPS_KEY} must be a "
+                        f"positive integer, got {steps!r}; fix or remove it")
 
 
 def _load_component(name: str, spec: Any, root: Path, torch_dtype, variant, allow_pickle) -> Any:
@@ -383,6 +537,8 @@ def select_files(files: list[str], variant: str | None, allow_pickle: bool) -> l
     by_folder: dict[str, list[str]] = {}
     chosen = []
     for f in files:
+        if f.rpartition("/")[2] == MANIFEST_NAME:  # hashes recorded at save: only verify reads
+            continue
         if f.endswith(_WEIGHT_SUFFIXES):
             by_folder.setdefault(f.rpartition("/")[0], []).append(f)
         else:

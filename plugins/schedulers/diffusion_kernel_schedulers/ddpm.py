@@ -30,6 +30,7 @@ from .alpha_schedule import (
     check_custom_timesteps,
     check_num_inference_steps,
     limit_x0,
+    previous_timestep,
     x0_and_eps,
 )
 from .schedules import accumulate, gaussian_noise, lincomb, spaced_timesteps
@@ -73,7 +74,10 @@ class DDPMScheduler(AlphaSchedulerMixin):
         self._init_training_schedule(self.config)
         self.variance_type = variance_type
         self.custom_timesteps = False
-        self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1)
+        # As in the diffusers format, a new DDPM steps over the whole training chain, T - 1 down
+        # to 0, until set_timesteps picks a run (num_inference_steps stays None until then).
+        self._set_run(np.arange(num_train_timesteps - 1, -1, -1))
+        self.num_inference_steps = None
 
     def set_timesteps(self, num_inference_steps: int | None = None,
                       device: str | torch.device | None = None,
@@ -96,14 +100,25 @@ class DDPMScheduler(AlphaSchedulerMixin):
                 raise SchedulerError(f"{owner}: steps_offset={self.config.steps_offset} moves the "
                                      f"first timestep past {T - 1}; lower it")
         self._set_run(run, device)
-        self._coefficients = [self._step_coefficients(i, run) for i in range(len(run))]
 
-    def _step_coefficients(self, i: int, run) -> dict[str, float]:
-        """Everything step i needs, from abar_t and abar_prev (the next visited timestep)."""
-        t = int(run[i])
+    def _set_run(self, timesteps: np.ndarray, device=None) -> None:
+        super()._set_run(timesteps, device)
+        self._run = [int(t) for t in timesteps]
+        self._coefficients: dict[int, dict[str, float]] = {}  # filled as steps are taken
+
+    def _require_timesteps(self) -> None:
+        pass  # there is always a run: the training chain until set_timesteps picks another
+
+    def _step_coefficients(self, i: int) -> dict[str, float]:
+        """Everything step i needs, from abar_t and abar_prev (the next visited timestep);
+        computed on the step's first use in a run."""
+        if i in self._coefficients:
+            return self._coefficients[i]
+        run = self._run
+        t = run[i]
         last = i + 1 == len(run)
         a_t = self._abar[t]
-        a_prev = np.float32(1.0) if last else self._abar[int(run[i + 1])]
+        a_prev = np.float32(1.0) if last else self._abar[run[i + 1]]
         alpha_t = a_t / a_prev  # alpha_t and beta_t of the (possibly skipping) step
         beta_t = 1 - alpha_t
         beta_tilde = max((1 - a_prev) / (1 - a_t) * beta_t, np.float32(1e-20))  # eq. 7, floored
@@ -118,6 +133,7 @@ class DDPMScheduler(AlphaSchedulerMixin):
         }
         coefficients = {k: float(v) for k, v in coefficients.items()}
         coefficients["noise"] = not last  # Algorithm 2: z = 0 on the step that lands on x_0
+        self._coefficients[i] = coefficients
         return coefficients
 
     def step(
@@ -146,7 +162,7 @@ class DDPMScheduler(AlphaSchedulerMixin):
                 )
             model_output, predicted_variance = model_output.split(channels, dim=1)
         self._check_model_output(model_output, sample)
-        c = self._coefficients[i]
+        c = self._step_coefficients(i)
 
         # 1. x0_hat from the model output (eq. 15 for eps), then clip / threshold
         x0, _ = x0_and_eps(model_output, sample, c["sqrt_a_t"], c["sqrt_1m_a_t"],
@@ -173,7 +189,41 @@ class DDPMScheduler(AlphaSchedulerMixin):
             return torch.exp(0.5 * log_variance)
         return c["std"]
 
-    def previous_timestep(self, timestep: int | torch.Tensor) -> int:
-        """The timestep the step from ``timestep`` lands on (-1: the clean end of the chain)."""
-        i = self._step_index(timestep)
-        return int(self.timesteps[i + 1]) if i + 1 < len(self.timesteps) else -1
+    def _get_variance(self, t: int | torch.Tensor, predicted_variance: torch.Tensor | None = None,
+                      variance_type: str | None = None) -> torch.Tensor:
+        """The reference's per-timestep variance helper, for code written against it (diffusers'
+        ``ValueGuidedRLPipeline`` scales its value gradient by ``exp(0.5 * _get_variance(t))``).
+
+        Values, from abar at ``t`` and at the step's previous timestep (``t - 1`` before
+        ``set_timesteps``, as in the reference), beta_t = 1 - abar_t / abar_prev and
+        beta_tilde = max((1 - abar_prev) / (1 - abar_t) beta_t, 1e-20) (eq. 7):
+        ``fixed_small`` beta_tilde; ``fixed_small_log`` sqrt(beta_tilde), the standard deviation
+        and not a log (the reference's convention, kept so callers get its numbers);
+        ``fixed_large`` beta_t; ``fixed_large_log`` log beta_t; ``learned`` the predicted
+        variance itself; ``learned_range`` the interpolated log variance (Nichol & Dhariwal
+        2021, eq. 15). A float32 tensor.
+        """
+        variance_type = variance_type or self.variance_type
+        check_option("variance_type", variance_type, VARIANCE_TYPES, type(self).__name__)
+        t = int(t)
+        prev = int(self.previous_timestep(t))  # t - 1 before set_timesteps
+        a_t = self.alphas_cumprod[t]
+        a_prev = self.alphas_cumprod[prev] if prev >= 0 else torch.tensor(1.0)
+        beta_t = 1 - a_t / a_prev
+        beta_tilde = torch.clamp((1 - a_prev) / (1 - a_t) * beta_t, min=1e-20)
+        if variance_type in LEARNED_VARIANCE_TYPES and predicted_variance is None:
+            raise SchedulerError(f"_get_variance with variance_type={variance_type!r} needs "
+                                 f"predicted_variance")
+        if variance_type == "learned":
+            return predicted_variance
+        if variance_type == "learned_range":
+            frac = (predicted_variance + 1) / 2
+            return frac * torch.log(beta_t) + (1 - frac) * torch.log(beta_tilde)
+        return {"fixed_small": lambda: beta_tilde, "fixed_small_log": lambda: beta_tilde.sqrt(),
+                "fixed_large": lambda: beta_t, "fixed_large_log": lambda: torch.log(beta_t),
+                }[variance_type]()
+
+    def previous_timestep(self, timestep: int | torch.Tensor) -> int | torch.Tensor:
+        """The timestep the step from ``timestep`` lands on (diffusers API; see
+        ``alpha_schedule.previous_timestep``)."""
+        return previous_timestep(self, timestep)
