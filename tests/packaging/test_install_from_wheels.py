@@ -36,6 +36,7 @@ OURS = {
     "diffusion-kernel-schedulers": REPO / "plugins/schedulers/diffusion_kernel_schedulers",
     "diffusion-kernel-vision": REPO / "plugins/vision/diffusion_kernel_vision",
     "diffusion-kernel-audio": REPO / "plugins/audio/diffusion_kernel_audio",
+    "diffusion-kernel-text2image": REPO / "plugins/text2image/diffusion_kernel_text2image",
 }
 FULL_INSTALL = os.environ.get("DK_PACKAGING_FULL_INSTALL") == "1"
 
@@ -186,7 +187,7 @@ def test_kernel_wheel_extras_name_the_plugin_distributions(wheelhouse):
     stem = wheel_of(wheelhouse, "diffusion-kernel").name.split("-py3")[0]
     with zipfile.ZipFile(wheel_of(wheelhouse, "diffusion-kernel")) as wheel:
         requires = wheel.read(f"{stem}.dist-info/METADATA").decode().splitlines()
-    for extra in ("schedulers", "vision", "audio"):
+    for extra in ("schedulers", "vision", "audio", "text2image"):
         assert (f'Requires-Dist: diffusion-kernel-{extra}==0.1.0; extra == "{extra}"'
                 in requires)
         assert f'Requires-Dist: diffusion-kernel-{extra}==0.1.0; extra == "all"' in requires
@@ -198,7 +199,7 @@ def test_the_venv_uses_its_own_copies_of_our_distributions(venv):
         import importlib, json
         from importlib import metadata
         names = ["diffusion-kernel", "diffusion-kernel-schedulers", "diffusion-kernel-vision",
-                 "diffusion-kernel-audio"]
+                 "diffusion-kernel-audio", "diffusion-kernel-text2image"]
         dists = {n: str(metadata.distribution(n)._path) for n in names}
         modules = {n: importlib.import_module(n.replace("-", "_")).__file__ for n in names}
         print(json.dumps({"dists": dists, "modules": modules}))
@@ -214,7 +215,7 @@ def test_the_install_keeps_the_machines_torch_and_pulls_no_cuda_packages(venv):
     assert [n for n in everything if n.startswith("nvidia-") or n == "triton"] == []
     own = installed(venv, local=True)
     assert {n: own[n] for n in OURS} == dict.fromkeys(OURS, "0.1.0")
-    if not FULL_INSTALL:  # nothing but our four went into the venv itself
+    if not FULL_INSTALL:  # nothing but our own distributions went into the venv itself
         assert sorted(own) == sorted(OURS)
 
 
@@ -227,7 +228,7 @@ def test_every_requirement_of_our_distributions_is_satisfied(venv):
 # Discovery -----------------------------------------------------------------------------------
 def test_plugins_command_lists_each_plugin_with_its_distribution_and_version(venv):
     out = venv.run("diffusion-kernel", "plugins").stdout
-    for plugin in ("schedulers", "vision", "audio"):
+    for plugin in ("schedulers", "vision", "audio", "text2image"):
         assert f"{plugin}: diffusion-kernel-{plugin} 0.1.0 [loaded]" in out.splitlines()
 
 
@@ -348,7 +349,7 @@ class TestAPluginThatRaisesOnImport:
 
     def test_does_not_stop_the_other_plugins(self, venv):
         out = venv.run("diffusion-kernel", "plugins").stdout.splitlines()
-        for plugin in ("schedulers", "vision", "audio"):
+        for plugin in ("schedulers", "vision", "audio", "text2image"):
             assert f"{plugin}: diffusion-kernel-{plugin} 0.1.0 [loaded]" in out
 
     def test_leaves_the_registry_working(self, venv):
@@ -366,7 +367,7 @@ def plugin_statuses(venv: Venv, allowlist: str) -> dict[str, str]:
 
 def test_allowlist_of_plugin_names_loads_only_those(venv):
     assert plugin_statuses(venv, "schedulers,audio") == {
-        "schedulers": "loaded", "audio": "loaded", "vision": "disabled"}
+        "schedulers": "loaded", "audio": "loaded", "vision": "disabled", "text2image": "disabled"}
     out = venv.run("diffusion-kernel", "registry", "models",
                    DIFFUSION_KERNEL_PLUGINS="schedulers,audio").stdout
     assert out.splitlines() == ["models:", "  (none)"]
@@ -374,7 +375,7 @@ def test_allowlist_of_plugin_names_loads_only_those(venv):
 
 def test_allowlist_accepts_distribution_names(venv):
     assert plugin_statuses(venv, "diffusion-kernel-vision") == {
-        "schedulers": "disabled", "audio": "disabled", "vision": "loaded"}
+        "schedulers": "disabled", "audio": "disabled", "vision": "loaded", "text2image": "disabled"}
 
 
 def test_empty_allowlist_loads_no_plugin(venv):

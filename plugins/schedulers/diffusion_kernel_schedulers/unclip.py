@@ -38,6 +38,7 @@ class UnCLIPScheduler(SchedulerMixin):
 
     order = 1
     init_noise_sigma = 1.0
+    prediction_types = PREDICTION_TYPES
 
     def __init__(
         self,

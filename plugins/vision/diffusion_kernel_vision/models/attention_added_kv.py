@@ -37,6 +37,13 @@ class AddedKVAttention(Attention):
         if cross_attention_norm not in CROSS_ATTENTION_NORMS:
             raise ConfigError(f"unknown cross_attention_norm {cross_attention_norm!r}; use one of "
                               f"{list(CROSS_ATTENTION_NORMS)}")
+        if cross_attention_norm == "layer_norm" and added_kv_proj_dim != channels:
+            # The format sizes this norm by the attention's channels, not the text width: any
+            # other text width fails at the first call there. Refuse it here instead.
+            raise ConfigError(f"cross_attention_norm='layer_norm' normalises the text tokens "
+                              f"with a layer norm as wide as the attention ({channels} "
+                              f"channels): it needs cross_attention_dim={channels}, got "
+                              f"{added_kv_proj_dim}; use 'group_norm' or None")
         super().__init__(channels, cross_attention_dim=channels, heads=channels // dim_head,
                          dim_head=dim_head, bias=True, upcast_softmax=True,
                          norm_num_groups=norm_num_groups, eps=eps, residual_connection=True)
@@ -46,8 +53,6 @@ class AddedKVAttention(Attention):
         inner_dim = self.heads * dim_head
         self.add_k_proj = nn.Linear(added_kv_proj_dim, inner_dim)
         self.add_v_proj = nn.Linear(added_kv_proj_dim, inner_dim)
-        # The format sizes a layer norm by the map's channels (the attention's nominal
-        # cross-attention width) and a group norm by the text width.
         if cross_attention_norm == "layer_norm":
             self.norm_cross = nn.LayerNorm(channels)
         elif cross_attention_norm == "group_norm":
