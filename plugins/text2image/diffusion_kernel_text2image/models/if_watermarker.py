@@ -32,6 +32,8 @@ class IFWatermarker(ModelMixin):
             height, width = int(height / coef), int(width / coef)
         k = (width * height / 1024**2) ** 0.5  # the mark's scale: sqrt of the area ratio
         size, right, bottom = int(k * 62), width - int(14 * k), height - int(14 * k)
+        if size < 1:  # below about 17 x 17 pixels the mark rounds to nothing (the reference
+            return images  # fails on such images)
         if self._mark is None:
             pixels = self.watermark_image.to(torch.uint8).cpu().numpy()
             self._mark = PIL.Image.fromarray(pixels)  # (62, 62, 4) uint8: RGBA

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from diffusion_kernel.configuration import config_parameters
 from diffusion_kernel.errors import PipelineError
 from diffusion_kernel.pipelines import DiffusionPipeline, ImagePipelineOutput
 
@@ -124,8 +125,7 @@ class IFPipelineBase(DiffusionPipeline):
         noised low-resolution image of stage II) is concatenated to the U-Net input."""
         cfg = negative_prompt_embeds is not None
         embeds = torch.cat([negative_prompt_embeds, prompt_embeds]) if cfg else prompt_embeds
-        learned_variance = self.scheduler.config.get("variance_type") in ("learned",
-                                                                         "learned_range")
+        learned_variance = _uses_learned_variance(self.scheduler)
         channels = images.shape[1]
         for i, t in enumerate(self.progress_bar(timesteps)):
             model_input = images if condition is None else torch.cat([images, condition], dim=1)
@@ -158,3 +158,12 @@ class IFPipelineBase(DiffusionPipeline):
         if not return_dict:
             return images, None, None
         return IFPipelineOutput(images=images)
+
+
+def _uses_learned_variance(scheduler: Any) -> bool:
+    """Whether the scheduler's step takes the U-Net's variance channels: its class has a
+    ``variance_type`` option set to a learned one. (A config swapped in from DDPM keeps
+    ``variance_type`` for classes that have no such option, e.g. DDIM: those get the noise
+    channels only; the reference passes them all and fails there.)"""
+    return "variance_type" in config_parameters(type(scheduler)) and \
+        scheduler.config.get("variance_type") in ("learned", "learned_range")
