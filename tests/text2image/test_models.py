@@ -158,3 +158,13 @@ def test_watermark_matches_the_reference(tmp_path):
         assert np.array_equal(np.asarray(a), np.asarray(b))
         assert (np.asarray(a) != np.asarray(original)).any(axis=-1).sum() > 100  # it marks
     assert library_of(ours) == "deepfloyd_if"
+
+
+def test_prior_attention_slicing_keeps_the_masked_outputs():
+    torch.manual_seed(0)
+    prior = tiny.randomised(registry.models.get("PriorTransformer")(**tiny.PRIOR)).eval()
+    inputs = _prior_inputs(tiny.PRIOR)
+    with torch.no_grad():
+        full = prior(**inputs)[0]
+        prior.set_attention_slice("max")
+        torch.testing.assert_close(prior(**inputs)[0], full, atol=TOL, rtol=0)

@@ -172,3 +172,23 @@ def test_missing_text_states_are_a_clear_error():
     model = UNet2DConditionModel(**{**UNCLIP_DECODER, "class_embed_type": None}).eval()
     with pytest.raises(ModelInputError, match="encoder_hidden_states"):
         model(torch.randn(1, 3, 16, 16), 3, encoder_hidden_states=None)
+
+
+def test_processor_api_covers_the_added_kv_layers_and_takes_the_references_processor(tmp_path):
+    from diffusers.models.attention_processor import AttnAddedKVProcessor as ReferenceProcessor
+    from diffusion_kernel_vision.models.attention_added_kv import AttnAddedKVProcessor
+
+    reference = _reference(UNCLIP_DECODER, tmp_path)
+    ours = UNet2DConditionModel.from_pretrained(tmp_path)
+    processors = ours.attn_processors
+    assert len(processors) == 4 and all(isinstance(p, AttnAddedKVProcessor)
+                                        for p in processors.values())
+    inputs = _inputs(UNCLIP_DECODER)  # with a text mask
+    with torch.no_grad():
+        expected = reference(**inputs).sample
+        ours.set_attn_processor(ReferenceProcessor())  # the reference's own, on our layers
+        torch.testing.assert_close(ours(**inputs).sample, expected, atol=TOL, rtol=0)
+        ours.set_default_attn_processor()
+        assert all(isinstance(p, AttnAddedKVProcessor) for p in ours.attn_processors.values())
+        ours.fuse_qkv_projections()  # nothing to fuse in these layers: same outputs
+        torch.testing.assert_close(ours(**inputs).sample, expected, atol=TOL, rtol=0)

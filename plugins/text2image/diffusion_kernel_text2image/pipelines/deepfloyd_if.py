@@ -36,6 +36,14 @@ class IFPipeline(IFPipelineBase):
                               feature_extractor=feature_extractor, watermarker=watermarker)
         self.requires_safety_checker = requires_safety_checker
 
+    def generate_arguments(self, num_samples: int, input: Any = None,
+                           num_inference_steps: int | None = None,
+                           generator: list | None = None) -> dict[str, Any]:
+        """``diffusion-kernel generate PROMPT``: as for any text-to-image pipeline, with the
+        plain prompt normalisation (the caption cleaner is not included; no warning per run)."""
+        kwargs = super().generate_arguments(num_samples, input, num_inference_steps, generator)
+        return {**kwargs, "clean_caption": False}
+
     @torch.no_grad()
     def __call__(
         self,

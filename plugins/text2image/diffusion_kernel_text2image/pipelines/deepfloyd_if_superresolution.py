@@ -133,6 +133,15 @@ class IFSuperResolutionPipeline(IFPipelineBase):
                                class_labels=class_labels)
         return self._finish(images, output_type, return_dict)
 
+    def generate_arguments(self, num_samples: int, input: Any = None,
+                           num_inference_steps: int | None = None,
+                           generator: list | None = None) -> dict[str, Any]:
+        """Stage II enlarges stage I's images: the command line cannot run it alone."""
+        raise PipelineError("IFSuperResolutionPipeline enlarges the images of an IF stage I; it "
+                            "cannot sample from a prompt alone. Run stage I with diffusion-kernel "
+                            "generate (--model the IF-I folder), or chain the two stages in "
+                            "Python (docs/deepfloyd-if.md)")
+
     def _image_tensor(self, image: ImageInput, batch: int, height: int,
                       width: int) -> torch.Tensor:
         """The low-resolution images as one (N, C, h, w) tensor, checked against the prompts and

@@ -137,6 +137,14 @@ class LDMTextToImagePipeline(DiffusionPipeline):
         self.maybe_free_model_hooks()
         return ImagePipelineOutput(images=images) if return_dict else (images,)
 
+    def generate_arguments(self, num_samples: int, input: Any = None,
+                           num_inference_steps: int | None = None,
+                           generator: list | None = None) -> dict[str, Any]:
+        """``diffusion-kernel generate PROMPT``: the prompt repeated ``num_samples`` times (the
+        format's call has no images-per-prompt count), one generator per image."""
+        kwargs = super().generate_arguments(1, input, num_inference_steps)
+        return {**kwargs, "prompt": [input] * num_samples, "generator": generator}
+
     def _bert_states(self, texts: list[str], device: torch.device) -> torch.Tensor:
         tokens = self.tokenizer(texts, padding="max_length", max_length=MAX_TOKENS,
                                 truncation=True, return_tensors="pt")

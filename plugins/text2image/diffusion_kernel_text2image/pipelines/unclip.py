@@ -103,6 +103,22 @@ class UnCLIPPipeline(DiffusionPipeline):
                                 f"{tuple(shape)}")
         return latents.to(device) * scheduler.init_noise_sigma
 
+    def generate_arguments(self, num_samples: int, input: Any = None,
+                           num_inference_steps: int | None = None,
+                           generator: list | None = None) -> dict[str, Any]:
+        """``diffusion-kernel generate PROMPT``: ``num_samples`` images of the prompt; ``--steps``
+        sets the prior's and the decoder's step counts (the super-resolution stage keeps its
+        default of 7, as unCLIP samples it with few steps)."""
+        if input is None:
+            raise PipelineError('UnCLIPPipeline needs a prompt: diffusion-kernel generate "a '
+                                'cat" (or --prompt "...")')
+        kwargs: dict[str, Any] = dict(prompt=input, num_images_per_prompt=num_samples,
+                                      generator=generator)
+        if num_inference_steps is not None:
+            kwargs.update(prior_num_inference_steps=num_inference_steps,
+                          decoder_num_inference_steps=num_inference_steps)
+        return kwargs
+
     # The cascade ---------------------------------------------------------------------------------
     @torch.no_grad()
     def __call__(

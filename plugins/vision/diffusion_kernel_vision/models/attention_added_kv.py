@@ -8,6 +8,9 @@ from their own projections (``add_k_proj`` / ``add_v_proj``, from the text width
 from ``to_k`` / ``to_v``. With ``only_cross_attention`` the pixels attend to the text alone.
 Weight keys follow the diffusers format (``to_q``, ``to_k``, ``to_v``, ``to_out.0``,
 ``add_k_proj``, ``add_v_proj``, ``group_norm``, ``norm_cross``).
+
+The computation is the layer's processor (``AttnAddedKVProcessor``, the diffusers name), so the
+model-level processor API (``attn_processors``, ``set_attn_processor``) covers these layers too.
 """
 
 from __future__ import annotations
@@ -15,10 +18,47 @@ from __future__ import annotations
 import torch
 from diffusion_kernel.errors import ConfigError, ModelInputError
 from diffusion_kernel.nn import Attention
+from diffusion_kernel.nn.attention_processor import attend, split_heads
 from torch import nn
 from torch.nn import functional as F
 
 CROSS_ATTENTION_NORMS = (None, "layer_norm", "group_norm")
+
+
+class AttnAddedKVProcessor:
+    """The added key/value attention: ``hidden_states`` (B, C, H, W); ``encoder_hidden_states``
+    (B, M, text width); ``attention_mask`` an additive bias over the M text tokens, (B, M) or
+    (B, 1, M) (the pixels are never masked). SDPA, sliced when the layer's ``slice_size`` is set.
+    Returns a map shaped like ``hidden_states`` (with the residual added)."""
+
+    def __call__(self, attn: AddedKVAttention, hidden_states: torch.Tensor,
+                 encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None,
+                 **kwargs) -> torch.Tensor:
+        if encoder_hidden_states is None:
+            raise ModelInputError("this attention layer (added key/value projections) needs "
+                                  "the text tokens: pass encoder_hidden_states")
+        batch = hidden_states.shape[0]
+        context = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        pixels = attn.group_norm(hidden_states.flatten(2)).transpose(1, 2)  # (B, N, C)
+
+        query = split_heads(attn.to_q(pixels), attn.heads)
+        key = split_heads(attn.add_k_proj(context), attn.heads)
+        value = split_heads(attn.add_v_proj(context), attn.heads)
+        if not attn.only_cross_attention:  # keys and values: [text tokens, pixels]
+            key = torch.cat([key, split_heads(attn.to_k(pixels), attn.heads)], dim=2)
+            value = torch.cat([value, split_heads(attn.to_v(pixels), attn.heads)], dim=2)
+        out = attend(query, key, value, _text_bias(attention_mask, key.shape[2]),
+                     attn.slice_size)
+        out = out.transpose(1, 2).reshape(batch, -1, attn.heads * attn.dim_head)
+        out = attn.to_out[0](out)
+        if attn.training:  # dropout; a no-op call in eval mode
+            out = attn.to_out[1](out)
+        return out.transpose(1, 2).reshape(hidden_states.shape) + hidden_states
+
+
+# The diffusers name of its SDPA variant, for code that imports it.
+AttnAddedKVProcessor2_0 = AttnAddedKVProcessor
 
 
 class AddedKVAttention(Attention):
@@ -50,50 +90,41 @@ class AddedKVAttention(Attention):
         self.only_cross_attention = only_cross_attention
         if only_cross_attention:  # the pixels give no keys or values of their own
             self.to_k = self.to_v = None
-        inner_dim = self.heads * dim_head
-        self.add_k_proj = nn.Linear(added_kv_proj_dim, inner_dim)
-        self.add_v_proj = nn.Linear(added_kv_proj_dim, inner_dim)
+        self.add_k_proj = nn.Linear(added_kv_proj_dim, self.inner_dim)
+        self.add_v_proj = nn.Linear(added_kv_proj_dim, self.inner_dim)
         if cross_attention_norm == "layer_norm":
             self.norm_cross = nn.LayerNorm(channels)
         elif cross_attention_norm == "group_norm":
             self.norm_cross = nn.GroupNorm(cross_attention_norm_num_groups, added_kv_proj_dim,
                                            eps=1e-5)
-        else:
-            self.norm_cross = None
 
-    def forward(self, hidden_states: torch.Tensor,
-                encoder_hidden_states: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``hidden_states`` (B, C, H, W); ``encoder_hidden_states`` (B, M, text width);
-        ``attention_mask`` an additive bias over the M text tokens, (B, M) or (B, 1, M) (the
-        pixels are never masked). Returns a map shaped like ``hidden_states``."""
-        if encoder_hidden_states is None:
-            raise ModelInputError("this attention layer (added key/value projections) needs the "
-                                  "text tokens: pass encoder_hidden_states")
-        batch, channels = hidden_states.shape[:2]
-        context = self._normed_context(encoder_hidden_states)
-        pixels = self.group_norm(hidden_states.flatten(2)).transpose(1, 2)  # (B, N, C)
+    def default_processor(self) -> AttnAddedKVProcessor:
+        return AttnAddedKVProcessor()
 
-        query = self._split_heads(self.to_q(pixels))
-        key = self._split_heads(self.add_k_proj(context))
-        value = self._split_heads(self.add_v_proj(context))
-        if not self.only_cross_attention:  # keys and values: [text tokens, pixels]
-            key = torch.cat([key, self._split_heads(self.to_k(pixels))], dim=2)
-            value = torch.cat([value, self._split_heads(self.to_v(pixels))], dim=2)
-        bias = _text_bias(attention_mask, key.shape[2])
-        out = self._attend(query, key, value, bias)
-        out = out.transpose(1, 2).reshape(batch, -1, self.heads * self.dim_head)
-        out = self.to_out[0](out)
-        if self.training:  # dropout; a no-op call in eval mode
-            out = self.to_out[1](out)
-        return out.transpose(1, 2).reshape(hidden_states.shape) + hidden_states
-
-    def _normed_context(self, context: torch.Tensor) -> torch.Tensor:
+    def norm_encoder_hidden_states(self, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+        """The text tokens through ``norm_cross`` (a group norm over the text width, or a layer
+        norm), as is without one."""
         if isinstance(self.norm_cross, nn.GroupNorm):  # over the text width: (B, D, M)
-            return self.norm_cross(context.transpose(1, 2)).transpose(1, 2)
+            return self.norm_cross(encoder_hidden_states.transpose(1, 2)).transpose(1, 2)
         if self.norm_cross is not None:
-            return self.norm_cross(context)
-        return context
+            return self.norm_cross(encoder_hidden_states)
+        return encoder_hidden_states
+
+    def prepare_attention_mask(self, attention_mask: torch.Tensor | None, target_length: int,
+                               batch_size: int, out_dim: int = 3) -> torch.Tensor | None:
+        """For processors written for the format: its added key/value processors call this with
+        the pixel count and get the text mask padded BY that many zeros, which covers the keys
+        [text tokens, pixels]. Same here (the base layer pads TO the target length)."""
+        if attention_mask is not None:
+            mask = attention_mask[:, None] if attention_mask.ndim == 2 else attention_mask
+            attention_mask = F.pad(mask, (0, target_length))
+        return super().prepare_attention_mask(attention_mask, attention_mask.shape[-1]
+                                              if attention_mask is not None else 0,
+                                              batch_size, out_dim)
+
+    def fuse_projections(self) -> None:
+        """Nothing is fused for this layer (the reference refuses to fuse it): its processor
+        keeps using the separate projections."""
 
 
 def _text_bias(mask: torch.Tensor | None, keys: int) -> torch.Tensor | None:
