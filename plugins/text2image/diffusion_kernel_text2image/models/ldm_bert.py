@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 from diffusion_kernel.configuration import config_parameters, read_json
-from diffusion_kernel.errors import ConfigError, FileAccessError, ModelInputError
+from diffusion_kernel.errors import FileAccessError, ModelInputError
 from diffusion_kernel.hub import (
     atomic_directory,
     atomic_write_text,
@@ -50,9 +50,10 @@ class LDMBertOutput(ModelOutput):
 class LDMBertAttention(nn.Module):
     """Multi-head self-attention with bias-free q/k/v projections and a biased output."""
 
-    def __init__(self, embed_dim: int, num_heads: int, head_dim: int):
+    def __init__(self, embed_dim: int, num_heads: int, head_dim: int, dropout: float = 0.0):
         super().__init__()
         self.num_heads = num_heads
+        self.dropout = dropout  # on the attention weights, in training
         inner_dim = num_heads * head_dim
         self.q_proj = nn.Linear(embed_dim, inner_dim, bias=False)
         self.k_proj = nn.Linear(embed_dim, inner_dim, bias=False)
@@ -67,7 +68,8 @@ class LDMBertAttention(nn.Module):
 
         out = F.scaled_dot_product_attention(heads(self.q_proj(hidden_states)),
                                              heads(self.k_proj(hidden_states)),
-                                             heads(self.v_proj(hidden_states)), attn_mask=bias)
+                                             heads(self.v_proj(hidden_states)), attn_mask=bias,
+                                             dropout_p=self.dropout if self.training else 0.0)
         return self.out_proj(out.transpose(1, 2).reshape(batch, tokens, -1))
 
 
@@ -75,9 +77,9 @@ class LDMBertEncoderLayer(nn.Module):
     """``x += attn(norm(x))``; ``x += fc2(act(fc1(norm(x))))`` (dropouts act in training)."""
 
     def __init__(self, d_model: int, heads: int, head_dim: int, ffn_dim: int, activation: str,
-                 dropout: float, activation_dropout: float):
+                 dropout: float, activation_dropout: float, attention_dropout: float):
         super().__init__()
-        self.self_attn = LDMBertAttention(d_model, heads, head_dim)
+        self.self_attn = LDMBertAttention(d_model, heads, head_dim, attention_dropout)
         self.self_attn_layer_norm = nn.LayerNorm(d_model)
         self.activation_fn = get_activation(activation)
         self.fc1 = nn.Linear(d_model, ffn_dim)
@@ -94,12 +96,22 @@ class LDMBertEncoderLayer(nn.Module):
         return hidden_states + F.dropout(mlp, self.dropout, self.training)
 
 
+class _Embedding(nn.Embedding):
+    """``nn.Embedding`` whose initialisation is skipped when its weight is on the meta device
+    (a checkpoint load fills it): there torch runs ``normal_`` through its Python reference
+    kernels, whose first use imports torch._dynamo (seconds, for a few kilobytes)."""
+
+    def reset_parameters(self) -> None:
+        if not self.weight.is_meta:
+            super().reset_parameters()
+
+
 class LDMBertEncoder(nn.Module):
     def __init__(self, vocab_size: int, max_positions: int, d_model: int, layers: list[nn.Module],
                  dropout: float):
         super().__init__()
-        self.embed_tokens = nn.Embedding(vocab_size, d_model)
-        self.embed_positions = nn.Embedding(max_positions, d_model)
+        self.embed_tokens = _Embedding(vocab_size, d_model)
+        self.embed_positions = _Embedding(max_positions, d_model)
         self.layers = nn.ModuleList(layers)
         self.layer_norm = nn.LayerNorm(d_model)
         self.dropout = dropout
@@ -141,14 +153,25 @@ class LDMBertModel(ModelMixin):
         pad_token_id: int = 0,
     ):
         super().__init__()
-        if attention_dropout or encoder_layerdrop:
-            raise ConfigError("LDMBertModel: attention_dropout and encoder_layerdrop are not "
-                              "supported (the released model uses 0 for both)")
+        # encoder_layerdrop, init_std, classifier_dropout, use_cache and scale_embedding are kept
+        # in the config for the format; the format's encoder does not use them either.
         layers = [LDMBertEncoderLayer(d_model, encoder_attention_heads, head_dim,
                                       encoder_ffn_dim, activation_function, dropout,
-                                      activation_dropout) for _ in range(encoder_layers)]
+                                      activation_dropout, attention_dropout)
+                  for _ in range(encoder_layers)]
         self.model = LDMBertEncoder(vocab_size, max_position_embeddings, d_model, layers, dropout)
         self.to_logits = nn.Linear(d_model, vocab_size)
+        self._initialise(init_std)
+
+    def _initialise(self, std: float) -> None:
+        """A fresh model starts as the format's does: weights ~ N(0, init_std^2), biases 0
+        (a load fills everything from the checkpoint instead)."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear | nn.Embedding) and not module.weight.is_meta:
+                with torch.no_grad():
+                    module.weight.normal_(0.0, std)
+                    if getattr(module, "bias", None) is not None:
+                        module.bias.zero_()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 return_dict: bool = True) -> LDMBertOutput | tuple[torch.Tensor]:
