@@ -224,8 +224,11 @@ def ldm_text2img_folder() -> Path:
                                                              "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
         attention_head_dim=8))
+    # The released model's scheduler (CompVis/ldm-text2im-large-256)
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              clip_sample=False, set_alpha_to_one=False)
     LDMTextToImagePipeline(vqvae=vae, bert=bert, tokenizer=bert_tokenizer(), unet=unet,
-                           scheduler=DDIMScheduler()).save_pretrained(ROOT / "ldm-text2img")
+                           scheduler=scheduler).save_pretrained(ROOT / "ldm-text2img")
     return ROOT / "ldm-text2img"
 
 
