@@ -15,8 +15,8 @@ clip_sample_range]; sigma is sqrt(beta_tilde), beta_tilde = (1 - abar_s) / (1 - 
 v = (out + 1) / 2 ("learned_range", Nichol & Dhariwal eq. 15).
 
 Timesteps: ``num_inference_steps`` values spread evenly over [T - 1, 0] and rounded, both ends
-included (the format's choice; at least 2 steps). Coefficients are computed in float32, as the
-format's reference computes them.
+included (the format's choice; at least 2 steps). Coefficients and the step are computed in
+float32 in the reference's order of operations, so runs equal the reference's bit for bit.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from diffusion_kernel.errors import SchedulerError
 from diffusion_kernel.scheduling import SchedulerMixin, SchedulerOutput, check_option
 
 from .alpha_schedule import check_num_inference_steps
-from .schedules import accumulate, broadcast_to, cosine_betas, gaussian_noise, lincomb
+from .schedules import broadcast_to, cosine_betas, gaussian_noise
 
 VARIANCE_TYPES = ("fixed_small_log", "learned_range")
 PREDICTION_TYPES = ("epsilon", "sample")
@@ -56,8 +56,6 @@ class UnCLIPScheduler(SchedulerMixin):
         self.betas = cosine_betas(num_train_timesteps)
         self.alphas = 1.0 - self.betas
         self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
-        self._abar = [np.float32(a) for a in self.alphas_cumprod.tolist()]
-        self._betas = [np.float32(b) for b in self.betas.tolist()]
         self.variance_type = variance_type
         self.num_inference_steps: int | None = None
         self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1)
@@ -78,22 +76,24 @@ class UnCLIPScheduler(SchedulerMixin):
         self.num_inference_steps = n
 
     def _step_coefficients(self, t: int, prev: int) -> dict[str, float]:
-        """The step from t to prev, in float32 scalar arithmetic (cached per pair)."""
+        """The step from t to prev (cached per pair), in torch's float32 scalar arithmetic, as
+        the reference computes it: clipping x0_hat magnifies one-ulp differences over a run (torch's
+        pow(x, 0.5) differs from numpy's for about a fifth of the schedule)."""
         key = (t, prev)
         if key not in self._coefficients:
-            one = np.float32(1.0)
-            a_t = self._abar[t]
-            a_prev = self._abar[prev] if prev >= 0 else one
-            beta = self._betas[t] if prev == t - 1 else one - a_t / a_prev
-            alpha = one - beta
-            beta_tilde = (one - a_prev) / (one - a_t) * beta  # Ho et al. eq. 7
-            log_beta_tilde = np.log(max(beta_tilde, np.float32(1e-20)))  # 0 when prev = -1
+            a_t = self.alphas_cumprod[t]
+            a_prev = self.alphas_cumprod[prev] if prev >= 0 else torch.tensor(1.0)
+            beta = self.betas[t] if prev == t - 1 else 1 - a_t / a_prev
+            alpha = self.alphas[t] if prev == t - 1 else 1 - beta
+            beta_tilde = (1 - a_prev) / (1 - a_t) * beta  # Ho et al. eq. 7
+            # 0 when prev = -1 (only a step to x_0 has no noise, so only its log is unused)
+            log_beta_tilde = torch.log(torch.clamp(beta_tilde, min=1e-20))
             self._coefficients[key] = {k: float(v) for k, v in {
-                "sqrt_a_t": a_t ** np.float32(0.5), "sqrt_1m_a_t": (one - a_t) ** np.float32(0.5),
-                "x0_coeff": a_prev ** np.float32(0.5) * beta / (one - a_t),
-                "xt_coeff": alpha ** np.float32(0.5) * (one - a_prev) / (one - a_t),
-                "std": np.exp(np.float32(0.5) * log_beta_tilde),
-                "log_beta_tilde": log_beta_tilde, "log_beta": np.log(beta),
+                "sqrt_a_t": a_t ** 0.5, "sqrt_1m_a_t": (1 - a_t) ** 0.5,
+                "x0_coeff": a_prev ** 0.5 * beta / (1 - a_t),
+                "xt_coeff": alpha ** 0.5 * (1 - a_prev) / (1 - a_t),
+                "std": torch.exp(0.5 * log_beta_tilde),
+                "log_beta_tilde": log_beta_tilde, "log_beta": torch.log(beta),
             }.items()}
         return self._coefficients[key]
 
@@ -123,19 +123,18 @@ class UnCLIPScheduler(SchedulerMixin):
         self._check_model_output(model_output, sample)
         c = self._step_coefficients(t, prev)
 
+        # In the reference's order of operations (clipping magnifies round-off differences).
         if self.config.prediction_type == "epsilon":  # Ho et al. eq. 15
-            x0 = torch.add(sample, model_output, alpha=-c["sqrt_1m_a_t"]).div_(c["sqrt_a_t"])
+            x0 = (sample - c["sqrt_1m_a_t"] * model_output) / c["sqrt_a_t"]
         else:
             x0 = model_output
         if self.config.clip_sample:
             x0 = x0.clamp(-self.config.clip_sample_range, self.config.clip_sample_range)
 
-        mean = ((c["x0_coeff"], x0), (c["xt_coeff"], sample))
+        prev_sample = c["x0_coeff"] * x0 + c["xt_coeff"] * sample  # the posterior mean, eq. 7
         if t > 0:
             noise = gaussian_noise(model_output, generator)
-            prev_sample = accumulate(noise, self._std(c, predicted_variance), *mean)
-        else:
-            prev_sample = lincomb(*mean[0], *mean[1])
+            prev_sample = prev_sample + self._std(c, predicted_variance) * noise
         if not return_dict:
             return prev_sample, x0
         return SchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
