@@ -71,7 +71,8 @@ class ScoreSdeVePipeline(DiffusionPipeline):
                 score = sample_of(self.unet(sample, sigma))
                 sample = self.scheduler.step_correct(score, sample, generator=generator)[0]
             score = sample_of(self.unet(sample, sigma))  # reverse-diffusion predictor
-            sample, mean = self.scheduler.step_pred(score, t, sample, generator=generator)
+            sample, mean = self.scheduler.step_pred(score, t, sample, generator=generator,
+                                                    return_dict=False)
             replaced = self.step_end(callback_on_step_end, i, t,
                                      callback_on_step_end_tensor_inputs, {"latents": sample})
             sample = replaced.get("latents", sample)
