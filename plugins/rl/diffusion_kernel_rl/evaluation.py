@@ -1,0 +1,106 @@
+"""Evaluation on fixed start/goal pairs of a maze: success rate and D4RL's normalised score.
+
+An episode starts at rest on a free cell's centre, with a goal at another cell's centre at least
+``min_cells`` cells away along the maze, and lasts ``max_steps`` steps. Its return R counts the
+steps spent within 0.5 of the goal (Maze2D's sparse reward), so getting there sooner and staying
+scores more; it succeeds if it gets there at all. The normalised score is D4RL's
+(Fu et al. 2020, sec. 5):
+
+    score = 100 (R - R_random) / (R_expert - R_random)
+
+with mean returns over the same pairs of a uniform random policy and of the waypoint controller
+that generated the data (the "expert": Diffuser's scores above 100 on Maze2D are paths shorter
+than its, Janner et al. 2022, table 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from diffusion_kernel.errors import ConfigError
+
+from . import physics
+from .mazes import Maze
+from .policies import RandomPolicy, WaypointPolicy
+
+Policy = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
+
+
+@dataclass
+class Rollout:
+    """Episodes run side by side: ``states`` (n, max_steps + 1, 4), ``rewards`` (n, max_steps),
+    ``goals`` (n, 2)."""
+
+    states: np.ndarray
+    rewards: np.ndarray
+    goals: np.ndarray
+
+    @property
+    def returns(self) -> np.ndarray:
+        return self.rewards.sum(axis=1)
+
+    @property
+    def success(self) -> np.ndarray:
+        return self.rewards.max(axis=1) > 0
+
+    @property
+    def arrival(self) -> np.ndarray:
+        """The first step that ends within reach of the goal (``max_steps`` if none did)."""
+        hit = self.rewards > 0
+        return np.where(hit.any(axis=1), hit.argmax(axis=1) + 1, self.rewards.shape[1])
+
+
+def evaluation_pairs(maze: Maze, n: int = 100, seed: int = 0,
+                     min_cells: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """n (start, goal) pairs of free cells' centres at least ``min_cells`` apart along the maze,
+    drawn with replacement by a generator seeded ``seed``: the same pairs for the same seed."""
+    far = np.argwhere(maze.distances >= min_cells)
+    if len(far) == 0:
+        raise ConfigError(f"no two cells of the {maze.name} maze are {min_cells} cells apart")
+    chosen = far[np.random.default_rng(seed).integers(len(far), size=n)]
+    cells = maze.free_cells.astype(np.float64)
+    return cells[chosen[:, 0]], cells[chosen[:, 1]]
+
+
+def rollout(maze: Maze, policy: Policy, starts, goals, max_steps: int = 300) -> Rollout:
+    """Run ``policy`` from rest at each start towards its goal for ``max_steps`` steps."""
+    starts, goals = np.asarray(starts, np.float64), np.asarray(goals, np.float64)
+    state = np.concatenate([starts, np.zeros_like(starts)], axis=1)
+    states, rewards = [state], []
+    for t in range(max_steps):
+        action = np.asarray(policy(state, goals, t), dtype=np.float64)
+        if action.shape != (len(state), 2):
+            raise ConfigError(f"a policy must return actions of shape ({len(state)}, 2), got "
+                              f"{action.shape}")
+        state = physics.step(maze, state, action)
+        states.append(state)
+        rewards.append(physics.reached(state, goals).astype(np.float64))
+    return Rollout(np.stack(states, axis=1), np.stack(rewards, axis=1), goals)
+
+
+@dataclass
+class References:
+    """Mean returns of the random policy and of the controller on one set of pairs."""
+
+    random: float
+    expert: float
+
+    def score(self, returns) -> float:
+        return float(100 * (np.mean(returns) - self.random) / (self.expert - self.random))
+
+
+def references(maze: Maze, starts, goals, max_steps: int = 300, seed: int = 0) -> References:
+    """R_random (uniform actions, seeded) and R_expert (the waypoint controller) on the pairs."""
+    random = rollout(maze, RandomPolicy(seed), starts, goals, max_steps).returns.mean()
+    expert = rollout(maze, WaypointPolicy(maze), starts, goals, max_steps).returns.mean()
+    return References(float(random), float(expert))
+
+
+def summary(result: Rollout, refs: References) -> dict[str, float]:
+    """Success rate (%), mean return, normalised score and mean arrival step of a rollout."""
+    return {"success_rate": float(100 * result.success.mean()),
+            "mean_return": float(result.returns.mean()),
+            "normalized_score": refs.score(result.returns),
+            "mean_arrival_step": float(result.arrival.mean())}
