@@ -104,3 +104,20 @@ def summary(result: Rollout, refs: References) -> dict[str, float]:
             "mean_return": float(result.returns.mean()),
             "normalized_score": refs.score(result.returns),
             "mean_arrival_step": float(result.arrival.mean())}
+
+
+def plan_and_follow(pipe, maze: Maze, starts, goals, max_steps: int = 300, seed: int = 0,
+                    use_goal: bool = True, **plan_kwargs) -> tuple[Rollout, np.ndarray]:
+    """Diffuser's Maze2D protocol: plan once from each start (at rest) to its goal with a
+    ``DiffuserPlanningPipeline``, then follow the plan (``PlanFollower``). Returns the rollout
+    and the plans' states. ``use_goal=False``: plans fixed at the start only."""
+    import torch
+
+    from .policies import PlanFollower
+
+    starts, goals = np.asarray(starts, np.float64), np.asarray(goals, np.float64)
+    generators = [torch.Generator().manual_seed(seed + i) for i in range(len(starts))]
+    observations = np.concatenate([starts, np.zeros_like(starts)], axis=1)
+    plans = pipe(observations, goals if use_goal else None, generator=generators,
+                 **plan_kwargs).states
+    return rollout(maze, PlanFollower(plans), starts, goals, max_steps), plans
