@@ -4,13 +4,16 @@ pip into a fresh virtual environment, plugins found through their entry points.
 How the venv is made (measured on the 2-core CI machine): a truly empty venv that installs
 ``diffusion-kernel[vision,audio]`` with all its dependencies takes 88 s with a warm pip cache and
 124 s with a cold one (torch alone unpacks to ~700 MB), too slow for a suite that must stay well
-under 20 minutes. So by default the venv is created with ``--system-site-packages``: pip resolves
-``diffusion-kernel[vision,audio]`` for real, takes our four distributions from the wheel folder
-into the venv's own site-packages, and finds the third-party dependencies (torch, transformers,
-...) already satisfied by the machine's. The machine also has our packages installed editable;
-the venv's site-packages come first on ``sys.path`` and the plugin manager takes the first
-distribution of a name, so the venv's copies are the ones used, which
-``test_the_venv_uses_its_own_copies_of_our_distributions`` checks. Set
+under 20 minutes. So by default the venv sees the packages of the Python running the tests: a
+``.pth`` file in its site-packages lists that Python's site-packages folders (whatever it is: the
+system Python, a venv, a venv that itself sees the system's). ``--system-site-packages`` would not
+do: a venv made from a venv sees the *base* interpreter's packages, not the outer venv's, and pip
+would then install every dependency again. pip resolves ``diffusion-kernel[vision,audio]`` for
+real, takes our distributions from the wheel folder into the venv's own site-packages, and
+finds the third-party dependencies (torch, transformers, ...) already satisfied. The outer Python
+may also have our packages installed editable; the venv's site-packages come first on
+``sys.path`` and the plugin manager takes the first distribution of a name, so the venv's copies
+are the ones used, which ``test_the_venv_uses_its_own_copies_of_our_distributions`` checks. Set
 ``DK_PACKAGING_FULL_INSTALL=1`` to install every dependency into an isolated venv instead (the
 machine's torch pinned by a constraint either way: any other torch pulls the CUDA packages).
 """
@@ -36,6 +39,7 @@ OURS = {
     "diffusion-kernel-schedulers": REPO / "plugins/schedulers/diffusion_kernel_schedulers",
     "diffusion-kernel-vision": REPO / "plugins/vision/diffusion_kernel_vision",
     "diffusion-kernel-audio": REPO / "plugins/audio/diffusion_kernel_audio",
+    "diffusion-kernel-sequence": REPO / "plugins/sequence/diffusion_kernel_sequence",
 }
 FULL_INSTALL = os.environ.get("DK_PACKAGING_FULL_INSTALL") == "1"
 
@@ -85,11 +89,22 @@ def wheel_of(wheelhouse: Path, distribution: str) -> Path:
     return found
 
 
+def outer_site_packages() -> list[str]:
+    """The site-packages folders of the Python running the tests, in its ``sys.path`` order."""
+    return [p for p in sys.path if Path(p).name in ("site-packages", "dist-packages")
+            and Path(p).is_dir()]
+
+
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory, wheelhouse) -> Venv:
     root = tmp_path_factory.mktemp("venv")
-    flags = [] if FULL_INSTALL else ["--system-site-packages", "--without-pip"]
+    flags = [] if FULL_INSTALL else ["--without-pip"]
     subprocess.run([sys.executable, "-m", "venv", *flags, str(root)], check=True, timeout=120)
+    if not FULL_INSTALL:  # appended after the venv's own site-packages, so its copies win
+        purelib = subprocess.run([str(root / "bin" / "python"), "-c", "import sysconfig; "
+                                  "print(sysconfig.get_path('purelib'))"], check=True,
+                                 capture_output=True, text=True).stdout.strip()
+        (Path(purelib) / "outer_python.pth").write_text("\n".join(outer_site_packages()) + "\n")
     env = Venv(root, tmp_path_factory.mktemp("cwd"))
     constraints = root / "constraints.txt"
     constraints.write_text(f"torch=={machine_torch()}\n")
@@ -186,7 +201,7 @@ def test_kernel_wheel_extras_name_the_plugin_distributions(wheelhouse):
     stem = wheel_of(wheelhouse, "diffusion-kernel").name.split("-py3")[0]
     with zipfile.ZipFile(wheel_of(wheelhouse, "diffusion-kernel")) as wheel:
         requires = wheel.read(f"{stem}.dist-info/METADATA").decode().splitlines()
-    for extra in ("schedulers", "vision", "audio"):
+    for extra in ("schedulers", "vision", "audio", "sequence"):
         assert (f'Requires-Dist: diffusion-kernel-{extra}==0.1.0; extra == "{extra}"'
                 in requires)
         assert f'Requires-Dist: diffusion-kernel-{extra}==0.1.0; extra == "all"' in requires
@@ -198,7 +213,7 @@ def test_the_venv_uses_its_own_copies_of_our_distributions(venv):
         import importlib, json
         from importlib import metadata
         names = ["diffusion-kernel", "diffusion-kernel-schedulers", "diffusion-kernel-vision",
-                 "diffusion-kernel-audio"]
+                 "diffusion-kernel-audio", "diffusion-kernel-sequence"]
         dists = {n: str(metadata.distribution(n)._path) for n in names}
         modules = {n: importlib.import_module(n.replace("-", "_")).__file__ for n in names}
         print(json.dumps({"dists": dists, "modules": modules}))
@@ -214,7 +229,7 @@ def test_the_install_keeps_the_machines_torch_and_pulls_no_cuda_packages(venv):
     assert [n for n in everything if n.startswith("nvidia-") or n == "triton"] == []
     own = installed(venv, local=True)
     assert {n: own[n] for n in OURS} == dict.fromkeys(OURS, "0.1.0")
-    if not FULL_INSTALL:  # nothing but our four went into the venv itself
+    if not FULL_INSTALL:  # nothing but ours went into the venv itself
         assert sorted(own) == sorted(OURS)
 
 
@@ -227,7 +242,7 @@ def test_every_requirement_of_our_distributions_is_satisfied(venv):
 # Discovery -----------------------------------------------------------------------------------
 def test_plugins_command_lists_each_plugin_with_its_distribution_and_version(venv):
     out = venv.run("diffusion-kernel", "plugins").stdout
-    for plugin in ("schedulers", "vision", "audio"):
+    for plugin in ("schedulers", "vision", "audio", "sequence"):
         assert f"{plugin}: diffusion-kernel-{plugin} 0.1.0 [loaded]" in out.splitlines()
 
 
@@ -348,7 +363,7 @@ class TestAPluginThatRaisesOnImport:
 
     def test_does_not_stop_the_other_plugins(self, venv):
         out = venv.run("diffusion-kernel", "plugins").stdout.splitlines()
-        for plugin in ("schedulers", "vision", "audio"):
+        for plugin in ("schedulers", "vision", "audio", "sequence"):
             assert f"{plugin}: diffusion-kernel-{plugin} 0.1.0 [loaded]" in out
 
     def test_leaves_the_registry_working(self, venv):
@@ -366,7 +381,7 @@ def plugin_statuses(venv: Venv, allowlist: str) -> dict[str, str]:
 
 def test_allowlist_of_plugin_names_loads_only_those(venv):
     assert plugin_statuses(venv, "schedulers,audio") == {
-        "schedulers": "loaded", "audio": "loaded", "vision": "disabled"}
+        "schedulers": "loaded", "audio": "loaded", "vision": "disabled", "sequence": "disabled"}
     out = venv.run("diffusion-kernel", "registry", "models",
                    DIFFUSION_KERNEL_PLUGINS="schedulers,audio").stdout
     assert out.splitlines() == ["models:", "  (none)"]
@@ -374,7 +389,7 @@ def test_allowlist_of_plugin_names_loads_only_those(venv):
 
 def test_allowlist_accepts_distribution_names(venv):
     assert plugin_statuses(venv, "diffusion-kernel-vision") == {
-        "schedulers": "disabled", "audio": "disabled", "vision": "loaded"}
+        "schedulers": "disabled", "audio": "disabled", "vision": "loaded", "sequence": "disabled"}
 
 
 def test_empty_allowlist_loads_no_plugin(venv):

@@ -9,7 +9,11 @@ Classes whose contract legitimately differs are handled explicitly, each with it
 - flow matching noises with ``scale_noise`` for img2img; its ``add_noise`` is the same path at
   sigma = t / T (the reference class has no ``add_noise``: we compare with ``scale_noise``);
 - the VP class has no ``add_noise`` in the reference: it is checked against the paper's
-  perturbation kernel (Song et al. 2021, eq. 33).
+  perturbation kernel (Song et al. 2021, eq. 33);
+- IPNDM has no ``add_noise`` in the reference either: it is checked against the v-diffusion
+  process x_t = cos(pi t / 2) x_0 + sin(pi t / 2) eps it samples; it takes no option-valued
+  fields; and its reference builds a 1000-step run in its constructor, ours has none until
+  ``set_timesteps`` (so ``step`` before it raises, as for every other class).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from diffusion_kernel.scheduling import SchedulerMixin
 NAMES = registry.schedulers.names()
 SDE = ("ScoreSdeVeScheduler", "ScoreSdeVpScheduler")
 FLOW = ("FlowMatchEulerDiscreteScheduler",)
+IPNDM = "IPNDMScheduler"
 STEPS = 6
 SHAPE = (2, 3, 8, 8)
 
@@ -59,7 +64,7 @@ def _call_step(scheduler, model_output, t, sample):
 
 
 def test_every_scheduler_of_the_format_is_registered():
-    assert len(NAMES) == 19, NAMES
+    assert len(NAMES) == 20, NAMES
 
 
 # --------------------------------------------------------------------------- format and config
@@ -148,8 +153,8 @@ def test_unknown_option_value_raises_config_error_listing_valid_values(name):
     for key, bad in checked:
         with pytest.raises(DiffusionKernelError, match=f"(?s){bad}.*valid"):
             _make(name, **{key: bad})
-    if not checked:  # the SDE classes have no option-valued fields
-        assert name in SDE
+    if not checked:  # the SDE classes and IPNDM have no option-valued fields
+        assert name in (*SDE, IPNDM)
 
 
 # ------------------------------------------------------------------------------------- noising
@@ -174,6 +179,8 @@ def test_add_noise_at_every_timestep_matches_the_reference(name):
             expected = log_m.exp() * x0 + (1 - (2 * log_m).exp()).sqrt() * noise
         elif name in FLOW:  # no reference add_noise: its scale_noise is the same path
             expected = reference.scale_noise(x0, t, noise)
+        elif name == IPNDM:  # no reference add_noise: the v-diffusion process it samples
+            expected = torch.cos(t * math.pi / 2) * x0 + torch.sin(t * math.pi / 2) * noise
         elif name == "DDIMInverseScheduler":  # no reference add_noise: DDIM's, same chain
             expected = diffusers_scheduler_class("DDIMScheduler")().add_noise(x0, noise, t)
         else:
@@ -285,6 +292,8 @@ def test_img2img_from_a_begin_index(name):
     ours = run_loop(scheduler, STEPS, init_sample=init, begin_index=begin)
     assert torch.isfinite(ours).all()
     reference = diffusers_scheduler_class(name)()
+    if name == IPNDM:  # the reference has no add_noise: lend it ours (checked above)
+        reference.add_noise = _make(name).add_noise
     assert_parity(ours, run_loop(reference, STEPS, init_sample=init, begin_index=begin))
 
 

@@ -44,6 +44,7 @@ SCHEDULERS = [
     ("ScoreSdeVpScheduler", "score_sde_vp", ("score-sde-vp", "sde-vp"), {}),
     ("LCMScheduler", "lcm", ("lcm",), {}),
     ("FlowMatchEulerDiscreteScheduler", "flow_match_euler", ("flow-match-euler",), {}),
+    ("IPNDMScheduler", "ipndm", ("ipndm",), {}),
 ]
 
 

@@ -1,0 +1,1 @@
+"""The 1-D models of the sequence plugin."""
