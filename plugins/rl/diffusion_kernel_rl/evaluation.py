@@ -121,3 +121,66 @@ def plan_and_follow(pipe, maze: Maze, starts, goals, max_steps: int = 300, seed:
     plans = pipe(observations, goals if use_goal else None, generator=generators,
                  **plan_kwargs).states
     return rollout(maze, PlanFollower(plans), starts, goals, max_steps), plans
+
+
+def planner_report(pipe, maze: Maze, num_pairs: int = 100, seed: int = 0, max_steps: int = 300,
+                   num_inference_steps: int | None = None, baselines: bool = True,
+                   behaviour_cloning_steps: int = 3000, data=None) -> dict:
+    """The planner and the policies it is compared with on ``num_pairs`` fixed pairs: for each,
+    success rate, mean return, normalised score and mean arrival step; and R_random, R_expert.
+    ``baselines``: also the straight-line controller, planning without the goal, and (with
+    ``behaviour_cloning_steps`` > 0, trained on ``data``) behaviour cloning."""
+    from .policies import StraightLinePolicy, train_behaviour_cloning
+
+    starts, goals = evaluation_pairs(maze, num_pairs, seed)
+    refs = references(maze, starts, goals, max_steps, seed)
+    plan = dict(seed=seed, max_steps=max_steps, num_inference_steps=num_inference_steps)
+    rows = {"planner": summary(plan_and_follow(pipe, maze, starts, goals, **plan)[0], refs)}
+    if baselines:
+        rows["planner without goal"] = summary(
+            plan_and_follow(pipe, maze, starts, goals, use_goal=False, **plan)[0], refs)
+        rows["straight line"] = summary(
+            rollout(maze, StraightLinePolicy(), starts, goals, max_steps), refs)
+        if behaviour_cloning_steps > 0 and data is not None:
+            policy = train_behaviour_cloning(data, maze, behaviour_cloning_steps, seed=seed)
+            rows["behaviour cloning"] = summary(
+                rollout(maze, policy, starts, goals, max_steps), refs)
+    rows["random"] = summary(rollout(maze, RandomPolicy(seed), starts, goals, max_steps), refs)
+    rows["controller (expert)"] = summary(
+        rollout(maze, WaypointPolicy(maze), starts, goals, max_steps), refs)
+    return {"maze": maze.name, "pairs": num_pairs, "seed": seed, "max_steps": max_steps,
+            "R_random": refs.random, "R_expert": refs.expert, "policies": rows}
+
+
+def guidance_report(pipe, maze: Maze, goal, num_starts: int = 50, seed: int = 0,
+                    max_steps: int = 300, batch_size: int = 16, n_guide_steps: int = 2,
+                    scale: float = 0.1, num_inference_steps: int | None = None) -> dict:
+    """Value guidance on a fixed goal: from ``num_starts`` seeded start cells (at least 3 cells
+    from the goal), a ``ValueGuidedRLPipeline`` plans once with and without guidance (the same
+    generator seeds) and the chosen plan is followed; the success rate of each."""
+    import torch
+
+    from .policies import PlanFollower
+
+    goal = maze.check_free(goal, "goal")
+    cells = maze.free_cells.astype(np.float64)
+    target = maze.cell_index(maze.cell_of(goal))[0]
+    far = np.flatnonzero(maze.distances[:, target] >= 3)
+    starts = cells[far[np.random.default_rng(seed).integers(len(far), size=num_starts)]]
+    rows = {}
+    for name, guide in (("guided", n_guide_steps), ("unguided", 0)):
+        plans = []
+        for i, start in enumerate(starts):
+            out = pipe(np.concatenate([start, np.zeros(2)]).astype(np.float32),
+                       batch_size=batch_size, planning_horizon=pipe.unet.config.sample_size,
+                       n_guide_steps=guide, scale=scale,
+                       generator=torch.Generator().manual_seed(seed + i),
+                       num_inference_steps=num_inference_steps, return_dict=True)
+            plans.append(out.trajectories[out.chosen, :, pipe.action_dim:])
+        result = rollout(maze, PlanFollower(np.stack(plans)), starts,
+                         np.tile(goal, (num_starts, 1)), max_steps)
+        rows[name] = {"success_rate": float(100 * result.success.mean()),
+                      "mean_arrival_step": float(result.arrival.mean())}
+    return {"maze": maze.name, "goal": goal.tolist(), "starts": num_starts, "seed": seed,
+            "batch_size": batch_size, "n_guide_steps": n_guide_steps, "scale": scale,
+            "policies": rows}

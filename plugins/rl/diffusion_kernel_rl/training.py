@@ -76,7 +76,7 @@ class ValueTrainConfig:
     dataset_seed: int = 0
     horizon: int = 64
     discount: float = 0.97
-    block_out_channels: tuple[int, ...] = (32, 64, 128, 256)
+    block_out_channels: tuple[int, ...] = (16, 32, 64, 128)
     batch_size: int = 32
     learning_rate: float = 1e-3
     warmup_steps: int = 200
@@ -228,7 +228,8 @@ def train_planner(config: PlannerTrainConfig, log: Callable[[str], None] = print
         return ((predicted - x0) ** 2)[~known].mean()
 
     def save():
-        pipe = DiffuserPlanningPipeline(unet=unet, scheduler=scheduler, normalizer=normalizer)
+        pipe = DiffuserPlanningPipeline(unet=unet, scheduler=scheduler, normalizer=normalizer,
+                                        environment=f"maze2d-{config.maze}")
         pipe.save_pretrained(config.output_dir)
 
     unet.train()

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from diffusion_kernel.configuration import FrozenConfig
 from diffusion_kernel.errors import PipelineError
 from diffusion_kernel.noise import randn
 from diffusion_kernel.pipelines import DiffusionPipeline, PipelineOutput
@@ -26,12 +27,28 @@ from .trajectory import apply_conditions, check_horizon, model_sample
 
 
 @dataclass
+class Plan:
+    """One plan as ``diffusion-kernel generate`` saves it: ``states`` (horizon, observation_dim)
+    and ``actions`` (horizon, action_dim) as numpy arrays, the ``start`` and ``goal`` it was
+    asked for (``goal`` None without one), and the ``environment`` the planner was trained in
+    (e.g. ``"maze2d-medium"``; None if its folder does not say)."""
+
+    states: np.ndarray
+    actions: np.ndarray
+    start: np.ndarray
+    goal: np.ndarray | None
+    environment: str | None
+
+
+@dataclass
 class DiffuserPlanningOutput(PipelineOutput):
     """``states`` (batch, horizon, observation_dim) and ``actions`` (batch, horizon, action_dim)
-    of the plans, in the environment's units (numpy, or tensors with ``output_type="pt"``)."""
+    of the plans, in the environment's units (numpy, or tensors with ``output_type="pt"``);
+    ``plans``: the same, one ``Plan`` each, with its start and goal (what ``generate`` saves)."""
 
     states: Any
     actions: Any
+    plans: list[Plan]
 
 
 class DiffuserPlanningPipeline(DiffusionPipeline):
@@ -39,9 +56,20 @@ class DiffuserPlanningPipeline(DiffusionPipeline):
     ``pipe(start, goal).states`` is a plan from each start to its goal."""
 
     _optional_components = ("normalizer",)
+    generate_input = "start"
 
-    def __init__(self, unet: Any, scheduler: Any, normalizer: Any = None):
+    def __init__(self, unet: Any, scheduler: Any, normalizer: Any = None,
+                 environment: str | None = None):
         self.register_modules(unet=unet, scheduler=scheduler, normalizer=normalizer)
+        self.environment = environment
+
+    @property
+    def config(self):
+        """``model_index.json``, with the ``environment`` the planner was trained in."""
+        config = dict(super().config)
+        if self.environment is not None:
+            config["environment"] = self.environment
+        return FrozenConfig(config)
 
     def _dims(self, start: np.ndarray) -> tuple[int, int]:
         """(action_dim, observation_dim), from the normalizer or else from the start's size."""
@@ -85,7 +113,7 @@ class DiffuserPlanningPipeline(DiffusionPipeline):
     def __call__(self, start, goal=None, planning_horizon: int | None = None,
                  num_inference_steps: int | None = None, generator=None,
                  batch_size: int | None = None, output_type: str = "np",
-                 return_dict: bool = True):
+                 return_dict: bool = True) -> DiffuserPlanningOutput | tuple:
         """Plan from ``start`` to ``goal``.
 
         ``start``: one observation (observation_dim,) or one per plan (batch, observation_dim);
@@ -108,10 +136,12 @@ class DiffuserPlanningPipeline(DiffusionPipeline):
         action_dim, observation_dim = self._dims(start)
         horizon = planning_horizon or self.unet.config.sample_size
         check_horizon(self.unet, horizon)
-        conditions = {0: self._normalize(self._states(start, batch, observation_dim, "start"))}
+        starts = self._states(start, batch, observation_dim, "start")
+        conditions = {0: self._normalize(starts)}
         if goal is not None:
             goal = self._states(goal, batch, observation_dim, "goal")
             conditions[horizon - 1] = self._normalize(goal)
+        self._check_in_maze(starts, goal)
         self.scheduler.set_timesteps(num_inference_steps
                                      or self.scheduler.config.num_train_timesteps)
         shape = (batch, horizon, action_dim + observation_dim)
@@ -125,14 +155,75 @@ class DiffuserPlanningPipeline(DiffusionPipeline):
         if self.normalizer is not None:
             x = self.normalizer.unnormalize(x)
         states, actions = x[..., action_dim:], x[..., :action_dim]
+        plans = [Plan(s.cpu().numpy(), a.cpu().numpy(), starts[i],
+                      None if goal is None else goal[i], self.environment)
+                 for i, (s, a) in enumerate(zip(states, actions))]
         if output_type == "np":
             states, actions = states.cpu().numpy(), actions.cpu().numpy()
         if not return_dict:
             return states, actions
-        return DiffuserPlanningOutput(states=states, actions=actions)
+        return DiffuserPlanningOutput(states=states, actions=actions, plans=plans)
+
+    def generate_arguments(self, num_samples: int, input: Any = None,
+                           num_inference_steps: int | None = None,
+                           generator: list | None = None) -> dict[str, Any]:
+        """For ``diffusion-kernel generate``: INPUT ``"x,y:x,y"`` is a start and a goal (their
+        first coordinates; the rest, the velocities, 0), planned ``--num`` times; without INPUT,
+        ``--num`` fixed start/goal pairs of the planner's maze (``evaluation_pairs``, seed 0)."""
+        if input is None:
+            starts, goals = self._evaluation_pairs(num_samples)
+        else:
+            starts, goals = _start_and_goal(input)
+            self._check_in_maze(starts, goals)
+            starts, goals = np.tile(starts, (num_samples, 1)), np.tile(goals, (num_samples, 1))
+        observation_dim = self.normalizer.observation_dim if self.normalizer is not None else \
+            starts.shape[1]
+        padded = np.zeros((num_samples, observation_dim))
+        padded[:, :starts.shape[1]] = starts
+        kwargs = {"start": padded, "goal": goals, "generator": generator}
+        if num_inference_steps is not None:
+            kwargs["num_inference_steps"] = num_inference_steps
+        return kwargs
+
+    def _maze(self):
+        from ..mazes import LAYOUTS, Maze
+
+        name = (self.environment or "").removeprefix("maze2d-")
+        return Maze(name) if name in LAYOUTS else None
+
+    def _evaluation_pairs(self, n: int):
+        from ..evaluation import evaluation_pairs
+
+        maze = self._maze()
+        if maze is None:
+            raise PipelineError(f"this planner's folder names no maze (environment="
+                                f"{self.environment!r}), so there are no default start/goal "
+                                f"pairs; give them as INPUT: \"x,y:x,y\"")
+        return evaluation_pairs(maze, n, seed=0)
+
+    def _check_in_maze(self, starts, goals) -> None:
+        """In the planner's own maze, a start or goal inside a wall is a ConfigError."""
+        maze = self._maze()
+        if maze is None:
+            return
+        for start in starts:
+            maze.check_free(start[:2], "start")
+        for goal in goals if goals is not None else ():
+            maze.check_free(goal[:2], "goal")
 
     def _step_kwargs(self, generator) -> dict[str, Any]:
         import inspect
 
         takes = inspect.signature(self.scheduler.step).parameters
         return {"generator": generator} if "generator" in takes and generator is not None else {}
+
+
+def _start_and_goal(text: str) -> tuple[np.ndarray, np.ndarray]:
+    """``"1,1:6,6"`` -> (start (1, k), goal (1, k)); a PipelineError naming the format."""
+    try:
+        start, goal = (np.array([float(v) for v in part.split(",")])[None]
+                       for part in str(text).split(":"))
+    except ValueError:
+        raise PipelineError(f"the input {text!r} is not a start and a goal: write them as "
+                            f"\"x,y:x,y\", e.g. \"1,1:6,6\"") from None
+    return start, goal

@@ -48,11 +48,13 @@ GRAD_SCALES = ("diffusers", "posterior_variance", "none")
 class ValueGuidedRLPipelineOutput(PipelineOutput):
     """``action`` (action_dim,) to take now; ``trajectories`` (batch, horizon, action_dim +
     observation_dim) in the environment's units, best first; ``values`` (batch,) their values
-    (None when no guidance step ran)."""
+    (None when no guidance step ran); ``chosen``: the index of the trajectory the action comes
+    from (0, the best, after guidance; a random one without)."""
 
     action: np.ndarray
     trajectories: np.ndarray
     values: np.ndarray | None
+    chosen: int
 
 
 class ValueGuidedRLPipeline(DiffusionPipeline):
@@ -62,8 +64,11 @@ class ValueGuidedRLPipeline(DiffusionPipeline):
     ``from_pretrained(path, env=env)``."""
 
     def __init__(self, value_function: Any, unet: Any, scheduler: Any, env: Any,
-                 normalization: str = "global"):
-        if env is None or not hasattr(env, "get_dataset"):
+                 normalization: str = "global", normalizer: TrajectoryNormalizer | None = None):
+        """``normalization``: how the statistics of ``env.get_dataset()`` normalise (module
+        docstring); ``normalizer``: a ``TrajectoryNormalizer`` to use instead (e.g. a trained
+        planner's), in which case the dataset is not read."""
+        if env is None or not hasattr(env, "observation_space"):
             raise PipelineError("ValueGuidedRLPipeline needs env=: an environment with "
                                 "get_dataset(), observation_space and action_space (it is not "
                                 "saved with the pipeline: pass from_pretrained(path, env=env))")
@@ -71,17 +76,25 @@ class ValueGuidedRLPipeline(DiffusionPipeline):
                               env=env)
         self.state_dim = env.observation_space.shape[0]
         self.action_dim = env.action_space.shape[0]
+        self.normalization = normalization if normalizer is None else normalizer.kind
+        self.normalizer = normalizer or self._fit_normalizer(env, normalization)
+        if self.normalizer.action_dim != self.action_dim or \
+                self.normalizer.observation_dim != self.state_dim:
+            raise PipelineError(f"the normalizer covers {self.normalizer.action_dim} action and "
+                                f"{self.normalizer.observation_dim} observation values; the "
+                                f"environment has {self.action_dim} and {self.state_dim}")
+        check_channels(unet, self.state_dim + self.action_dim)
+        if value_function is not None:
+            check_channels(value_function, self.state_dim + self.action_dim, "value_function")
+
+    def _fit_normalizer(self, env, normalization: str) -> TrajectoryNormalizer:
         data = env.get_dataset()
         shapes = {k: np.shape(data[k])[1:] for k in ("observations", "actions") if k in data}
         if shapes != {"observations": (self.state_dim,), "actions": (self.action_dim,)}:
             raise PipelineError(f"env.get_dataset() must hold 'observations' and 'actions' of "
                                 f"the spaces' sizes ({self.state_dim}, {self.action_dim}); got "
                                 f"{shapes}")
-        self.normalization = normalization
-        self.normalizer = TrajectoryNormalizer.fit(data, normalization)
-        check_channels(unet, self.state_dim + self.action_dim)
-        if value_function is not None:
-            check_channels(value_function, self.state_dim + self.action_dim, "value_function")
+        return TrajectoryNormalizer.fit(data, normalization)
 
     # Saving: the environment stays out of the folder, as with the reference ----------------
     @property
@@ -125,18 +138,15 @@ class ValueGuidedRLPipeline(DiffusionPipeline):
             check_horizon(self.value_function, planning_horizon, "value_function")
         return obs
 
-    def _guide(self, x, timestep, conditions, n_guide_steps, scale, weight, t_grad_cutoff):
-        """n_guide_steps ascents of the value: returns x and the last values (or None)."""
-        values = None
+    def _guide(self, x, timestep, conditions, n_guide_steps, scale, weight):
+        """n_guide_steps ascents of the value: returns x and the last values."""
         for _ in range(n_guide_steps):
             with torch.enable_grad():
                 x = x.detach().requires_grad_()
                 values = model_sample(self.value_function, x, timestep)
                 grad = torch.autograd.grad([values.sum()], [x])[0]
-            grad = weight * grad
-            if timestep < t_grad_cutoff:
-                grad = torch.zeros_like(grad)
-            x = apply_conditions(x.detach() + scale * grad, conditions, self.action_dim)
+            x = apply_conditions(x.detach() + scale * (weight * grad), conditions,
+                                 self.action_dim)
         return x, values
 
     @torch.no_grad()
@@ -165,11 +175,15 @@ class ValueGuidedRLPipeline(DiffusionPipeline):
         x = apply_conditions(randn(shape, generator, device, self.dtype), conditions,
                              self.action_dim)
         values = None
-        for t in self.progress_bar(self.scheduler.timesteps):
-            t = int(t)
-            weight = self._guidance_weight(t, grad_scale) if n_guide_steps else 1.0
-            x, values = self._guide(x, t, conditions, n_guide_steps, scale, weight,
-                                    t_grad_cutoff)
+        timesteps = [int(t) for t in self.scheduler.timesteps]
+        for i, t in enumerate(self.progress_bar(timesteps)):
+            if n_guide_steps and t >= t_grad_cutoff:
+                weight = self._guidance_weight(t, grad_scale)
+                x, values = self._guide(x, t, conditions, n_guide_steps, scale, weight)
+            elif n_guide_steps and i == len(timesteps) - 1:
+                # Below the cutoff the gradient is zeroed, so guiding leaves x as it is; of its
+                # values only the last step's are used (to rank): one forward pass gives them.
+                values = model_sample(self.value_function, x, t)
             model_output = model_sample(self.unet, x, t).permute(0, 2, 1)
             x = self.scheduler.step(model_output, t, x, generator=generator).prev_sample
             x = apply_conditions(x, conditions, self.action_dim)
@@ -190,4 +204,4 @@ class ValueGuidedRLPipeline(DiffusionPipeline):
         if not return_dict:
             return action
         return ValueGuidedRLPipelineOutput(action=action, trajectories=trajectories,
-                                           values=values)
+                                           values=values, chosen=chosen)
