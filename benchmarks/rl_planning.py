@@ -41,7 +41,7 @@ def networks(random: bool):
     ours_cls = registry.models.get("UNet1DModel")
     if random:
         torch.manual_seed(0)
-        unet, value = planner_unet(64, (32, 64, 128)), value_unet(64, (32, 64, 128, 256))
+        unet, value = planner_unet(64, (32, 64, 128)), value_unet(64, (16, 32, 64, 128))
         theirs = (diffusers.UNet1DModel(**dict(value.config)),
                   diffusers.UNet1DModel(**dict(unet.config)))
         theirs[0].load_state_dict(value.state_dict())
@@ -51,6 +51,15 @@ def networks(random: bool):
     ours = tuple(ours_cls.from_pretrained(f).eval() for f in folders)
     theirs = tuple(diffusers.UNet1DModel.from_pretrained(f).eval() for f in folders)
     return ours, theirs
+
+
+def quiet_reference_progress() -> None:
+    """The reference draws its progress bar with ``tqdm.tqdm`` itself: switch it off."""
+    import functools
+
+    import tqdm
+
+    tqdm.tqdm = functools.partial(tqdm.tqdm, disable=True)
 
 
 def pipelines(random: bool):
@@ -65,8 +74,9 @@ def pipelines(random: bool):
     env = PointMazeEnv("medium", goal=GOAL, reward_type="geodesic")
     ours = registry.pipelines.get("ValueGuidedRLPipeline")(
         value_function=value, unet=unet, scheduler=scheduler, env=env)
+    config = {k: v for k, v in scheduler.config.items() if not k.startswith("_")}
     reference = Reference(value_function=ref_value, unet=ref_unet,
-                          scheduler=diffusers.DDPMScheduler(**dict(scheduler.config)), env=env)
+                          scheduler=diffusers.DDPMScheduler(**config), env=env)
     for pipe in (ours, reference):
         pipe.set_progress_bar_config(disable=True)
     return ours, reference
@@ -93,6 +103,7 @@ def main() -> None:
 
     threads, why = choose_threads(args.threads)
     torch.set_num_threads(threads)
+    quiet_reference_progress()
     ours, reference = pipelines(args.random)
     runs: dict[str, list] = {"ours": [], "diffusers": []}
     for i in range(args.repeat + 1):  # the first round warms up

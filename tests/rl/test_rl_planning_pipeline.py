@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 from diffusion_kernel import DiffusionPipeline, registry
-from diffusion_kernel.errors import PipelineError
+from diffusion_kernel.errors import ConfigError, PipelineError
 from diffusion_kernel.scheduling import scheduler_from_name
 from diffusion_kernel_rl.datasets import generate_dataset
 from diffusion_kernel_rl.normalization import TrajectoryNormalizer
@@ -84,6 +84,10 @@ def test_bad_input_gets_clear_errors(pipe):
         pipe(START, np.zeros((3, 2)))
     with pytest.raises(PipelineError, match="got 3 generators for 2 plans"):
         pipe(START, GOAL, generator=[torch.Generator() for _ in range(3)])
+    in_maze = DiffuserPlanningPipeline(pipe.unet, pipe.scheduler, pipe.normalizer,
+                                       environment="maze2d-medium")
+    with pytest.raises(ConfigError, match=r"the goal \(3.0, 1.0\) lies in a wall"):
+        in_maze(START, np.array([[6.0, 6.0], [3.0, 1.0]]))
     small = TrajectoryNormalizer(action_dim=1, shift=[0.0] * 5, scale=[1.0] * 5)
     with pytest.raises(PipelineError, match="normalizer covers 5 values per step but the unet "
                                             "takes 6"):

@@ -149,6 +149,8 @@ def test_bad_input_gets_clear_errors(pipelines):
         ours(OBS, planning_horizon=15)
     with pytest.raises(PipelineError, match="value function.*at most 16; got planning_horizon=32"):
         ours(OBS, planning_horizon=32)
+    with pytest.raises(PipelineError, match="got 2 generators for 8 trajectories"):
+        ours(OBS, planning_horizon=HORIZON, batch_size=8, generator=[torch.Generator()] * 2)
     with pytest.raises(PipelineError, match="unknown grad_scale 'std'"):
         ours(OBS, planning_horizon=HORIZON, grad_scale="std")
     with pytest.raises(PipelineError, match="needs env="):

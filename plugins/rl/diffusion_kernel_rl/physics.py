@@ -28,13 +28,15 @@ _CONTACT_GAP = 1e-6  # a body stopped by a wall rests this far from it
 
 
 def _body_hits_wall(maze: Maze, positions: np.ndarray) -> np.ndarray:
-    """True where the body centred at a position overlaps a wall: its four corners are enough, as
-    the body is smaller than a cell."""
-    hits = np.zeros(len(positions), dtype=bool)
-    for dx in (-BODY_RADIUS, BODY_RADIUS):
-        for dy in (-BODY_RADIUS, BODY_RADIUS):
-            hits |= maze.is_wall(positions + np.array([dx, dy]))
-    return hits
+    """True where the body centred at a position overlaps a wall. The body is smaller than a
+    cell, so it touches at most the cells of its lowest and highest corner on each axis; cells
+    off the grid count as the grid's border walls."""
+    top = np.array(maze.shape) - 1
+    low = np.clip(np.floor(positions - BODY_RADIUS + 0.5).astype(np.intp), 0, top)
+    high = np.clip(np.floor(positions + BODY_RADIUS + 0.5).astype(np.intp), 0, top)
+    walls = maze.walls
+    return (walls[low[:, 0], low[:, 1]] | walls[low[:, 0], high[:, 1]]
+            | walls[high[:, 0], low[:, 1]] | walls[high[:, 0], high[:, 1]])
 
 
 def body_fits(maze: Maze, positions) -> np.ndarray:

@@ -120,7 +120,8 @@ class ValueGuidedRLPipeline(DiffusionPipeline):
             return self.scheduler._get_variance(timestep, variance_type="fixed_small")
         return 1.0
 
-    def _check_call(self, obs, batch_size, planning_horizon, n_guide_steps, grad_scale):
+    def _check_call(self, obs, batch_size, planning_horizon, n_guide_steps, grad_scale,
+                    generator):
         obs = np.asarray(obs)
         if obs.shape != (self.state_dim,):
             raise PipelineError(f"obs must be one observation of shape ({self.state_dim},), got "
@@ -128,6 +129,9 @@ class ValueGuidedRLPipeline(DiffusionPipeline):
         if batch_size < 1 or n_guide_steps < 0:
             raise PipelineError(f"batch_size must be positive and n_guide_steps non-negative, "
                                 f"got {batch_size} and {n_guide_steps}")
+        if isinstance(generator, list | tuple) and len(generator) != batch_size:
+            raise PipelineError(f"got {len(generator)} generators for {batch_size} trajectories; "
+                                f"pass one per trajectory or a single generator")
         if grad_scale not in GRAD_SCALES:
             raise PipelineError(f"unknown grad_scale {grad_scale!r}; choose one of "
                                 f"{', '.join(GRAD_SCALES)}")
@@ -162,7 +166,8 @@ class ValueGuidedRLPipeline(DiffusionPipeline):
         ``torch.Generator`` or one per trajectory; it also picks the random trajectory when
         ``n_guide_steps=0``.
         """
-        obs = self._check_call(obs, batch_size, planning_horizon, n_guide_steps, grad_scale)
+        obs = self._check_call(obs, batch_size, planning_horizon, n_guide_steps, grad_scale,
+                               generator)
         device = self._execution_device
         if num_inference_steps is not None or self.scheduler.num_inference_steps is None:
             self.scheduler.set_timesteps(num_inference_steps
