@@ -91,7 +91,9 @@ def add_evaluate_guidance_arguments(p) -> None:
     p.add_argument("--starts", type=int, default=50, help="start cells (seeded) to plan from")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16, help="trajectories per plan")
-    p.add_argument("--scale", type=float, default=0.1)
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="guidance step size (1.0 suits the shipped value function, trained on "
+                        "standardised returns; diffusers' hopper setting is 0.1)")
     p.add_argument("--n-guide-steps", type=int, default=2)
     p.add_argument("--steps", type=int, help="denoising steps (default: the whole chain)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")

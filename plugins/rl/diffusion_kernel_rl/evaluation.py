@@ -154,7 +154,7 @@ def planner_report(pipe, maze: Maze, num_pairs: int = 100, seed: int = 0, max_st
 
 def guidance_report(pipe, maze: Maze, goal, num_starts: int = 50, seed: int = 0,
                     max_steps: int = 300, batch_size: int = 16, n_guide_steps: int = 2,
-                    scale: float = 0.1, num_inference_steps: int | None = None) -> dict:
+                    scale: float = 1.0, num_inference_steps: int | None = None) -> dict:
     """Value guidance on a fixed goal: from ``num_starts`` seeded start cells (at least 3 cells
     from the goal), a ``ValueGuidedRLPipeline`` plans once with and without guidance (the same
     generator seeds) and the chosen plan is followed; the success rate of each."""
