@@ -14,7 +14,7 @@ def tiny(tmp_path_factory):
     """A dataset file and a planner trained on it for a few steps (weights barely trained: the
     commands are under test here, not the planner)."""
     root = tmp_path_factory.mktemp("rl-cli")
-    assert main(["rl", "dataset", "--steps", "4000", "--streams", "8", "--seed", "1",
+    assert main(["rl", "dataset", "--steps", "3600", "--episode-steps", "72", "--seed", "1",
                  "--out", str(root / "data.npz")]) == 0
     assert main(["train", "planner", "--dataset", str(root / "data.npz"), "--output-dir",
                  str(root / "planner"), "--horizon", "16", "--block-out-channels", "8,16",
@@ -27,7 +27,7 @@ def test_the_dataset_command_writes_a_loadable_file(tiny, capsys):
     from diffusion_kernel_rl.datasets import load_dataset
 
     data = load_dataset(tiny / "data.npz")
-    assert data["observations"].shape == (4000, 4) and data["timeouts"].sum() == 8
+    assert data["observations"].shape == (3600, 4) and data["timeouts"].sum() == 50
 
 
 def test_train_writes_a_planner_folder_that_names_its_maze(tiny):

@@ -23,49 +23,72 @@ from diffusion_kernel_rl.normalization import TrajectoryNormalizer
 
 @pytest.fixture(scope="module")
 def data():
-    return generate_dataset("medium", 20_000, seed=0, num_streams=20)
+    """100 episodes of 72 steps (the default kind of data)."""
+    return generate_dataset("medium", 7_200, seed=0)
+
+
+@pytest.fixture(scope="module")
+def streams():
+    """20 D4RL-style runs of 1,000 steps."""
+    return generate_dataset("medium", 20_000, seed=0, num_streams=20, episode_steps=None)
 
 
 def test_generation_is_seeded_and_has_d4rls_keys(data):
-    again = generate_dataset("medium", 20_000, seed=0, num_streams=20)
-    other = generate_dataset("medium", 20_000, seed=1, num_streams=20)
+    again = generate_dataset("medium", 7_200, seed=0)
+    other = generate_dataset("medium", 7_200, seed=1)
     assert set(data) == set(REQUIRED_KEYS)
     for key in REQUIRED_KEYS:
         np.testing.assert_array_equal(data[key], again[key])
     assert np.abs(data["observations"] - other["observations"]).max() > 1
-    assert data["observations"].shape == (20_000, 4) and data["actions"].shape == (20_000, 2)
-    assert data["timeouts"].sum() == 20 and not data["terminals"].any()
+    assert data["observations"].shape == (7_200, 4) and data["actions"].shape == (7_200, 2)
+    assert data["timeouts"].sum() == 100 and not data["terminals"].any()
 
 
-def test_the_data_are_a_physical_trajectory_towards_each_goal(data):
+@pytest.mark.parametrize("kind", ["data", "streams"])
+def test_the_data_are_physical_trajectories(kind, request):
+    data = request.getfixturevalue(kind)
     maze = Maze("medium")
-    continuing = ~data["timeouts"]
     replay = physics.step(maze, data["observations"].astype(np.float64),
                           data["actions"].astype(np.float64))
     np.testing.assert_allclose(replay, data["next_observations"], atol=1e-5)
-    inside = np.flatnonzero(continuing)  # the last step is a timeout: inside + 1 exists
+    inside = np.flatnonzero(~data["timeouts"])  # the last step is a timeout: inside + 1 exists
     np.testing.assert_array_equal(data["next_observations"][inside],
                                   data["observations"][inside + 1])
     assert physics.body_fits(maze, data["observations"][:, :2]).all()
     np.testing.assert_array_equal(data["rewards"],
                                   physics.reached(data["next_observations"], data["infos/goal"]))
-    # many goals reached, and rests at them (zero-velocity goal states for the planner)
-    changes = (np.abs(np.diff(data["infos/goal"], axis=0)).sum(1) > 0).sum()
-    assert changes > 300
-    near = np.linalg.norm(data["observations"][:, :2] - data["infos/goal"], axis=1) < 0.25
-    slow = np.linalg.norm(data["observations"][:, 2:], axis=1) < 0.5
+
+
+def test_an_episode_goes_from_rest_to_rest_at_a_goal_in_another_cell(data):
+    maze = Maze("medium")
+    episodes = {k: v.reshape(100, 72, -1) for k, v in data.items() if v.ndim == 2}
+    first, last = episodes["observations"][:, 0], episodes["next_observations"][:, -1]
+    goals = episodes["infos/goal"]
+    assert (goals == goals[:, :1]).all()  # one goal per episode
+    np.testing.assert_array_equal(first[:, 2:], 0)  # starts at rest
+    assert (maze.cell_of(first[:, :2]) != maze.cell_of(goals[:, 0])).any(1).all()
+    assert physics.reached(last, goals[:, 0]).mean() >= 0.95  # there at the end
+    assert np.median(np.abs(last[:, 2:])) < 0.5
+
+
+def test_d4rl_style_runs_go_from_goal_to_goal_and_rest_at_each(streams):
+    changes = (np.abs(np.diff(streams["infos/goal"], axis=0)).sum(1) > 0).sum()
+    assert changes > 300 and streams["timeouts"].sum() == 20
+    near = np.linalg.norm(streams["observations"][:, :2] - streams["infos/goal"], axis=1) < 0.25
+    slow = np.linalg.norm(streams["observations"][:, 2:], axis=1) < 0.5
     assert (near & slow).mean() > 0.2
 
 
-def test_windows_never_cross_the_end_of_a_trajectory(data):
-    starts = window_starts(data, 64)
-    ends = np.flatnonzero(data["timeouts"])
+def test_windows_never_cross_the_end_of_a_trajectory(streams, data):
+    starts = window_starts(streams, 64)
+    ends = np.flatnonzero(streams["timeouts"])
     assert len(starts) == 20 * (1000 - 63)
     crossing = [(s <= e) & (e < s + 63) for s in starts[::97] for e in ends]
     assert not any(crossing)
-    x = trajectories(data)
-    np.testing.assert_array_equal(x[:, :2], data["actions"])
-    np.testing.assert_array_equal(x[:, 2:], data["observations"])
+    assert len(window_starts(data, 64)) == 100 * (72 - 63)
+    x = trajectories(streams)
+    np.testing.assert_array_equal(x[:, :2], streams["actions"])
+    np.testing.assert_array_equal(x[:, 2:], streams["observations"])
 
 
 def test_files_round_trip_and_bad_files_are_refused(data, tmp_path):
@@ -95,7 +118,8 @@ def test_get_dataset_rewards_follow_the_environments_goal(data, tmp_path):
     assert rewards.max() <= 0 and rewards.min() < -8
 
 
-def test_normalisers_global_as_diffusers_per_dimension_and_limits(data):
+def test_normalisers_global_as_diffusers_per_dimension_and_limits(streams):
+    data = streams
     glob = TrajectoryNormalizer.fit(data, "global")
     obs = data["observations"][:5]
     # the reference normalises by one mean and std over all of a key's values

@@ -38,7 +38,7 @@ def run_dataset(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out {args.out}: the dataset is written as an .npz; end the name "
                           f"with .npz")
     data = generate_dataset(args.maze, args.steps, seed=args.seed, num_streams=args.streams,
-                            action_noise=args.action_noise)
+                            action_noise=args.action_noise, episode_steps=args.episode_steps)
     path = save_dataset(data, args.out)
     print(f"wrote {len(data['observations']):,} transitions of the {args.maze} maze to {path}")
     return 0
@@ -69,7 +69,7 @@ def run_evaluate_planner(args: argparse.Namespace) -> int:
     if args.pairs < 1 or args.max_steps < 1:
         raise ConfigError("--pairs and --max-steps must be positive")
     pipe, maze = _planner(args.model)
-    data = maze_data(maze.name, None, 200_000, 0) if args.baselines and \
+    data = maze_data(maze.name, None, 400_000, 0) if args.baselines and \
         args.behaviour_cloning_steps > 0 else None
     report = planner_report(pipe, maze, args.pairs, args.seed, args.max_steps, args.steps,
                             args.baselines, args.behaviour_cloning_steps, data)

@@ -32,12 +32,18 @@ def _point(text: str) -> tuple[float, float]:
     return x, y
 
 
+def _episode_steps(text: str) -> int | None:
+    return int(text) or None
+
+
 def _data_arguments(p) -> None:
     p.add_argument("--maze", choices=MAZES, default="medium")
     p.add_argument("--dataset", help="an .npz from `diffusion-kernel rl dataset` (default: the "
                                      "environment's own data, generated)")
-    p.add_argument("--dataset-size", type=int, default=200_000)
+    p.add_argument("--dataset-size", type=int, default=400_000)
     p.add_argument("--dataset-seed", type=int, default=0)
+    p.add_argument("--episode-steps", type=_episode_steps, default=72,
+                   help="steps per generated episode (0: D4RL-style long runs)")
 
 
 def _loop_arguments(p, steps: int, learning_rate: float) -> None:
@@ -55,6 +61,8 @@ def add_train_planner_arguments(p) -> None:
     _loop_arguments(p, 10_000, 1e-3)
     p.add_argument("--num-train-timesteps", type=int, default=32)
     p.add_argument("--block-out-channels", type=_ints, default=(32, 64, 128))
+    p.add_argument("--init-from", help="a planner folder to go on training from (its weights "
+                                       "and normaliser)")
     p.add_argument("--goal-rate", type=float, default=0.8,
                    help="share of training windows whose last state is given, as a goal")
 
@@ -105,7 +113,9 @@ def add_rl_commands(subparsers) -> None:
     d = sub.add_parser("dataset", help="generate the offline data of a point maze as an .npz",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     d.add_argument("--maze", choices=MAZES, default="medium")
-    d.add_argument("--steps", type=int, default=200_000, help="transitions to generate")
+    d.add_argument("--steps", type=int, default=400_000, help="transitions to generate")
+    d.add_argument("--episode-steps", type=_episode_steps, default=72,
+                   help="steps per episode (0: D4RL-style long runs from goal to goal)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--streams", type=int, default=100, help="trajectories run side by side")
     d.add_argument("--action-noise", type=float, default=0.3)

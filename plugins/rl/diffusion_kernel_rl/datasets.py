@@ -42,28 +42,52 @@ def random_goals(maze: Maze, rng: np.random.Generator, n: int,
     return cells + rng.uniform(-jitter, jitter, size=(n, 2))
 
 
-def generate_dataset(maze: str | Maze = "medium", num_steps: int = 200_000, seed: int = 0,
+def generate_dataset(maze: str | Maze = "medium", num_steps: int = 400_000, seed: int = 0,
                      num_streams: int = 100, action_noise: float = 0.3,
+                     episode_steps: int | None = 72, max_start_rest: int = 10,
                      max_dwell: int = 40) -> dict[str, np.ndarray]:
-    """``num_steps`` transitions (rounded up to a multiple of ``num_streams``), the same for the
-    same arguments. ``action_noise``: the standard deviation of the Gaussian noise added to the
-    controller's actions (then clipped to [-1, 1])."""
+    """``num_steps`` transitions, the same for the same arguments. ``action_noise``: the
+    standard deviation of the Gaussian noise added to the controller's actions (then clipped to
+    [-1, 1]).
+
+    Episodes (``episode_steps``, the default): each starts at rest near a random free cell's
+    centre, waits there 0 to ``max_start_rest`` steps, drives to one random goal in another cell
+    and rests on it until the episode ends after ``episode_steps`` steps (``num_steps`` rounded
+    up to whole episodes, run side by side). A window from rest to rest is then one direct leg.
+
+    ``episode_steps=None``: D4RL's way, ``num_streams`` long runs side by side (``num_steps``
+    rounded up to a multiple), each going from goal to random goal and resting 0 to
+    ``max_dwell`` steps at each."""
     maze = maze if isinstance(maze, Maze) else Maze(maze)
-    if num_steps < 1 or num_streams < 1:
-        raise ConfigError(f"num_steps and num_streams must be positive, got {num_steps} and "
-                          f"{num_streams}")
+    if num_steps < 1 or num_streams < 1 or (episode_steps is not None and episode_steps < 2):
+        raise ConfigError(f"num_steps and num_streams must be positive and episode_steps at "
+                          f"least 2, got {num_steps}, {num_streams} and {episode_steps}")
     rng = np.random.default_rng(seed)
+    if episode_steps is None:
+        runs = _streams(maze, rng, math.ceil(num_steps / num_streams), num_streams,
+                        action_noise, max_dwell)
+    else:
+        runs = _episodes(maze, rng, episode_steps, math.ceil(num_steps / episode_steps),
+                         action_noise, max_start_rest)
+    return _flatten(*runs)
+
+
+def _noisy(controller, rng, state, target, action_noise):
+    noise = rng.normal(0, action_noise, (len(state), 2))
+    return np.clip(controller(state, target) + noise, -1.0, 1.0)
+
+
+def _streams(maze, rng, length, count, action_noise, max_dwell):
+    """D4RL-style runs: (obs, actions, goals) shaped (length, count, .) and the final states."""
     controller = WaypointController(maze)
-    length = math.ceil(num_steps / num_streams)
-    starts = random_goals(maze, rng, num_streams, jitter=0.1)
-    state = np.concatenate([starts, np.zeros((num_streams, 2))], axis=1)
-    goal = random_goals(maze, rng, num_streams)
-    dwell = np.full(num_streams, -1)  # steps left to rest at the goal; -1: not arrived yet
-    shape = (length, num_streams)
-    obs, acts, goals = np.empty((*shape, 4)), np.empty((*shape, 2)), np.empty((*shape, 2))
+    starts = random_goals(maze, rng, count, jitter=0.1)
+    state = np.concatenate([starts, np.zeros((count, 2))], axis=1)
+    goal = random_goals(maze, rng, count)
+    dwell = np.full(count, -1)  # steps left to rest at the goal; -1: not arrived yet
+    obs, acts, goals = np.empty((length, count, 4)), np.empty((length, count, 2)), \
+        np.empty((length, count, 2))
     for t in range(length):
-        action = np.clip(controller(state, goal) + rng.normal(0, action_noise, (num_streams, 2)),
-                         -1.0, 1.0)
+        action = _noisy(controller, rng, state, goal, action_noise)
         obs[t], acts[t], goals[t] = state, action, goal
         state = physics.step(maze, state, action)
         arrived = physics.reached(state, goal) & (dwell < 0)
@@ -72,15 +96,38 @@ def generate_dataset(maze: str | Maze = "medium", num_steps: int = 200_000, seed
         goal[done] = random_goals(maze, rng, int(done.sum()))
         dwell[done] = -1
         dwell[dwell > 0] -= 1
-    # streams one after the other, each a continuous trajectory
-    flat = lambda a: np.swapaxes(a, 0, 1).reshape(num_streams * length, *a.shape[2:])
+    return obs, acts, goals, state
+
+
+def _episodes(maze, rng, length, count, action_noise, max_start_rest):
+    """Episodes from rest to rest at one goal: the same shapes as ``_streams``."""
+    controller = WaypointController(maze)
+    start_cells = rng.integers(len(maze.free_cells), size=count)
+    goal_cells = (start_cells + rng.integers(1, len(maze.free_cells), size=count)) \
+        % len(maze.free_cells)  # any other cell
+    starts = maze.free_cells[start_cells] + rng.uniform(-0.1, 0.1, size=(count, 2))
+    goal = maze.free_cells[goal_cells] + rng.uniform(-GOAL_JITTER, GOAL_JITTER, size=(count, 2))
+    rest = rng.integers(0, max_start_rest + 1, size=count)
+    state = np.concatenate([starts, np.zeros((count, 2))], axis=1)
+    obs, acts = np.empty((length, count, 4)), np.empty((length, count, 2))
+    for t in range(length):
+        target = np.where((t < rest)[:, None], starts, goal)
+        obs[t], acts[t] = state, _noisy(controller, rng, state, target, action_noise)
+        state = physics.step(maze, state, acts[t])
+    return obs, acts, np.broadcast_to(goal, (length, count, 2)), state
+
+
+def _flatten(obs, acts, goals, final_states) -> dict[str, np.ndarray]:
+    """Runs shaped (length, count, .) one after the other, as D4RL's keys; ``timeouts`` marks
+    the last step of each run."""
+    length, count = obs.shape[:2]
+    flat = lambda a: np.swapaxes(a, 0, 1).reshape(count * length, *a.shape[2:])
     observations, actions, goals = flat(obs), flat(acts), flat(goals)
-    timeouts = np.zeros((num_streams, length), dtype=bool)
+    timeouts = np.zeros((count, length), dtype=bool)
     timeouts[:, -1] = True
     timeouts = timeouts.reshape(-1)
-    next_observations = np.concatenate([observations[1:], state[-1:]])
-    ends = np.flatnonzero(timeouts)
-    next_observations[ends] = state  # each stream's last step ends in that stream's last state
+    next_observations = np.concatenate([observations[1:], final_states[-1:]])
+    next_observations[timeouts] = final_states  # each run's last step ends in its last state
     return {
         "observations": observations.astype(np.float32),
         "actions": actions.astype(np.float32),

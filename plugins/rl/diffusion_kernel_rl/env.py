@@ -65,7 +65,7 @@ class PointMazeEnv(_EnvBase):
 
     def __init__(self, maze: str | Maze = "medium", goal=None, reward_type: str = "sparse",
                  max_episode_steps: int = 300, dataset: str | None = None,
-                 dataset_size: int = 200_000, dataset_seed: int = 0):
+                 dataset_size: int = 400_000, dataset_seed: int = 0):
         self.maze = maze if isinstance(maze, Maze) else Maze(maze)
         if reward_type not in REWARD_TYPES:
             raise ConfigError(f"unknown reward_type {reward_type!r}; choose one of "

@@ -46,8 +46,10 @@ class PlannerTrainConfig:
     output_dir: str
     maze: str = "medium"
     dataset: str | None = None  # an .npz; None: the environment's own data (below)
-    dataset_size: int = 200_000
+    dataset_size: int = 400_000
     dataset_seed: int = 0
+    episode_steps: int | None = 72  # None: D4RL-style long runs (datasets.generate_dataset)
+    init_from: str | None = None  # a planner folder to go on from: its weights and normaliser
     horizon: int = 64
     num_train_timesteps: int = 32
     block_out_channels: tuple[int, ...] = (32, 64, 128)
@@ -72,8 +74,9 @@ class ValueTrainConfig:
     goal: tuple[float, float] = (6.0, 6.0)
     maze: str = "medium"
     dataset: str | None = None
-    dataset_size: int = 200_000
+    dataset_size: int = 400_000
     dataset_seed: int = 0
+    episode_steps: int | None = 72
     horizon: int = 64
     discount: float = 0.97
     block_out_channels: tuple[int, ...] = (16, 32, 64, 128)
@@ -124,11 +127,13 @@ def planner_scheduler(num_train_timesteps: int):
                 prediction_type="sample", clip_sample=True, variance_type="fixed_small_log")
 
 
-def maze_data(maze: str, dataset: str | None, size: int, seed: int) -> dict[str, np.ndarray]:
-    """A dataset file, or the environment's own data (what ``PointMazeEnv.get_dataset`` gives)."""
+def maze_data(maze: str, dataset: str | None, size: int, seed: int,
+              episode_steps: int | None = 72) -> dict[str, np.ndarray]:
+    """A dataset file, or generated data (with the defaults, what ``PointMazeEnv.get_dataset``
+    gives)."""
     if dataset is not None:
         return load_dataset(dataset)
-    return generate_dataset(maze, size, seed=seed)
+    return generate_dataset(maze, size, seed=seed, episode_steps=episode_steps)
 
 
 class WindowSampler:
@@ -199,18 +204,32 @@ def _loop(model, config, loss_of: Callable[[int], torch.Tensor], save: Callable[
     return step
 
 
+def _planner_start(config: PlannerTrainConfig, data):
+    """(unet, scheduler, normaliser): fresh ones, or those of ``config.init_from``."""
+    from .pipelines.diffuser_planning import DiffuserPlanningPipeline
+
+    if config.init_from is None:
+        torch.manual_seed(config.seed)
+        return (planner_unet(config.horizon, config.block_out_channels),
+                planner_scheduler(config.num_train_timesteps),
+                TrajectoryNormalizer.fit(data, "limits"))
+    start = DiffuserPlanningPipeline.from_pretrained(config.init_from)
+    if start.normalizer is None or start.unet.config.sample_size != config.horizon:
+        raise ConfigError(f"init_from={config.init_from} must be a planner with a normalizer "
+                          f"and horizon {config.horizon}")
+    return start.unet, start.scheduler, start.normalizer
+
+
 def train_planner(config: PlannerTrainConfig, log: Callable[[str], None] = print) -> Path:
     """Train a goal-conditioned planner and save it as a ``DiffuserPlanningPipeline`` folder."""
     from .pipelines.diffuser_planning import DiffuserPlanningPipeline
 
     if not 0.0 <= config.goal_rate <= 1.0:
         raise ConfigError(f"goal_rate must lie in [0, 1], got {config.goal_rate}")
-    data = maze_data(config.maze, config.dataset, config.dataset_size, config.dataset_seed)
-    normalizer = TrajectoryNormalizer.fit(data, "limits")
+    data = maze_data(config.maze, config.dataset, config.dataset_size, config.dataset_seed,
+                     config.episode_steps)
+    unet, scheduler, normalizer = _planner_start(config, data)
     sampler = WindowSampler(data, normalizer, config.horizon, config.seed)
-    torch.manual_seed(config.seed)
-    unet = planner_unet(config.horizon, config.block_out_channels)
-    scheduler = planner_scheduler(config.num_train_timesteps)
     generator = torch.Generator().manual_seed(config.seed + 1)
     log(f"planner: {unet.num_parameters():,} parameters, {len(sampler.starts):,} windows")
 
@@ -256,7 +275,8 @@ def train_value_function(config: ValueTrainConfig, log: Callable[[str], None] = 
 
     Maze(config.maze).check_free(config.goal, "goal")
     planner = DiffuserPlanningPipeline.from_pretrained(config.planner)
-    data = maze_data(config.maze, config.dataset, config.dataset_size, config.dataset_seed)
+    data = maze_data(config.maze, config.dataset, config.dataset_size, config.dataset_seed,
+                     config.episode_steps)
     sampler = WindowSampler(data, planner.normalizer, config.horizon, config.seed)
     returns = window_returns(data, config.goal, config.horizon, config.discount, config.maze)
     mean, std = float(returns.mean()), float(returns.std())
