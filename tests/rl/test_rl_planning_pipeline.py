@@ -56,7 +56,8 @@ def test_a_saved_planner_loads_and_plans_the_same(pipe, tmp_path):
              for p in (tmp_path / "planner").rglob("*") if p.is_file()}
     assert files == {"model_index.json", "unet/config.json",
                      "unet/diffusion_pytorch_model.safetensors",
-                     "scheduler/scheduler_config.json", "normalizer/processor_config.json"}
+                     "scheduler/scheduler_config.json", "normalizer/processor_config.json",
+                     "SHA256SUMS", "unet/SHA256SUMS"}  # the records of every save
     loaded = DiffusionPipeline.from_pretrained(tmp_path / "planner")
     loaded.set_progress_bar_config(disable=True)
     assert type(loaded) is DiffuserPlanningPipeline

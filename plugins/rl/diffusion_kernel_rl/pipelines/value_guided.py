@@ -47,13 +47,13 @@ GRAD_SCALES = ("diffusers", "posterior_variance", "none")
 @dataclass
 class ValueGuidedRLPipelineOutput(PipelineOutput):
     """``action`` (action_dim,) to take now; ``trajectories`` (batch, horizon, action_dim +
-    observation_dim) in the environment's units, best first; ``values`` (batch,) their values
-    (None when no guidance step ran); ``chosen``: the index of the trajectory the action comes
-    from (0, the best, after guidance; a random one without)."""
+    observation_dim) in the environment's units, best first; ``trajectory_values`` (batch,) their
+    values (None when no guidance step ran); ``chosen``: the index of the trajectory the action
+    comes from (0, the best, after guidance; a random one without)."""
 
     action: np.ndarray
     trajectories: np.ndarray
-    values: np.ndarray | None
+    trajectory_values: np.ndarray | None  # not ``values``: an output is a dict (.values())
     chosen: int
 
 
@@ -209,4 +209,4 @@ class ValueGuidedRLPipeline(DiffusionPipeline):
         if not return_dict:
             return action
         return ValueGuidedRLPipelineOutput(action=action, trajectories=trajectories,
-                                           values=values, chosen=chosen)
+                                           trajectory_values=values, chosen=chosen)
