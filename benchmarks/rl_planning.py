@@ -103,8 +103,8 @@ def main() -> None:
 
     threads, why = choose_threads(args.threads)
     torch.set_num_threads(threads)
-    quiet_reference_progress()
     ours, reference = pipelines(args.random)
+    quiet_reference_progress()  # after the imports: huggingface_hub annotates with tqdm.tqdm
     runs: dict[str, list] = {"ours": [], "diffusers": []}
     for i in range(args.repeat + 1):  # the first round warms up
         for name, pipe in (("ours", ours), ("diffusers", reference)):
