@@ -1,6 +1,8 @@
-"""The ``diffusion-kernel`` command line: ``plugins``, ``registry [KIND]``, ``info NAME``,
-``community list|publish``, and subcommands that plugins add through the ``register_commands``
-hook."""
+"""The ``diffusion-kernel`` command line: ``generate``, ``train KIND``, ``evaluate KIND``,
+``plugins``, ``registry [KIND]``, ``info NAME``, ``community list|publish``, and subcommands that
+plugins add through the ``register_commands`` hook. ``generate``, ``train`` and ``evaluate`` are the
+kernel's verbs; plugins add kinds, output writers and shipped models to them (cli_extensions.py).
+Heavy modules (torch) are imported inside the command that needs them, so ``--help`` is quick."""
 
 from __future__ import annotations
 
@@ -8,9 +10,32 @@ import argparse
 import json
 import sys
 
+from . import __version__, cli_generate, cli_tasks
 from .errors import DiffusionKernelError
 from .plugins import plugin_manager, registry
 from .registry import KINDS
+
+
+class _Version(argparse.Action):
+    """``--version``: print ``version_text()`` as is (argparse's own action reflows it)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0,
+                         help="print the kernel's and each plugin's version and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_text())
+        parser.exit()
+
+
+def version_text() -> str:
+    """``diffusion-kernel X`` and each loaded plugin's distribution and version."""
+    plugin_manager.ensure_loaded()
+    lines = [f"diffusion-kernel {__version__}"]
+    for info in plugin_manager.plugins.values():
+        dist = f"{info.distribution} {info.version}" if info.distribution else "(in-process)"
+        lines.append(f"  {info.name}: {dist} [{info.status}]")
+    return "\n".join(lines)
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
@@ -69,7 +94,10 @@ def cmd_community(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffusion-kernel",
                                      description="diffusion-kernel: models, schedulers, pipelines")
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    cli_generate.add_parser(sub)
+    cli_tasks.add_parsers(sub)
     p = sub.add_parser("plugins", help="list installed plugins and what they registered")
     p.set_defaults(func=cmd_plugins)
     p = sub.add_parser("registry", help="list registered names (all kinds or one)")
@@ -94,9 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
+    if not getattr(args, "func", None):  # no command: a usage error, as argparse's own are
+        parser.print_help(sys.stderr)
+        return 2
     try:
         return int(args.func(args) or 0)
     except DiffusionKernelError as exc:

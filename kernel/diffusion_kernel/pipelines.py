@@ -32,6 +32,12 @@ from .hub import (
 from .weights import PICKLE_SUFFIXES
 
 MODEL_INDEX = "model_index.json"
+# The step count a pipeline folder recommends (see DiffusionPipeline.default_num_inference_steps).
+# A private key: diffusers drops "_"-keys of model_index.json silently, so the folder still loads
+# there (with the pipeline's own default step count).
+DEFAULT_STEPS_KEY = "_default_num_inference_steps"
+# Names of the __call__ argument that takes the number of samples, in diffusers' pipelines.
+_COUNT_ARGUMENTS = ("batch_size", "num_images_per_prompt", "num_samples")
 _OWN_LIBRARIES = ("diffusers", "diffusion_kernel")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".msgpack", ".h5", ".onnx",
                     ".pb", ".ot", ".gguf")
@@ -72,6 +78,13 @@ class DiffusionPipeline(PushToHubMixin):
     # Components a model_index.json may name that this pipeline accepts but never loads or runs
     # (e.g. Stable Diffusion's safety checker): from_pretrained sets them to None.
     _components_not_loaded: tuple[str, ...] = ()
+    # The step count a call uses when given none, recorded in model_index.json (None: the
+    # pipeline's own default). Set it on a pipeline you save to ship a recommended sampler
+    # budget with it (e.g. 20 for DPM-Solver++ 2M SDE).
+    default_num_inference_steps: int | None = None
+    # The __call__ argument that `diffusion-kernel generate`'s INPUT (or --prompt) fills; None:
+    # "prompt" if __call__ takes one, else the pipeline takes no input.
+    generate_input: str | None = None
 
     def register_modules(self, **components: Any) -> None:
         names = self.__dict__.setdefault("_component_names", [])
@@ -93,7 +106,73 @@ class DiffusionPipeline(PushToHubMixin):
         for name, component in self.components.items():
             data[name] = ([None, None] if component is None
                           else [library_of(component), type(component).__name__])
+        if self.default_num_inference_steps is not None:
+            data[DEFAULT_STEPS_KEY] = self.default_num_inference_steps
         return FrozenConfig(data)
+
+    def inference_steps(self, requested: int | None, fallback: int) -> int:
+        """The step count of a call: ``requested`` if given, else the folder's recommended
+        ``default_num_inference_steps``, else the pipeline's ``fallback`` (diffusers' default)."""
+        if requested is not None:
+            return requested
+        return self.default_num_inference_steps or fallback
+
+    # `diffusion-kernel generate` -----------------------------------------------------------
+    def generate_arguments(self, num_samples: int, input: Any = None,
+                           num_inference_steps: int | None = None,
+                           generator: list | None = None) -> dict[str, Any]:
+        """The keyword arguments ``diffusion-kernel generate`` calls this pipeline with, for
+        ``num_samples`` samples from the command line's ``input`` (a prompt...; None if not
+        given) with one generator per sample. Raises ``PipelineError`` for a request the pipeline
+        cannot take, before any sampling.
+
+        The default reads ``__call__``'s signature: ``input`` goes to ``generate_input`` (or
+        ``prompt``), which is then required; the count to the first of ``batch_size``,
+        ``num_images_per_prompt``, ``num_samples`` it takes. Override it for other signatures."""
+        params = inspect.signature(self.__call__).parameters
+        name = self.generate_input or ("prompt" if "prompt" in params else None)
+        kwargs: dict[str, Any] = {}
+        cls = type(self).__name__
+        if name is None and input is not None:
+            raise PipelineError(f"{cls} takes no input (no prompt: it samples unconditionally); "
+                                f"drop the INPUT / --prompt")
+        if name is not None:
+            if input is None:
+                raise PipelineError(f"{cls} needs an input for its {name!r} argument: "
+                                    f"diffusion-kernel generate \"...\" (or --prompt \"...\")")
+            kwargs[name] = input
+        count = next((c for c in _COUNT_ARGUMENTS if c in params), None)
+        if count is not None:
+            kwargs[count] = num_samples
+        elif num_samples != 1:
+            names = ", ".join(_COUNT_ARGUMENTS)
+            raise PipelineError(f"{cls}.__call__ takes no sample count (none of {names}); "
+                                f"pass --num 1")
+        if num_inference_steps is not None:
+            if "num_inference_steps" not in params:
+                raise PipelineError(f"{cls} takes no step count; drop --steps")
+            kwargs["num_inference_steps"] = num_inference_steps
+        if generator is not None and "generator" in params:
+            kwargs["generator"] = generator
+        return kwargs
+
+    @classmethod
+    def generate_output_fields(cls) -> tuple[str, ...]:
+        """The fields of the output ``__call__`` returns, read from its return annotation (the
+        first ``PipelineOutput`` dataclass in it); empty if it has none."""
+        import sys
+        import typing
+
+        annotation = inspect.get_annotations(cls.__call__).get("return")
+        if isinstance(annotation, str):
+            try:
+                annotation = eval(annotation, vars(sys.modules[cls.__call__.__module__]))
+            except Exception:  # an annotation that does not evaluate names no fields
+                return ()
+        for candidate in (*typing.get_args(annotation), annotation):
+            if isinstance(candidate, type) and issubclass(candidate, PipelineOutput):
+                return tuple(f.name for f in fields(candidate))
+        return ()
 
     # Devices and dtypes --------------------------------------------------------------------
     def _modules(self) -> Iterable[torch.nn.Module]:
@@ -302,6 +381,7 @@ class DiffusionPipeline(PushToHubMixin):
             raise PipelineError(f"{pipeline_cls.__name__}.from_pretrained got unknown arguments "
                                 f"{unknown}; it takes components {expected}")
         pipe = pipeline_cls(**components, **overrides)
+        pipe.default_num_inference_steps = _recommended_steps(index, source)
         if device is not None:
             pipe.to(device)
         return pipe
@@ -327,6 +407,14 @@ class DiffusionPipeline(PushToHubMixin):
     def __repr__(self) -> str:
         parts = ", ".join(f"{k}={type(v).__name__}" for k, v in self.components.items())
         return f"{type(self).__name__}({parts})"
+
+
+def _recommended_steps(index: dict[str, Any], source: Any) -> int | None:
+    steps = index.get(DEFAULT_STEPS_KEY)
+    if steps is None or (isinstance(steps, int) and not isinstance(steps, bool) and steps > 0):
+        return steps
+    raise PipelineError(f"{MODEL_INDEX} in {os.fspath(source)!r}: {DEFAULT_STEPS_KEY} must be a "
+                        f"positive integer, got {steps!r}; fix or remove it")
 
 
 def _load_component(name: str, spec: Any, root: Path, torch_dtype, variant, allow_pickle) -> Any:

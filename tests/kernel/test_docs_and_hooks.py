@@ -43,7 +43,9 @@ HOOKS = _hook_specs()
 
 def test_hook_specs_are_found():
     assert set(HOOKS) >= {"register_models", "register_schedulers", "register_pipelines",
-                          "register_processors", "register_commands"}
+                          "register_processors", "register_commands", "register_train_kinds",
+                          "register_evaluate_kinds", "register_output_writers",
+                          "register_shipped_models"}
 
 
 @pytest.mark.parametrize("hook", sorted(HOOKS))

@@ -4,13 +4,16 @@ pip into a fresh virtual environment, plugins found through their entry points.
 How the venv is made (measured on the 2-core CI machine): a truly empty venv that installs
 ``diffusion-kernel[vision,audio]`` with all its dependencies takes 88 s with a warm pip cache and
 124 s with a cold one (torch alone unpacks to ~700 MB), too slow for a suite that must stay well
-under 20 minutes. So by default the venv is created with ``--system-site-packages``: pip resolves
-``diffusion-kernel[vision,audio]`` for real, takes our distributions from the wheel folder
-into the venv's own site-packages, and finds the third-party dependencies (torch, transformers,
-...) already satisfied by the machine's. The machine also has our packages installed editable;
-the venv's site-packages come first on ``sys.path`` and the plugin manager takes the first
-distribution of a name, so the venv's copies are the ones used, which
-``test_the_venv_uses_its_own_copies_of_our_distributions`` checks. Set
+under 20 minutes. So by default the venv sees the packages of the Python running the tests: a
+``.pth`` file in its site-packages lists that Python's site-packages folders (whatever it is: the
+system Python, a venv, a venv that itself sees the system's). ``--system-site-packages`` would not
+do: a venv made from a venv sees the *base* interpreter's packages, not the outer venv's, and pip
+would then install every dependency again. pip resolves ``diffusion-kernel[vision,audio]`` for
+real, takes our distributions from the wheel folder into the venv's own site-packages, and
+finds the third-party dependencies (torch, transformers, ...) already satisfied. The outer Python
+may also have our packages installed editable; the venv's site-packages come first on
+``sys.path`` and the plugin manager takes the first distribution of a name, so the venv's copies
+are the ones used, which ``test_the_venv_uses_its_own_copies_of_our_distributions`` checks. Set
 ``DK_PACKAGING_FULL_INSTALL=1`` to install every dependency into an isolated venv instead (the
 machine's torch pinned by a constraint either way: any other torch pulls the CUDA packages).
 """
@@ -86,11 +89,22 @@ def wheel_of(wheelhouse: Path, distribution: str) -> Path:
     return found
 
 
+def outer_site_packages() -> list[str]:
+    """The site-packages folders of the Python running the tests, in its ``sys.path`` order."""
+    return [p for p in sys.path if Path(p).name in ("site-packages", "dist-packages")
+            and Path(p).is_dir()]
+
+
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory, wheelhouse) -> Venv:
     root = tmp_path_factory.mktemp("venv")
-    flags = [] if FULL_INSTALL else ["--system-site-packages", "--without-pip"]
+    flags = [] if FULL_INSTALL else ["--without-pip"]
     subprocess.run([sys.executable, "-m", "venv", *flags, str(root)], check=True, timeout=120)
+    if not FULL_INSTALL:  # appended after the venv's own site-packages, so its copies win
+        purelib = subprocess.run([str(root / "bin" / "python"), "-c", "import sysconfig; "
+                                  "print(sysconfig.get_path('purelib'))"], check=True,
+                                 capture_output=True, text=True).stdout.strip()
+        (Path(purelib) / "outer_python.pth").write_text("\n".join(outer_site_packages()) + "\n")
     env = Venv(root, tmp_path_factory.mktemp("cwd"))
     constraints = root / "constraints.txt"
     constraints.write_text(f"torch=={machine_torch()}\n")

@@ -68,17 +68,31 @@ def test_samples_are_recognisable_digits_of_several_classes(pipe, digit_classifi
     assert len(set(probs.argmax(axis=1))) >= 6
 
 
-def test_the_reference_samples_the_shipped_model_identically(pipe):
+def test_the_folder_recommends_dpm_solver_sde_with_20_steps_which_the_plain_call_uses():
+    shipped = DiffusionPipeline.from_pretrained(SHIPPED_MODEL)
+    assert type(shipped.scheduler).__name__ == "DPMSolverMultistepScheduler"
+    assert shipped.scheduler.config.algorithm_type == "sde-dpmsolver++"
+    assert shipped.scheduler.config.solver_order == 2
+    assert shipped.default_num_inference_steps == 20
+    steps = []
+    shipped.set_progress_bar_config(disable=True)
+    shipped(callback_on_step_end=lambda p, i, t, kw: steps.append(i) or {})
+    assert steps == list(range(20))
+
+
+def test_the_reference_loads_the_shipped_folder_and_samples_it_identically():
     from diffusers import DDPMPipeline
 
+    ours = DiffusionPipeline.from_pretrained(SHIPPED_MODEL)
     ref = DDPMPipeline.from_pretrained(SHIPPED_MODEL)
     ref.set_progress_bar_config(disable=True)
-    pipe.scheduler = scheduler_from_name("ddpm", pipe.scheduler.config)
-    ours = pipe(batch_size=2, generator=torch.Generator().manual_seed(5), num_inference_steps=10,
-                output_type="np").images
-    theirs = ref(batch_size=2, generator=torch.Generator().manual_seed(5),
-                 num_inference_steps=10, output_type="np").images
-    assert np.abs(ours - theirs).max() < 1e-4
+    ours.set_progress_bar_config(disable=True)
+    assert type(ref.scheduler).__name__ == "DPMSolverMultistepScheduler"
+    a = ours(batch_size=2, generator=[torch.Generator().manual_seed(i) for i in range(2)],
+             output_type="np").images  # the recommended 20 steps
+    b = ref(batch_size=2, generator=[torch.Generator().manual_seed(i) for i in range(2)],
+            num_inference_steps=20, output_type="np").images
+    assert np.abs(a - b).max() < 1e-4
 
 
 def _ddpm_schedulers():

@@ -173,6 +173,40 @@ class DDPMScheduler(AlphaSchedulerMixin):
             return torch.exp(0.5 * log_variance)
         return c["std"]
 
+    def _get_variance(self, t: int | torch.Tensor, predicted_variance: torch.Tensor | None = None,
+                      variance_type: str | None = None) -> torch.Tensor:
+        """The reference's per-timestep variance helper, for code written against it (diffusers'
+        ``ValueGuidedRLPipeline`` scales its value gradient by ``exp(0.5 * _get_variance(t))``).
+
+        Values, from abar at ``t`` and at the step's previous timestep (``t - 1`` before
+        ``set_timesteps``, as in the reference), beta_t = 1 - abar_t / abar_prev and
+        beta_tilde = max((1 - abar_prev) / (1 - abar_t) beta_t, 1e-20) (eq. 7):
+        ``fixed_small`` beta_tilde; ``fixed_small_log`` sqrt(beta_tilde), the standard deviation
+        and not a log (the reference's convention, kept so callers get its numbers);
+        ``fixed_large`` beta_t; ``fixed_large_log`` log beta_t; ``learned`` the predicted
+        variance itself; ``learned_range`` the interpolated log variance (Nichol & Dhariwal
+        2021, eq. 15). A float32 tensor.
+        """
+        variance_type = variance_type or self.variance_type
+        check_option("variance_type", variance_type, VARIANCE_TYPES, type(self).__name__)
+        t = int(t)
+        prev = self.previous_timestep(t) if self.num_inference_steps is not None else t - 1
+        a_t = self.alphas_cumprod[t]
+        a_prev = self.alphas_cumprod[prev] if prev >= 0 else torch.tensor(1.0)
+        beta_t = 1 - a_t / a_prev
+        beta_tilde = torch.clamp((1 - a_prev) / (1 - a_t) * beta_t, min=1e-20)
+        if variance_type in LEARNED_VARIANCE_TYPES and predicted_variance is None:
+            raise SchedulerError(f"_get_variance with variance_type={variance_type!r} needs "
+                                 f"predicted_variance")
+        if variance_type == "learned":
+            return predicted_variance
+        if variance_type == "learned_range":
+            frac = (predicted_variance + 1) / 2
+            return frac * torch.log(beta_t) + (1 - frac) * torch.log(beta_tilde)
+        return {"fixed_small": lambda: beta_tilde, "fixed_small_log": lambda: beta_tilde.sqrt(),
+                "fixed_large": lambda: beta_t, "fixed_large_log": lambda: torch.log(beta_t),
+                }[variance_type]()
+
     def previous_timestep(self, timestep: int | torch.Tensor) -> int:
         """The timestep the step from ``timestep`` lands on (-1: the clean end of the chain)."""
         i = self._step_index(timestep)

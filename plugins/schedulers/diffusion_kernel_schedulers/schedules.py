@@ -1,8 +1,8 @@
 """Noise schedules as plain data, shared by every scheduler (one copy of each formula).
 
 - ``betas_for``: the training noise schedule beta_1..beta_T (DDPM, Ho et al. 2020, sec. 4;
-  cosine: Nichol & Dhariwal 2021, eq. 17), optionally rescaled to zero terminal SNR
-  (Lin et al. 2023, Algorithm 1).
+  cosine: Nichol & Dhariwal 2021, eq. 17; sigmoid: GeoDiff, Xu et al. 2022), optionally rescaled
+  to zero terminal SNR (Lin et al. 2023, Algorithm 1).
 - ``spaced_timesteps``: which training timesteps a sampling run of n steps visits
   (Lin et al. 2023, Table 2: linspace, leading, trailing).
 - ``karras_sigmas`` / ``exponential_sigmas``: sigma discretisations (Karras et al. 2022, eq. 5).
@@ -32,7 +32,7 @@ from diffusion_kernel.errors import SchedulerError
 from diffusion_kernel.noise import randn
 from diffusion_kernel.scheduling import check_option
 
-BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
 TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
@@ -79,6 +79,9 @@ def betas_for(
         elif beta_schedule == "scaled_linear":  # linear in sqrt(beta): latent diffusion
             betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps,
                                    dtype=torch.float32) ** 2
+        elif beta_schedule == "sigmoid":  # GeoDiff: slow start and end, steep middle
+            ramp = torch.sigmoid(torch.linspace(-6, 6, num_train_timesteps, dtype=torch.float32))
+            betas = ramp * (beta_end - beta_start) + beta_start
         else:
             betas = cosine_betas(num_train_timesteps)
     if rescale_betas_zero_snr:

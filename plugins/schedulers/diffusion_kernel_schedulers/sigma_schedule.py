@@ -28,6 +28,7 @@ from diffusion_kernel.errors import ConfigError, SchedulerError
 from diffusion_kernel.scheduling import SchedulerMixin, check_option
 
 from .schedules import (
+    BETA_SCHEDULES,
     PREDICTION_TYPES,
     TIMESTEP_SPACINGS,
     alphas_cumprod_for,
@@ -185,7 +186,7 @@ class SigmaSchedulerMixin(SchedulerMixin):
             betas = exp_betas(num_train_timesteps)
         else:
             if trained_betas is None:
-                valid = ("linear", "scaled_linear", "squaredcos_cap_v2", *extra_beta_schedules)
+                valid = (*BETA_SCHEDULES, *extra_beta_schedules)
                 check_option("beta_schedule", beta_schedule, valid, owner)
             betas = betas_for(beta_schedule, num_train_timesteps, beta_start, beta_end,
                               trained_betas, rescale_betas_zero_snr, owner=owner)

@@ -1,5 +1,6 @@
-"""The vision plugin's subcommands: ``diffusion-kernel train unconditional`` and
-``diffusion-kernel generate``. Heavy imports happen inside the handlers, so ``--help`` is quick."""
+"""The vision plugin's additions to the kernel's command verbs: the ``unconditional`` kind of
+``diffusion-kernel train`` (its arguments and its runner) and the shipped digits model. This module
+imports only argparse, so ``--help`` stays quick; the runner imports the trainer."""
 
 from __future__ import annotations
 
@@ -13,13 +14,12 @@ def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(",") if v.strip())
 
 
-def add_commands(subparsers) -> None:
-    train = subparsers.add_parser("train", help="train a model")
-    kinds = train.add_subparsers(dest="train_kind", metavar="KIND", required=True)
-    p = kinds.add_parser("unconditional", help="an unconditional image DDPM (UNet2DModel)",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def add_train_unconditional_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``diffusion-kernel train unconditional``."""
     p.add_argument("--data", required=True,
-                   help="a folder of images, or 'digits' (scikit-learn's 8x8 digits)")
+                   help="a folder of images, or a built-in set: 'digits' (scikit-learn's 1,797 "
+                        "8x8 digits), 'digits-train' / 'digits-test' (its fixed 1,197 / 600 "
+                        "split)")
     p.add_argument("--output-dir", required=True, help="the pipeline folder to write")
     p.add_argument("--resolution", type=int, help="resize and crop images to this square size")
     p.add_argument("--mode", choices=("L", "RGB"), help="convert images to this mode")
@@ -28,6 +28,8 @@ def add_commands(subparsers) -> None:
     p.add_argument("--gradient-accumulation-steps", type=int, default=1)
     p.add_argument("--learning-rate", type=float, default=1e-3)
     p.add_argument("--lr-warmup-steps", type=int, default=100)
+    p.add_argument("--lr-scheduler", choices=("constant", "cosine"), default="constant",
+                   help="after the warm-up: constant, or a half cosine down to 0 at --max-steps")
     p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--block-out-channels", type=_ints, default=(32, 64, 64))
@@ -49,20 +51,6 @@ def add_commands(subparsers) -> None:
     p.add_argument("--sample-scheduler", default="ddim")
     p.add_argument("--sample-steps", type=int, default=50)
     p.add_argument("--resume", help="a checkpoint folder, or 'latest'")
-    p.set_defaults(func=run_train_unconditional)
-
-    g = subparsers.add_parser("generate", help="generate samples with a pipeline",
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    g.add_argument("--model", default=None,
-                   help="pipeline folder or Hub repo id (default: the shipped digits model)")
-    g.add_argument("--scheduler", help="scheduler class name or alias, e.g. dpm++2m, euler-a")
-    g.add_argument("--steps", type=int, default=None, help="inference steps")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--num", type=int, default=16, help="number of samples")
-    g.add_argument("--prompt", help="text prompt, for text-to-image pipelines")
-    g.add_argument("--out", default="samples.png",
-                   help="a .png path gets a grid; a folder gets one PNG per sample plus grid.png")
-    g.set_defaults(func=run_generate)
 
 
 def run_train_unconditional(args: argparse.Namespace) -> int:
@@ -72,44 +60,4 @@ def run_train_unconditional(args: argparse.Namespace) -> int:
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
     out = train(cfg)
     print(f"saved the trained pipeline to {out}")
-    return 0
-
-
-def run_generate(args: argparse.Namespace) -> int:
-    import torch
-    from diffusion_kernel.errors import ConfigError, FileAccessError
-    from diffusion_kernel.pipelines import DiffusionPipeline
-    from diffusion_kernel.scheduling import scheduler_from_name
-
-    from .grid import save_grid
-
-    if args.num <= 0:
-        raise ConfigError("--num must be positive")
-    model = args.model
-    if model is None:
-        if not (SHIPPED_MODEL / "model_index.json").is_file():
-            raise FileAccessError(f"the shipped model is not installed at {SHIPPED_MODEL}; "
-                                  f"pass --model PATH_OR_REPO")
-        model = str(SHIPPED_MODEL)
-    pipe = DiffusionPipeline.from_pretrained(model)
-    if args.scheduler:
-        pipe.scheduler = scheduler_from_name(args.scheduler, pipe.scheduler.config)
-    generators = [torch.Generator().manual_seed(args.seed + i) for i in range(args.num)]
-    kwargs = {"generator": generators, "output_type": "pil"}
-    if args.steps is not None:
-        kwargs["num_inference_steps"] = args.steps
-    if args.prompt is not None:
-        images = pipe(prompt=[args.prompt] * args.num, **kwargs).images
-    else:
-        images = pipe(batch_size=args.num, **kwargs).images
-    out = Path(args.out)
-    if out.suffix.lower() == ".png":
-        save_grid(images, out)
-        print(f"wrote a grid of {len(images)} samples to {out}")
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        for i, image in enumerate(images):
-            image.save(out / f"{i:04d}.png")
-        save_grid(images, out / "grid.png")
-        print(f"wrote {len(images)} samples and grid.png to {out}")
     return 0

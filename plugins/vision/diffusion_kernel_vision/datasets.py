@@ -14,7 +14,11 @@ import torch
 from diffusion_kernel.errors import ConfigError, FileAccessError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-BUILT_IN = ("digits",)
+BUILT_IN = ("digits", "digits-train", "digits-test")
+# The digits' fixed split: 600 held-out digits (a seeded permutation, the same on every machine)
+# that the shipped model never sees, so its samples can be judged against unseen data.
+DIGITS_HELD_OUT = 600
+_SPLIT_SEED = 20240611
 
 
 def load_digits(resolution: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,6 +35,18 @@ def load_digits(resolution: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
         images = torch.nn.functional.interpolate(images, size=(resolution, resolution),
                                                  mode="bilinear", align_corners=False)
     return images.clamp(0, 1) * 2 - 1, torch.tensor(digits.target)
+
+
+def load_digits_split(split: str, resolution: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training (``"train"``, 1,197 digits) or held-out (``"test"``, 600 digits) part of
+    ``load_digits``: a fixed partition drawn with a seeded permutation (numpy's PCG64, stable
+    across versions); returns (images, labels) as ``load_digits`` does."""
+    if split not in ("train", "test"):
+        raise ConfigError(f"digits split {split!r}: choose 'train' or 'test'")
+    images, labels = load_digits(resolution)
+    order = torch.from_numpy(np.random.default_rng(_SPLIT_SEED).permutation(len(images)))
+    index = order[DIGITS_HELD_OUT:] if split == "train" else order[:DIGITS_HELD_OUT]
+    return images[index], labels[index]
 
 
 def load_image_folder(folder: str | os.PathLike, resolution: int | None = None,
@@ -93,7 +109,10 @@ def _resize_and_crop(image, resolution: int):
 
 def load_training_images(data: str, resolution: int | None = None,
                          mode: str | None = None) -> torch.Tensor:
-    """A built-in set by name, else a folder path."""
-    if data in BUILT_IN:
+    """A built-in set by name (``digits``: all 1,797; ``digits-train`` / ``digits-test``: the
+    fixed 1,197 / 600 split), else a folder path."""
+    if data == "digits":
         return load_digits(resolution or 16)[0]
+    if data in BUILT_IN:
+        return load_digits_split(data.removeprefix("digits-"), resolution or 16)[0]
     return load_image_folder(data, resolution, mode)

@@ -1,5 +1,9 @@
 """Entry point of the vision plugin: registers image models, pipelines and the image processor by
-module path (imported on first use)."""
+module path (imported on first use), and adds to the kernel's command verbs: the ``unconditional``
+kind of ``train``, the PNG writer of ``images`` for ``generate``, and the shipped ``digits``
+model."""
+
+from pathlib import Path
 
 from diffusion_kernel import hookimpl
 
@@ -46,7 +50,18 @@ def register_processors(register):
 
 
 @hookimpl
-def register_commands(subparsers):
-    from .commands import add_commands
+def register_train_kinds(register):
+    register("unconditional", f"{_PKG}.commands:run_train_unconditional",
+             arguments=f"{_PKG}.commands:add_train_unconditional_arguments",
+             help="an unconditional image DDPM (UNet2DModel) on a folder of images or digits")
 
-    add_commands(subparsers)
+
+@hookimpl
+def register_output_writers(register):
+    register("images", f"{_PKG}.image_writer:ImageWriter")
+
+
+@hookimpl
+def register_shipped_models(register):
+    register("digits", str(Path(__file__).parent / "shipped" / "digits-ddpm"), default=True,
+             summary="16x16 handwritten digits, a 1.1M-parameter DDPM (docs/training.md)")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ class TrainConfig:
     gradient_accumulation_steps: int = 1
     learning_rate: float = 1e-3
     lr_warmup_steps: int = 100
+    lr_scheduler: str = "constant"  # or "cosine": decay to 0 at max_steps after the warm-up
     weight_decay: float = 0.0
     mixed_precision: str = "no"
     seed: int = 0
@@ -76,6 +78,8 @@ class TrainConfig:
             raise ConfigError("--gradient-accumulation-steps must be positive")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ConfigError(f"--mixed-precision {self.mixed_precision!r}: choose no, fp16, bf16")
+        if self.lr_scheduler not in ("constant", "cosine"):
+            raise ConfigError(f"--lr-scheduler {self.lr_scheduler!r}: choose constant or cosine")
         if any(level >= len(self.block_out_channels) for level in self.attention_levels):
             raise ConfigError("--attention-levels must index --block-out-channels")
 
@@ -90,6 +94,16 @@ class TrainConfig:
             up_block_types=["AttnUpBlock2D" if i in self.attention_levels else "UpBlock2D"
                             for i in reversed(levels)],
         )
+
+
+def _lr_factor(cfg: TrainConfig, step: int) -> float:
+    """Linear warm-up to the full rate, then constant, or a half cosine down to 0 at max_steps
+    (Loshchilov & Hutter 2017, SGDR without restarts)."""
+    warmup = max(1, cfg.lr_warmup_steps)
+    if step < warmup or cfg.lr_scheduler == "constant":
+        return min(1.0, (step + 1) / warmup)
+    progress = (step - warmup) / max(1, cfg.max_steps - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 def _generator(*key: int) -> torch.Generator:
@@ -165,8 +179,7 @@ def train(cfg: TrainConfig) -> Path:
         prediction_type=cfg.prediction_type)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.learning_rate,
                                   weight_decay=cfg.weight_decay)
-    warmup = max(1, cfg.lr_warmup_steps)
-    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(cfg, s))
     ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, use_ema_warmup=True) \
         if cfg.use_ema else None
     # The LR schedule is stepped once per optimizer step by us, not by accelerate (which would

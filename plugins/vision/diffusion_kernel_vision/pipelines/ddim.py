@@ -28,17 +28,19 @@ class DDIMPipeline(UnconditionalImagePipeline):
         batch_size: int = 1,
         generator: Generators = None,
         eta: float = 0.0,
-        num_inference_steps: int = 50,
+        num_inference_steps: int | None = None,
         use_clipped_model_output: bool | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents",),
     ) -> ImagePipelineOutput | tuple:
-        """Sample ``batch_size`` images in ``num_inference_steps`` DDIM steps with noise level
-        ``eta`` (``generator``: one or one per image; ``output_type``: ``"pil"``, ``"np"``,
-        ``"pt"``); returns ``ImagePipelineOutput(images=...)``."""
+        """Sample ``batch_size`` images in ``num_inference_steps`` DDIM steps (default: the folder's
+        ``default_num_inference_steps``, else 50) with noise level ``eta`` (``generator``: one or
+        one per image; ``output_type``: ``"pil"``, ``"np"``, ``"pt"``); returns
+        ``ImagePipelineOutput(images=...)``."""
         extra = {"eta": eta, "use_clipped_model_output": use_clipped_model_output}
-        return self._generate(batch_size, generator, num_inference_steps, output_type,
+        steps = self.inference_steps(num_inference_steps, 50)
+        return self._generate(batch_size, generator, steps, output_type,
                               return_dict, extra, callback_on_step_end,
                               callback_on_step_end_tensor_inputs)

@@ -22,17 +22,19 @@ class DDPMPipeline(UnconditionalImagePipeline):
         self,
         batch_size: int = 1,
         generator: Generators = None,
-        num_inference_steps: int = 1000,
+        num_inference_steps: int | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents",),
     ) -> ImagePipelineOutput | tuple:
-        """Sample ``batch_size`` images in ``num_inference_steps`` ancestral steps.
+        """Sample ``batch_size`` images in ``num_inference_steps`` ancestral steps (default: the
+        folder's recommended ``default_num_inference_steps``, else 1000, diffusers' default).
 
         ``generator``: one ``torch.Generator`` or one per image; ``output_type``: ``"pil"``,
         ``"np"`` or ``"pt"``. Returns ``ImagePipelineOutput(images=...)`` (a tuple if
         ``return_dict=False``)."""
-        return self._generate(batch_size, generator, num_inference_steps, output_type,
+        steps = self.inference_steps(num_inference_steps, 1000)
+        return self._generate(batch_size, generator, steps, output_type,
                               return_dict, None, callback_on_step_end,
                               callback_on_step_end_tensor_inputs)

@@ -26,16 +26,18 @@ class LDMPipeline(UnconditionalImagePipeline):
         batch_size: int = 1,
         generator: Generators = None,
         eta: float = 0.0,
-        num_inference_steps: int = 50,
+        num_inference_steps: int | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents",),
     ) -> ImagePipelineOutput | tuple:
-        """Sample ``batch_size`` images (``eta``: DDIM noise level, ignored by other schedulers;
+        """Sample ``batch_size`` images in ``num_inference_steps`` steps (default: the folder's
+        ``default_num_inference_steps``, else 50; ``eta``: DDIM noise level, ignored by others;
         ``output_type``: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``); returns
         ``ImagePipelineOutput(images=...)``."""
-        return self._generate(batch_size, generator, num_inference_steps, output_type,
+        steps = self.inference_steps(num_inference_steps, 50)
+        return self._generate(batch_size, generator, steps, output_type,
                               return_dict, {"eta": eta}, callback_on_step_end,
                               callback_on_step_end_tensor_inputs)
 

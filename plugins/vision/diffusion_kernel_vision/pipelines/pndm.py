@@ -21,15 +21,18 @@ class PNDMPipeline(UnconditionalImagePipeline):
     def __call__(
         self,
         batch_size: int = 1,
-        num_inference_steps: int = 50,
+        num_inference_steps: int | None = None,
         generator: Generators = None,
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents",),
     ) -> ImagePipelineOutput | tuple:
-        """Sample ``batch_size`` images (``generator``: one or one per image; ``output_type``:
-        ``"pil"``, ``"np"`` or ``"pt"``); returns ``ImagePipelineOutput(images=...)``."""
-        return self._generate(batch_size, generator, num_inference_steps, output_type,
+        """Sample ``batch_size`` images in ``num_inference_steps`` steps (default: the folder's
+        ``default_num_inference_steps``, else 50; ``generator``: one or one per image;
+        ``output_type``: ``"pil"``, ``"np"`` or ``"pt"``); returns
+        ``ImagePipelineOutput(images=...)``."""
+        steps = self.inference_steps(num_inference_steps, 50)
+        return self._generate(batch_size, generator, steps, output_type,
                               return_dict, None, callback_on_step_end,
                               callback_on_step_end_tensor_inputs)
