@@ -147,3 +147,10 @@ def test_a_slice_past_the_end_and_no_audio_are_errors():
     mel.load_audio(raw_audio=SIGNALS["chirp"](mel.slice_size, mel.sr))
     with pytest.raises(PipelineError, match="slice 1 does not exist: the loaded audio has 1"):
         mel.audio_slice_to_image(1)
+
+
+def test_frames_that_do_not_overlap_are_a_config_error():
+    from diffusion_kernel.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="hop_length .256. must be positive and below n_fft"):
+        Mel(n_fft=256, hop_length=256)

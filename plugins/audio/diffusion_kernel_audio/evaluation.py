@@ -81,3 +81,78 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
     cross = np.sqrt(np.clip(np.linalg.eigvalsh(root_a @ s_b @ root_a), 0, None)).sum()
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * cross)
+
+
+def _as_images(pixels: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(pixels.astype(np.float32) / 255 * 2 - 1)[:, None]
+
+
+def real_references(mel, judge_epochs: int = 8, seed: int = 0) -> dict:
+    """Render the real clips the quality figures need and train the judge:
+
+    - the judge learns the held-out voices at pitches 35 and 65 (1,920 clips);
+    - ``heldout``: the held-out voices at pitch 50 (960 clips, never seen by the judge);
+    - ``train_a`` / ``train_b``: two disjoint sets of 500 clips of the training voices (rate
+      175, pitch 50), for the distance of generated to real training-voice clips and its floor.
+    """
+    from .datasets.spoken_digits import spoken_digits
+
+    heldout = spoken_digits("heldout", length=mel.slice_size)
+    images = _as_images(mel.audio_to_bytes(heldout.audio))
+    for_judge = heldout.pitches != 50
+    judge = train_judge(images[for_judge], torch.from_numpy(heldout.labels[for_judge]),
+                        epochs=judge_epochs, seed=seed)
+    train = spoken_digits("train", length=mel.slice_size, rates=(175,), pitches=(50,))
+    order = np.random.RandomState(seed).permutation(len(train.labels))
+    train_images = _as_images(mel.audio_to_bytes(train.audio))
+    return {"judge": judge,
+            "heldout": (images[~for_judge], heldout.labels[~for_judge]),
+            "train_a": (train_images[order[:500]], train.labels[order[:500]]),
+            "train_b": (train_images[order[500:1000]], train.labels[order[500:1000]])}
+
+
+def quality_report(verdict: Verdict, references: dict, heard: Verdict | None = None) -> dict:
+    """The figures of one set of generated samples (``verdict``: the judge on their mel images;
+    ``heard``: on the mel images of their Griffin-Lim audio)."""
+    judge = references["judge"]
+    real = {name: judge_images(judge, references[name][0])
+            for name in ("heldout", "train_a", "train_b")}
+    report = {
+        "samples": len(verdict.digits),
+        "mean_confidence": float(verdict.confidence.mean()),
+        "shares": verdict.shares().round(4).tolist(),
+        "fd_to_training_voices": frechet_distance(verdict.features, real["train_a"].features),
+        "fd_floor_training_voices": frechet_distance(real["train_b"].features,
+                                                     real["train_a"].features),
+        "fd_to_heldout_voices": frechet_distance(verdict.features, real["heldout"].features),
+        "fd_training_voices_to_heldout": frechet_distance(real["train_a"].features,
+                                                          real["heldout"].features),
+        "judge_accuracy_heldout": float((real["heldout"].digits == references["heldout"][1])
+                                        .mean()),
+        "judge_accuracy_training_voices": float(
+            (real["train_a"].digits == references["train_a"][1]).mean()),
+    }
+    report["fd_ratio"] = report["fd_to_training_voices"] / report["fd_floor_training_voices"]
+    if heard is not None:
+        report["heard_mean_confidence"] = float(heard.confidence.mean())
+        report["heard_agreement"] = float((heard.digits == verdict.digits).mean())
+    return report
+
+
+def generate_and_judge(pipe, references: dict, num: int, steps: int, seed: int = 0,
+                       batch_size: int = 64):
+    """Sample ``num`` clips (sample i from a generator seeded ``seed + i``) and judge their mel
+    images and the mel images of their audio. Returns (verdict, heard, pixels)."""
+    pixels, heard_pixels = [], []
+    for start in range(0, num, batch_size):
+        count = min(batch_size, num - start)
+        generators = [torch.Generator().manual_seed(seed + start + i) for i in range(count)]
+        output = pipe(batch_size=count, generator=generators, steps=steps)
+        pixels += [np.asarray(image, dtype=np.uint8) for image in output.images]
+        audio = np.pad(output.audios[:, 0], ((0, 0), (0, pipe.mel.slice_size
+                                                       - output.audios.shape[-1])))
+        heard_pixels.append(pipe.mel.audio_to_bytes(audio))
+    pixels = np.stack(pixels)
+    judge = references["judge"]
+    return (judge_images(judge, _as_images(pixels)),
+            judge_images(judge, _as_images(np.concatenate(heard_pixels))), pixels)

@@ -23,7 +23,6 @@ import torch
 from diffusion_kernel import registry
 from diffusion_kernel.errors import ConfigError, FileAccessError
 from diffusion_kernel.hub import atomic_write_text
-from diffusion_kernel.scheduling import scheduler_from_name
 from diffusion_kernel.training import EMAModel, diffusion_loss, training_target
 
 from .pipelines.audio_diffusion import AudioDiffusionPipeline
@@ -130,8 +129,10 @@ def _draws(config: MelTrainConfig, step: int, images: torch.Tensor, scheduler):
     return clean, noise, timesteps
 
 
-def save_pipeline(config: MelTrainConfig, unet, scheduler, folder: Path) -> None:
-    ddim = scheduler_from_name("DDIMScheduler", scheduler.config)
+def save_pipeline(config: MelTrainConfig, unet, folder: Path) -> None:
+    """The pipeline samples with DDIM (50 steps) on the training schedule."""
+    ddim = registry.schedulers.get("DDIMScheduler")(
+        num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule)
     AudioDiffusionPipeline(vqvae=None, unet=unet, mel=config.mel(),
                            scheduler=ddim).save_pretrained(folder)
 
@@ -184,7 +185,7 @@ def train(config: MelTrainConfig, log=print) -> dict:
                 or state["step"] == config.max_steps:
             state["minutes"] = minutes
             started = time.monotonic()
-            _save(config, output, accelerator, unet, ema, scheduler, state)
+            _save(config, output, accelerator, unet, ema, state)
         if out_of_time:
             log(f"stopping at step {state['step']}: max_minutes={config.max_minutes} reached")
             break
@@ -206,7 +207,7 @@ def _resume(config: MelTrainConfig, output: Path, accelerator) -> dict:
     return saved["state"]
 
 
-def _save(config, output: Path, accelerator, unet, ema, scheduler, state: dict) -> None:
+def _save(config, output: Path, accelerator, unet, ema, state: dict) -> None:
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return
@@ -214,7 +215,7 @@ def _save(config, output: Path, accelerator, unet, ema, scheduler, state: dict) 
     averaged = build_unet(config)
     averaged.load_state_dict(accelerator.unwrap_model(unet).state_dict())
     ema.copy_to(averaged.parameters())
-    save_pipeline(config, averaged.eval(), scheduler, output)
+    save_pipeline(config, averaged.eval(), output)
     record = {"config": json.loads(json.dumps(dataclasses.asdict(config))), "state": state}
     atomic_write_text(output / STATE_DIR / STATE_FILE, json.dumps(record) + "\n")
 

@@ -44,6 +44,16 @@ class AudioDiffusionPipeline(DiffusionPipeline):
     def __init__(self, vqvae: Any, unet: Any, mel: Any, scheduler: Any):
         self.register_modules(unet=unet, scheduler=scheduler, mel=mel, vqvae=vqvae)
 
+    def generate_arguments(self, num_samples: int, input: Any = None,
+                           num_inference_steps: int | None = None,
+                           generator: list | None = None) -> dict[str, Any]:
+        """``diffusion-kernel generate``: the step count goes to ``steps``, as the format names
+        it here."""
+        kwargs = super().generate_arguments(num_samples, input, None, generator)
+        if num_inference_steps is not None:
+            kwargs["steps"] = num_inference_steps
+        return kwargs
+
     def get_default_steps(self) -> int:
         """50 for DDIM, 1000 otherwise (the number of training steps of DDPM)."""
         return 50 if _is(self.scheduler, "DDIMScheduler") else 1000
@@ -88,7 +98,8 @@ class AudioDiffusionPipeline(DiffusionPipeline):
         encoding: torch.Tensor | None = None,
         return_dict: bool = True,
     ) -> AudioDiffusionPipelineOutput | tuple:
-        """Sample ``batch_size`` mel images in ``steps`` steps and turn them into audio.
+        """Sample ``batch_size`` mel images in ``steps`` steps (default: the folder's
+        recommended count, else 50 for DDIM, 1000 otherwise) and turn them into audio.
 
         With ``audio_file`` (16-bit WAV at the mel's sample rate) or ``raw_audio``: slice
         ``slice`` of it, noised to step ``start_step``, is the starting point (a variation);
@@ -97,7 +108,7 @@ class AudioDiffusionPipeline(DiffusionPipeline):
         for DDIM. Returns ``AudioDiffusionPipelineOutput(audios, images)``; with
         ``return_dict=False`` the diffusers tuple ``(images, (sample_rate, audios))``."""
         self.check_mel_fits_unet()
-        steps = steps or self.get_default_steps()
+        steps = self.inference_steps(steps, self.get_default_steps())
         if not 0 <= start_step < steps:
             raise PipelineError(f"start_step must be in [0, {steps}) (steps={steps}), got "
                                 f"{start_step}")
@@ -176,7 +187,8 @@ class AudioDiffusionPipeline(DiffusionPipeline):
         audios = np.stack([self.mel.image_to_audio(p) for p in pixels])[:, None, :]
         if not return_dict:
             return images, (self.mel.get_sample_rate(), audios)
-        return AudioDiffusionPipelineOutput(audios=audios, images=images)
+        return AudioDiffusionPipelineOutput(audios=audios, images=images,
+                                            sample_rate=self.mel.get_sample_rate())
 
     # -- DDIM inversion and interpolation ---------------------------------------------------------
     @torch.no_grad()

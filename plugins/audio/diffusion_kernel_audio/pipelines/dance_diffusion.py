@@ -52,13 +52,14 @@ class DanceDiffusionPipeline(DiffusionPipeline):
     def __call__(
         self,
         batch_size: int = 1,
-        num_inference_steps: int = 100,
+        num_inference_steps: int | None = None,
         generator: Generators = None,
         audio_length_in_s: float | None = None,
         return_dict: bool = True,
     ) -> AudioPipelineOutput | tuple:
         """Sample ``batch_size`` clips of ``audio_length_in_s`` seconds (default: the U-Net's
-        ``sample_size``) in ``num_inference_steps`` steps. ``generator``: one
+        ``sample_size``) in ``num_inference_steps`` steps (default: the folder's recommended
+        count, else 100). ``generator``: one
         ``torch.Generator`` or one per clip (clip i then depends on generator i alone).
         Returns ``AudioPipelineOutput(audios)`` (a tuple with ``return_dict=False``)."""
         if isinstance(generator, list | tuple) and len(generator) != batch_size:
@@ -68,12 +69,15 @@ class DanceDiffusionPipeline(DiffusionPipeline):
         dtype = self.unet.dtype
         shape = (batch_size, self.unet.config.in_channels, samples)
         audio = draw_noise(shape, generator, self._execution_device, dtype)
-        self.scheduler.set_timesteps(num_inference_steps, device=audio.device)
+        steps = self.inference_steps(num_inference_steps, 100)
+        self.scheduler.set_timesteps(steps, device=audio.device)
         self.scheduler.timesteps = self.scheduler.timesteps.to(dtype)
         for t in self.progress_bar(self.scheduler.timesteps):
             velocity = self.unet(audio, t).sample
             audio = self.scheduler.step(velocity, t, audio).prev_sample
         self.maybe_free_model_hooks()
         audio = audio.clamp(-1, 1).float().cpu().numpy()[:, :, :keep]
-        return AudioPipelineOutput(audios=audio) if return_dict else (audio,)
+        if not return_dict:
+            return (audio,)
+        return AudioPipelineOutput(audios=audio, sample_rate=self.unet.config.sample_rate)
 

@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 import torch
-from diffusion_kernel.errors import PipelineError
+from diffusion_kernel.errors import ConfigError, PipelineError
 from diffusion_kernel.processing import ProcessorMixin
 
 from ..wav import read_wav
@@ -31,6 +31,10 @@ class Mel(ProcessorMixin):
 
     def __init__(self, x_res: int = 256, y_res: int = 256, sample_rate: int = 22050,
                  n_fft: int = 2048, hop_length: int = 512, top_db: int = 80, n_iter: int = 32):
+        if not 0 < hop_length < n_fft:
+            raise ConfigError(f"Mel: hop_length ({hop_length}) must be positive and below n_fft "
+                              f"({n_fft}): the Griffin-Lim inverse needs overlapping frames "
+                              f"(e.g. hop_length={n_fft // 4})")
         self.hop_length = hop_length
         self.sr = sample_rate
         self.n_fft = n_fft
