@@ -12,13 +12,25 @@ UNET = dict(sample_size=32, in_channels=1, out_channels=1, block_out_channels=(1
             down_block_types=("DownBlock2D", "AttnDownBlock2D"),
             up_block_types=("AttnUpBlock2D", "UpBlock2D"))
 SCHEDULER = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+# the latent variant: a 2-level autoencoder (32 x 32 mel images <-> 16 x 16 latents)
+VAE = dict(in_channels=1, out_channels=1, latent_channels=1, block_out_channels=(8, 16),
+           down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+           norm_num_groups=4, layers_per_block=1, sample_size=32)
+LATENT_UNET = dict(UNET, sample_size=16)
 
 
-def reference_unet():
+def reference_unet(latent: bool = False):
     from diffusers import UNet2DModel
 
     torch.manual_seed(0)
-    return UNet2DModel(**UNET).eval()
+    return UNet2DModel(**(LATENT_UNET if latent else UNET)).eval()
+
+
+def reference_vae():
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(1)
+    return AutoencoderKL(**VAE).eval()
 
 
 def input_audio() -> np.ndarray:
@@ -36,7 +48,10 @@ RUNS = {
     "ddim_masked": ("DDIMScheduler", dict(
         batch_size=1, steps=6, seed=3, mask_start_secs=0.1, mask_end_secs=0.2, raw_audio=True)),
     "ddpm": ("DDPMScheduler", dict(batch_size=1, steps=4, seed=2)),
+    "latent_variation": ("DDIMScheduler", dict(batch_size=1, steps=5, seed=4, start_step=1,
+                                               raw_audio=True)),
 }
+LATENT_RUNS = {"latent_variation"}
 
 
 def call_arguments(arguments: dict) -> dict:

@@ -9,7 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from audio_diffusion_setup import MEL, RUNS, SCHEDULER, UNET, call_arguments, reference_unet
+from audio_diffusion_setup import (
+    LATENT_RUNS,
+    LATENT_UNET,
+    MEL,
+    RUNS,
+    SCHEDULER,
+    UNET,
+    VAE,
+    call_arguments,
+    reference_unet,
+    reference_vae,
+)
 from diffusion_kernel import DiffusionPipeline, registry
 from diffusion_kernel.errors import PipelineError
 
@@ -26,11 +37,14 @@ def _one_torch_thread():
     torch.set_num_threads(threads)
 
 
-def _ours(scheduler_name="DDIMScheduler", unet=None):
-    if unet is None:
-        unet = registry.models.get("UNet2DModel")(**UNET).eval()
-        unet.load_state_dict(reference_unet().state_dict())
-    pipe = Pipeline(vqvae=None, unet=unet, mel=registry.processors.get("Mel")(**MEL),
+def _ours(scheduler_name="DDIMScheduler", latent=False):
+    unet = registry.models.get("UNet2DModel")(**(LATENT_UNET if latent else UNET)).eval()
+    unet.load_state_dict(reference_unet(latent).state_dict())
+    vae = None
+    if latent:
+        vae = registry.models.get("AutoencoderKL")(**VAE).eval()
+        vae.load_state_dict(reference_vae().state_dict())
+    pipe = Pipeline(vqvae=vae, unet=unet, mel=registry.processors.get("Mel")(**MEL),
                     scheduler=registry.schedulers.get(scheduler_name)(**SCHEDULER))
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -50,7 +64,7 @@ def _assert_images_match(ours: np.ndarray, reference: np.ndarray) -> None:
 @pytest.mark.parametrize("run", sorted(RUNS))
 def test_images_equal_the_recorded_reference(run):
     scheduler_name, arguments = RUNS[run]
-    output = _ours(scheduler_name)(**call_arguments(arguments))
+    output = _ours(scheduler_name, latent=run in LATENT_RUNS)(**call_arguments(arguments))
     _assert_images_match(_pixels(output), FIXTURES[run])
     assert all(image.mode == "L" for image in output.images)
 
@@ -133,3 +147,22 @@ def test_encode_needs_ddim():
 def test_start_step_past_the_run_is_an_error():
     with pytest.raises(PipelineError, match=r"start_step must be in \[0, 5\)"):
         _ours()(steps=5, start_step=5, raw_audio=np.ones(100, np.float32))
+
+
+def test_kept_seconds_are_the_input_noised_with_the_noise_even_from_a_start_step():
+    """With start_step > 0 and a mask, the kept columns at the end of the run are the input
+    noised to the last step's level with the noise passed in (the reference would noise them
+    with the noised input it wrote into its noise tensor; docs/audio.md)."""
+    pipe = _ours()
+    noise = torch.randn(1, 1, 32, 32, generator=torch.Generator().manual_seed(8))
+    audio = call_arguments(RUNS["ddim_masked"][1])["raw_audio"]
+    pipe.mel.load_audio(raw_audio=audio)
+    pixels = np.asarray(pipe.mel.audio_slice_to_image(0), dtype=np.uint8)
+    output = pipe(raw_audio=audio, noise=noise.clone(), steps=5, start_step=2,
+                  mask_start_secs=0.1, generator=torch.Generator().manual_seed(9))
+    image = torch.tensor(pixels / 255 * 2 - 1, dtype=torch.float)[None, None]
+    kept = pipe.scheduler.add_noise(image, noise, pipe.scheduler.timesteps[-1:])
+    columns = int(0.1 * 32 * MEL["sample_rate"] / MEL["x_res"] / MEL["hop_length"])
+    expected = ((kept[0, 0, :, :columns] / 2 + 0.5).clamp(0, 1) * 255).round().numpy()
+    got = np.asarray(output.images[0], dtype=np.uint8)[:, :columns]
+    assert columns == 4 and np.abs(got.astype(int) - expected).max() <= 1

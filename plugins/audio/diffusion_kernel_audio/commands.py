@@ -35,6 +35,7 @@ def add_train_mel_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attention-levels", type=_ints, default=(2,),
                    help="indices of the resolution levels with self-attention")
     p.add_argument("--norm-num-groups", type=int, default=8)
+    p.add_argument("--snr-gamma", type=float, help="min-SNR-gamma loss weighting (e.g. 5)")
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--checkpointing-steps", type=int, default=250)
     for name, default in (("x-res", 32), ("y-res", 32), ("sample-rate", 11025), ("n-fft", 512),

@@ -23,7 +23,12 @@ import torch
 from diffusion_kernel import registry
 from diffusion_kernel.errors import ConfigError, FileAccessError
 from diffusion_kernel.hub import atomic_write_text
-from diffusion_kernel.training import EMAModel, diffusion_loss, training_target
+from diffusion_kernel.training import (
+    EMAModel,
+    diffusion_loss,
+    min_snr_weights,
+    training_target,
+)
 
 from .pipelines.audio_diffusion import AudioDiffusionPipeline
 from .processing.mel import Mel
@@ -50,6 +55,7 @@ class MelTrainConfig:
     norm_num_groups: int = 8
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
+    snr_gamma: float | None = None  # min-SNR-gamma loss weights (Hang et al. 2023)
     ema_decay: float = 0.999
     checkpointing_steps: int = 500
     x_res: int = 32
@@ -167,8 +173,10 @@ def train(config: MelTrainConfig, log=print) -> dict:
         clean, noise, timesteps = (x[rank::world] for x in
                                    _draws(config, state["step"], images, scheduler))
         noisy = scheduler.add_noise(clean, noise, timesteps)
+        weights = (min_snr_weights(scheduler, timesteps, config.snr_gamma)
+                   if config.snr_gamma else None)
         loss = diffusion_loss(unet(noisy, timesteps).sample,
-                              training_target(scheduler, clean, noise, timesteps))
+                              training_target(scheduler, clean, noise, timesteps), weights)
         accelerator.backward(loss)
         optimizer.step()
         warmup.step()

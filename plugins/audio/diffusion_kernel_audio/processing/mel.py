@@ -120,7 +120,7 @@ class Mel(ProcessorMixin):
 
     def bytes_to_audio(self, image: np.ndarray, generator: torch.Generator | None = None):
         """Waveforms (..., samples) for uint8 mel images (..., y_res, frames)."""
-        db = torch.from_numpy(image.astype(np.float64)) * (self.top_db / 255) - self.top_db
+        db = torch.from_numpy(image.astype(np.float32)) * (self.top_db / 255) - self.top_db
         power = torch.pow(10.0, db / 10)
         magnitude = spectral.mel_to_magnitude(power, self.sr, self.n_fft)
         generator = generator or torch.Generator().manual_seed(0)

@@ -88,17 +88,17 @@ def power_to_db(power: torch.Tensor, top_db: float, amin: float = 1e-10) -> torc
 
 
 def mel_to_magnitude(mel_power: torch.Tensor, sample_rate: int, n_fft: int,
-                     iterations: int = 60) -> torch.Tensor:
+                     iterations: int = 30) -> torch.Tensor:
     """The STFT magnitude whose mel power is ``mel_power`` in the least-squares sense with
-    non-negative power (projected gradient from the clipped pseudo-inverse; FISTA, Beck &
-    Teboulle 2009), then its square root."""
+    non-negative power: projected gradient steps (FISTA, Beck & Teboulle 2009) on
+    ||F p - m||^2 from the clipped pseudo-inverse, then the square root."""
     filters = mel_filterbank(sample_rate, n_fft, mel_power.shape[-2]).to(mel_power)
     power = (torch.linalg.pinv(filters) @ mel_power).clamp(min=0)
-    gram, target = filters.T @ filters, filters.T @ mel_power
-    step = 1.0 / torch.linalg.matrix_norm(gram, ord=2)
+    step = 1.0 / torch.linalg.matrix_norm(filters, ord=2) ** 2  # 1 / Lipschitz constant
     momentum_point, previous, t = power, power, 1.0
     for _ in range(iterations):
-        power = (momentum_point - step * (gram @ momentum_point - target)).clamp(min=0)
+        gradient = filters.T @ (filters @ momentum_point - mel_power)
+        power = (momentum_point - step * gradient).clamp(min=0)
         t_next = (1 + math.sqrt(1 + 4 * t * t)) / 2
         momentum_point = power + ((t - 1) / t_next) * (power - previous)
         previous, t = power, t_next
