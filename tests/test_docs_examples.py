@@ -29,7 +29,7 @@ def run_doc(doc: Path) -> dict:
 def test_the_runner_finds_the_docs_with_examples():
     names = {doc.name for doc in DOCS}
     assert {"README.md", "kernel.md", "plugins.md", "schedulers.md", "training.md",
-            "vision-models.md"} <= names
+            "vision-models.md", "migrating-from-diffusers.md"} <= names
     assert len(python_blocks((ROOT / "docs" / "plugins.md").read_text())) >= 5
 
 

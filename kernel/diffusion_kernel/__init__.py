@@ -13,6 +13,7 @@ from .errors import (  # noqa: E402
     FileAccessError,
     ModelInputError,
     NotRegisteredError,
+    OutputError,
     PipelineError,
     PluginError,
     RemoteCodeError,
@@ -27,6 +28,7 @@ _KERNEL_NAMES = {
     "ConfigMixin": "configuration",
     "FrozenConfig": "configuration",
     "ModelMixin": "modeling",
+    "BaseOutput": "base_output",
     "SchedulerMixin": "scheduling",
     "SchedulerOutput": "scheduling",
     "DiffusionPipeline": "pipelines",
@@ -39,7 +41,7 @@ __all__ = [
     "__version__", "registry", "plugin_manager", "hookimpl",
     "DiffusionKernelError", "NotRegisteredError", "PluginError", "ConfigError", "CheckpointError",
     "UnsafeCheckpointError", "FileAccessError", "SchedulerError", "PipelineError",
-    "RemoteCodeError", "ModelInputError", *_KERNEL_NAMES,
+    "RemoteCodeError", "ModelInputError", "OutputError", *_KERNEL_NAMES,
 ]
 
 

@@ -10,18 +10,20 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import logging
 import os
-import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .config_checks import check_config_values
 from .errors import ConfigError, DiffusionKernelError
 
 # The version of the on-disk format we read and write (the diffusers layout).
 FORMAT_VERSION = "0.42.1"
 _warned_unknown: set[tuple[str, str]] = set()
+logger = logging.getLogger(__name__)
 
 
 def _freeze(value: Any) -> Any:
@@ -39,61 +41,86 @@ def _thaw(value: Any) -> Any:
     if isinstance(value, tuple | list):
         return [_thaw(v) for v in value]
     if isinstance(value, Mapping):
-        return {k: _thaw(v) for k, v in value.items()}
+        return {k: _thaw(v) for k, v in dict(value).items()}
     if hasattr(value, "tolist"):  # numpy / torch scalars and arrays
         return value.tolist()
     return value
 
 
-class FrozenConfig(Mapping):
-    """A read-only mapping with attribute access: ``config.num_train_timesteps``.
+class FrozenConfig(dict):
+    """A read-only ``dict`` with attribute access: ``config.num_train_timesteps``.
 
-    To change a value, build a new object: ``cls.from_config(obj.config, key=value)``.
-    ``owner`` is the name of the class whose config this is (so a swap to another class knows
-    that the keys it does not take belong to that class, and does not warn about them).
+    A real ``dict`` (diffusers' ``X.from_config(our_scheduler.config)`` and ``json.dumps`` take it
+    as one), but every method that would change it raises ``ConfigError``. To change a value,
+    build a new object, ``cls.from_config(obj.config, key=value)``, or give the object a new
+    config with ``obj.register_to_config(key=value)``. Lists are stored as tuples and nested
+    mappings as ``FrozenConfig``. ``owner`` is the name of the class whose config this is (so a
+    swap to another class knows that the keys it does not take belong to that class).
     """
 
-    __slots__ = ("_data", "_owner")
+    __slots__ = ("_owner",)
 
     def __init__(self, data: Mapping[str, Any] = (), owner: str | None = None):
-        object.__setattr__(self, "_data", {k: _freeze(v) for k, v in dict(data).items()})
+        try:  # __init__ called again on a built config would change it
+            object.__getattribute__(self, "_owner")
+        except AttributeError:
+            pass
+        else:
+            self._refuse("be rebuilt in place")
+        dict.__init__(self, {k: _freeze(v) for k, v in dict(data).items()})
         object.__setattr__(self, "_owner", owner)
 
-    def __reduce__(self):  # copy and pickle rebuild through __init__ (__setattr__ refuses)
-        return FrozenConfig, (self._data, self._owner)
-
-    def __getitem__(self, key: str) -> Any:
-        return self._data[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._data)
-
-    def __len__(self) -> int:
-        return len(self._data)
+    def __reduce__(self):  # copy and pickle rebuild through __init__ (__setitem__ refuses)
+        return FrozenConfig, (dict(self), self._owner)
 
     def __getattr__(self, key: str) -> Any:
-        if key.startswith("__") or key in ("_data", "_owner"):
+        if key.startswith("__") or key == "_owner":
             raise AttributeError(key)
         try:
-            return self._data[key]
+            return self[key]
         except KeyError:
             raise AttributeError(f"config has no field {key!r}") from None
 
-    def __setattr__(self, key: str, value: Any) -> None:
+    def _refuse(self, what: str, key: str | None = None):
+        field = key if isinstance(key, str) else "key"
         raise ConfigError(
-            f"config is read-only (tried to set {key!r}); build a new object instead: "
-            f"cls.from_config(obj.config, {key}=...)"
+            f"config is read-only (it cannot {what}); build a new object instead: "
+            f"cls.from_config(obj.config, {field}=...), or replace the object's config with "
+            f"obj.register_to_config({field}=...)"
         )
 
-    __setitem__ = __setattr__
+    def __setattr__(self, key: str, value: Any) -> None:
+        self._refuse(f"set {key!r}", key)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._refuse(f"set {key!r}", key)
 
     def __delattr__(self, key: str) -> None:
-        self.__setattr__(key, None)
+        self._refuse(f"delete {key!r}", key)
 
-    __delitem__ = __delattr__
+    def __delitem__(self, key: str) -> None:
+        self._refuse(f"delete {key!r}", key)
+
+    def pop(self, key, *default):
+        self._refuse(f"pop {key!r}", key)
+
+    def popitem(self):
+        self._refuse("popitem")
+
+    def setdefault(self, key, default=None):
+        self._refuse(f"setdefault {key!r}", key)
+
+    def update(self, *args, **kwargs):
+        self._refuse("update")
+
+    def clear(self):
+        self._refuse("clear")
+
+    def __ior__(self, other):
+        self._refuse("|=")
 
     def to_dict(self) -> dict[str, Any]:
-        return _thaw(self._data)
+        return _thaw(dict(self))
 
     def __repr__(self) -> str:
         return f"FrozenConfig({json.dumps(self.to_dict(), indent=2, default=str)})"
@@ -101,52 +128,135 @@ class FrozenConfig(Mapping):
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Mapping) and self.to_dict() == _thaw(dict(other))
 
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
     __hash__ = None
 
 
 def config_parameters(cls: type) -> dict[str, inspect.Parameter]:
-    """The constructor parameters that make up a class's config."""
+    """The constructor parameters that make up a class's config (those of the constructors it
+    forwards ``*args``/``**kwargs`` to included; see ``constructor_chain``)."""
     ignored = set(getattr(cls, "ignore_for_config", ()))
-    return {  # the signature of the wrapped __init__ (see _record_config)
-        name: p
-        for name, p in inspect.signature(cls.__init__).parameters.items()
-        if name != "self" and name not in ignored
-        and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-    }
+    out: dict[str, inspect.Parameter] = {}
+    for init in constructor_chain(cls):  # the signatures of the wrapped __init__s
+        for name, p in inspect.signature(init).parameters.items():
+            if (name != "self" and name not in ignored and name not in out
+                    and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)):
+                out[name] = p
+    return out
+
+
+def constructor_chain(cls: type) -> list:
+    """``cls.__init__``, and while a constructor takes ``*args``/``**kwargs``, the recorded
+    constructor of the next class up that it hands them to: a subclass written
+    ``def __init__(self, *args, timestep_spacing="trailing", **kwargs)`` has its parent's
+    config fields as well as its own."""
+    chain = [cls.__init__]
+    owners = [c for c in cls.__mro__ if "__init__" in c.__dict__]
+    for owner in owners[1:]:
+        if not _forwards(chain[-1]):
+            break
+        init = owner.__dict__["__init__"]
+        if not getattr(init, "_records_config", False):
+            break
+        chain.append(init)
+    return chain
+
+
+def _forwards(init) -> bool:
+    kinds = {p.kind for p in inspect.signature(init).parameters.values()}
+    return bool(kinds & {inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD})
 
 
 def _record_config(init):
     @functools.wraps(init)
     def wrapper(self, *args, **kwargs):
-        # Only the most derived constructor records; super().__init__ calls find it done.
+        # Only the most derived constructor records; super().__init__ calls find it done. One
+        # that forwards *args/**kwargs to a recorded parent leaves the recording to the parent,
+        # which binds the forwarded values (its own explicit values are kept).
         if "_config" not in self.__dict__:
-            params = config_parameters(type(self))
             bound = inspect.signature(init).bind(self, *args, **kwargs)
+            explicit = {k: v for k, v in bound.arguments.items() if k != "self"}
             bound.apply_defaults()
-            values = {k: v for k, v in bound.arguments.items() if k in params}
-            var_kw = [p.name for p in bound.signature.parameters.values()
-                      if p.kind == p.VAR_KEYWORD]
-            extra = bound.arguments.get(var_kw[0], {}) if var_kw else {}
-            hidden = self.__dict__.pop("_pending_hidden_config", {})
-            config = FrozenConfig({**hidden, **extra, **values}, owner=type(self).__name__)
-            object.__setattr__(self, "_config", config)
-            if extra and not getattr(self, "_accepts_extra_kwargs", False):
-                _warn_unknown(type(self), extra)
+            if wrapper in constructor_chain(type(self))[:-1]:
+                own = {p.name: bound.arguments[p.name]
+                       for p in list(bound.signature.parameters.values())[1:]
+                       if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+                pending = self.__dict__.setdefault("_pending_own_config", {})
+                pending.update({k: v for k, v in own.items() if k not in pending})
+            else:
+                _record(self, bound, explicit)
         init(self, *args, **kwargs)
 
     wrapper._records_config = True
     return wrapper
 
 
-def _warn_unknown(cls: type, keys) -> None:
-    fresh = [k for k in keys if (cls.__name__, k) not in _warned_unknown and not k.startswith("_")]
+def _record(self, bound: inspect.BoundArguments, explicit: dict[str, Any]) -> None:
+    chain = constructor_chain(type(self))
+    params = config_parameters(type(self))
+    own = self.__dict__.pop("_pending_own_config", {})
+    values = {k: v for k, v in {**bound.arguments, **own}.items() if k in params}
+    var_kw = [p.name for p in bound.signature.parameters.values() if p.kind == p.VAR_KEYWORD]
+    extra = bound.arguments.get(var_kw[0], {}) if var_kw else {}
+    check_config_values(type(self), {k: v for k, v in {**explicit, **own}.items()
+                                     if k in params}, chain)
+    hidden = self.__dict__.pop("_pending_hidden_config", {})
+    config = FrozenConfig({**hidden, **extra, **values}, owner=type(self).__name__)
+    object.__setattr__(self, "_config", config)
+    if extra and not getattr(self, "_accepts_extra_kwargs", False):
+        _report_unused(type(self), extra)
+
+
+def _report_unused(cls: type, keys, source_class: str | None = None) -> None:
+    """Log config keys ``cls`` does not take (they stay in its config, hidden).
+
+    Keys of another class's config (a sampler swap: ``source_class`` is that class, or the keys
+    are ones a compatible class takes) are normal: logged at info level, as diffusers does.
+    Keys no related class takes (a typo, a config for something else) are logged as a warning,
+    once per class and key."""
+    deprecated = getattr(cls, "_deprecated_kwargs", ())  # old names the class still honours
+    keys = [k for k in keys if not k.startswith("_") and k not in deprecated]
+    if not keys:
+        return
+    if source_class not in (None, cls.__name__):
+        swapped, unknown = sorted(keys), []
+    else:
+        related = _keys_of_compatible_classes(cls)
+        swapped = sorted(k for k in keys if k in related)
+        unknown = sorted(k for k in keys if k not in related)
+    if swapped:
+        logger.info("%s does not take config keys %s (from %s); they are kept in its config and "
+                    "saved again, and have no effect on it", cls.__name__, swapped,
+                    source_class or "a compatible class")
+    fresh = [k for k in unknown if (cls.__name__, k) not in _warned_unknown]
     if fresh:
         _warned_unknown.update((cls.__name__, k) for k in fresh)
-        warnings.warn(
-            f"{cls.__name__} does not use config keys {sorted(fresh)}; they are kept in the "
-            f"config (and saved again) but have no effect.",
-            stacklevel=4,
-        )
+        logger.warning("%s does not use config keys %s; they are kept in the config (and saved "
+                       "again) but have no effect.", cls.__name__, fresh)
+
+
+def _keys_of_compatible_classes(cls: type) -> set[str]:
+    """Config keys some installed class in ``cls._compatibles`` takes."""
+    names = [n for n in getattr(cls, "_compatibles", ()) if n != cls.__name__]
+    if not names:
+        return set()
+    from .plugins import registry
+
+    keys: set[str] = set()
+    for name in names:
+        try:
+            keys |= set(config_parameters(registry.find(name).load()))
+        except DiffusionKernelError:  # not installed, or its plugin does not load
+            continue
+    return keys
+
+
+def register_to_config(init):
+    """Decorator for ``__init__`` of a ``ConfigMixin`` class, as in diffusers. Optional here: every
+    ``ConfigMixin`` subclass records its constructor arguments as its config anyway."""
+    return init if getattr(init, "_records_config", False) else _record_config(init)
 
 
 class ConfigMixin:
@@ -173,15 +283,27 @@ class ConfigMixin:
     @config.setter
     def config(self, value: Any) -> None:
         raise ConfigError(f"{type(self).__name__}.config is read-only; build a new object "
-                          f"instead: {type(self).__name__}.from_config(obj.config, key=value)")
+                          f"instead: {type(self).__name__}.from_config(obj.config, key=value), "
+                          f"or give this one a new config: obj.register_to_config(key=value)")
+
+    def register_to_config(self, **kwargs: Any) -> None:
+        """Give this object a new frozen config: the current one with ``kwargs`` merged in (the
+        old config object is left as it was). Only what reads ``self.config`` later sees the new
+        values: state the constructor computed from the old ones stays (as in diffusers); to
+        rebuild that too, use ``type(obj).from_config(obj.config, key=value)``."""
+        current = self.config
+        merged = FrozenConfig({**current, **kwargs}, owner=current._owner)
+        object.__setattr__(self, "_config", merged)
 
     # Building from a config ------------------------------------------------------------------
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | str | os.PathLike | None = None, **overrides):
         """Build an instance from a config mapping (or a saved config file/folder).
 
-        Keys this class does not take are kept in its config (so a swap back restores them);
-        they are warned about once when the config was written for this very class.
+        Keys this class does not take are kept in its config (so a swap back restores them) and
+        logged (``logging``, logger ``diffusion_kernel.configuration``): at info level when they
+        belong to another class's config (a swap), as a warning (once) when no related class
+        takes them.
         """
         if config is None:
             config = {}
@@ -197,10 +319,11 @@ class ConfigMixin:
         init_kwargs = {k: v for k, v in data.items() if k in params}
         hidden = {k: v for k, v in data.items() if k not in params and not k.startswith("_")}
         source_class = data.get("_class_name") or getattr(config, "_owner", None)
-        same_class = source_class in (None, cls.__name__)
-        if hidden and same_class:
-            _warn_unknown(cls, hidden)
-        _check_types(cls, params, init_kwargs)
+        _report_unused(cls, hidden, source_class if isinstance(source_class, str) else None)
+        # old names of options the constructor still takes through **kwargs (diffusers'
+        # _deprecated_kwargs)
+        init_kwargs.update({k: data[k] for k in getattr(cls, "_deprecated_kwargs", ())
+                            if k in data})
         required = [k for k, p in params.items() if p.default is p.empty and k not in init_kwargs]
         if required:
             raise ConfigError(f"{cls.__name__} needs config fields {required}, which the config "
@@ -268,27 +391,3 @@ def read_json(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"config file {path} must hold a JSON object, "
                           f"found {type(data).__name__}")
     return data
-
-
-def _scalar_kind(value: Any) -> str | None:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "str"
-    return None
-
-
-def _check_types(cls: type, params: dict[str, inspect.Parameter], values: dict[str, Any]) -> None:
-    """Reject a scalar config value whose kind (bool, number, string) contradicts the default's.
-
-    Lists are not checked: several fields take an int or a per-block list."""
-    for name, value in values.items():
-        default = params[name].default
-        expected, got = _scalar_kind(default), _scalar_kind(value)
-        if expected and got and expected != got:
-            raise ConfigError(
-                f"{cls.__name__} config field {name!r} should be a {expected} like its default "
-                f"{default!r}, got {type(value).__name__} {value!r}; fix the config file"
-            )

@@ -46,3 +46,8 @@ class RemoteCodeError(DiffusionKernelError):
 class ModelInputError(DiffusionKernelError, ValueError):
     """A model was called with inputs that do not fit its config (channels, shapes, missing
     conditioning)."""
+
+
+class OutputError(DiffusionKernelError, TypeError):
+    """An output object (``.prev_sample``, ``.sample``, ``.images``...) was used as a mutable dict:
+    its keys are its fields."""

@@ -187,18 +187,24 @@ class ModelMixin(nn.Module, ConfigMixin, PushToHubMixin):
         mmap: bool = True,
         use_safetensors: bool | None = None,
         low_cpu_mem_usage: bool = True,
+        dtype: torch.dtype | None = None,
+        verify: bool = False,
         **config_overrides: Any,
     ):
         """Load a model from a folder or Hub repo in the diffusers layout.
 
-        ``torch_dtype`` converts floating weights tensor by tensor; ``device`` moves them;
+        ``torch_dtype`` (or its diffusers alias ``dtype``) converts floating weights tensor by
+        tensor; ``device`` moves them;
         ``mmap=False`` streams the file instead of mapping it (for network disks);
         ``allow_pickle=True`` accepts ``.bin`` weights (loaded with ``weights_only=True``).
         Taken for diffusers compatibility (so they do not end up in the config):
         ``use_safetensors=True`` refuses pickles even with ``allow_pickle``; ``low_cpu_mem_usage``
         changes nothing, loading always builds on the meta device.
+        ``verify=True`` checks the config and weight files against their recorded sha256 (the
+        folder's ``SHA256SUMS``, or the hashes the Hub published) before use: one read of each.
         """
         allow_pickle = allow_pickle and not use_safetensors
+        torch_dtype = resolve_dtype(dtype, torch_dtype)
         if torch_dtype is not None and not isinstance(torch_dtype, torch.dtype):
             raise ConfigError(f"torch_dtype must be a torch.dtype like torch.float16, "
                               f"got {torch_dtype!r}")
@@ -216,7 +222,8 @@ class ModelMixin(nn.Module, ConfigMixin, PushToHubMixin):
                 f"For a pipeline, pass subfolder='unet' (or the component's folder)"
             )
         weights = select_weight_files(available, variant, allow_pickle, source)
-        root = fetch(source, [prefix + f for f in [cls.config_name, *weights]], **hub)
+        root = fetch(source, [prefix + f for f in [cls.config_name, *weights]], verify=verify,
+                     **hub)
         folder = root / prefix if prefix else root
         config = read_json(folder / cls.config_name)
         model_cls = cls._class_for_config(config)
@@ -226,7 +233,7 @@ class ModelMixin(nn.Module, ConfigMixin, PushToHubMixin):
             if missing:
                 raise CheckpointError(f"shard index {weights[0]} names files that are missing: "
                                       f"{missing}")
-            root = fetch(source, [prefix + s for s in shard_names], **hub)
+            root = fetch(source, [prefix + s for s in shard_names], verify=verify, **hub)
             folder = root / prefix if prefix else root
             weights = shard_names
         with gc_paused():
@@ -272,10 +279,11 @@ class ModelMixin(nn.Module, ConfigMixin, PushToHubMixin):
             self._check_keys(expected, sources, files)
             for key, (src, name) in sources.items():
                 stored = src.dtype(name) if isinstance(src, SafetensorsFile) else src[name].dtype
-                if expected[key].is_floating_point() and not stored.is_floating_point:
+                if expected[key].is_floating_point() != stored.is_floating_point:
+                    kind = "floating point" if expected[key].is_floating_point() else "integer"
                     raise CheckpointError(
                         f"tensor {key!r} in {', '.join(str(f) for f in files)} has dtype "
-                        f"{stored} but {type(self).__name__} expects floating point values; "
+                        f"{stored} but {type(self).__name__} expects {kind} values; "
                         f"the checkpoint does not belong to this model or is corrupt")
                 target = self._target_dtype(key, expected[key], stored, dtype)
                 if isinstance(src, SafetensorsFile):  # one tensor at a time, pages released
@@ -346,6 +354,11 @@ class ModelMixin(nn.Module, ConfigMixin, PushToHubMixin):
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        """Whether any block recomputes its activations in the backward pass."""
+        return any(getattr(m, "gradient_checkpointing", False) for m in self.modules())
+
     def enable_gradient_checkpointing(self) -> None:
         if not self._supports_gradient_checkpointing:
             raise ConfigError(f"{type(self).__name__} does not support gradient checkpointing")
@@ -357,6 +370,15 @@ class ModelMixin(nn.Module, ConfigMixin, PushToHubMixin):
         for module in self.modules():
             if hasattr(module, "gradient_checkpointing"):
                 module.gradient_checkpointing = False
+
+
+def resolve_dtype(dtype: torch.dtype | None, torch_dtype: torch.dtype | None
+                  ) -> torch.dtype | None:
+    """The dtype asked for by ``dtype=`` (the diffusers spelling) or ``torch_dtype=``."""
+    if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
+        raise ConfigError(f"dtype={dtype} and torch_dtype={torch_dtype} disagree; pass one of "
+                          f"them (dtype is the newer name of torch_dtype)")
+    return dtype if dtype is not None else torch_dtype
 
 
 def _unshare(tensor: torch.Tensor, seen: set[int]) -> torch.Tensor:

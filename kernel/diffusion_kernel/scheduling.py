@@ -3,7 +3,8 @@
 The contract (diffusers-compatible), for a scheduler ``s``:
 
 - ``s.set_timesteps(num_inference_steps, device=None, timesteps=None, sigmas=None)`` prepares a
-  sampling run (calling it again starts a fresh run) and fills ``s.timesteps``;
+  sampling run (calling it again starts a fresh run) and fills ``s.timesteps`` (where the
+  diffusers format does, a new scheduler already holds a run over the training timesteps);
 - ``s.scale_model_input(sample, t)`` scales the sample before the model sees it (identity for
   most discrete-time schedulers);
 - ``s.step(model_output, t, sample, generator=None).prev_sample`` is one solver step;
@@ -23,21 +24,20 @@ from typing import Any
 
 import torch
 
+from .base_output import BaseOutput
 from .configuration import ConfigMixin
 from .errors import ConfigError, SchedulerError
 from .hub import PushToHubMixin
 
 
 @dataclass
-class SchedulerOutput:
+class SchedulerOutput(BaseOutput):
     """What ``step`` returns: the sample at the next (less noisy) timestep and, where the solver
-    forms it, its estimate of the clean sample."""
+    forms it, its estimate of the clean sample. A read-only dict too (``out["prev_sample"]``,
+    ``out[0]``, ``out.to_tuple()``), as every output (``diffusion_kernel.base_output``)."""
 
     prev_sample: torch.Tensor
     pred_original_sample: torch.Tensor | None = None
-
-    def __getitem__(self, index: int) -> torch.Tensor:  # tuple-style access, as in diffusers
-        return (self.prev_sample, self.pred_original_sample)[index]
 
 
 class SchedulerMixin(ConfigMixin, PushToHubMixin):

@@ -42,7 +42,8 @@ def saved(tmp_path):
 
 def test_save_writes_config_and_safetensors_weights(saved):
     model, folder = saved
-    assert sorted(os.listdir(folder)) == ["config.json", "diffusion_pytorch_model.safetensors"]
+    assert sorted(os.listdir(folder)) == ["SHA256SUMS", "config.json",
+                                          "diffusion_pytorch_model.safetensors"]
     config = json.loads((folder / "config.json").read_text())
     assert config["_class_name"] == "ToyModel" and config["hidden"] == 6
     tensors = load_file(folder / "diffusion_pytorch_model.safetensors")
@@ -228,8 +229,7 @@ def test_sharded_checkpoint_loads_in_diffusers(tmp_path):
         def state_dict(self, *args, **kwargs):
             return self.inner.state_dict(*args, **kwargs)
 
-    with pytest.warns(UserWarning):  # our wrapper does not take the reference's config keys
-        ours = UNet2DModel.from_config(dict(reference.config))
+    ours = UNet2DModel.from_config(dict(reference.config))  # keys kept hidden, and logged
     ours.save_pretrained(tmp_path, max_shard_size="20KB")
     assert (tmp_path / "diffusion_pytorch_model.safetensors.index.json").exists()
     from diffusers import UNet2DModel as ReferenceUNet
@@ -255,7 +255,7 @@ def test_resaving_unsharded_removes_stale_shards(tmp_path):
     model.save_pretrained(tmp_path, max_shard_size=300)
     (tmp_path / "README.md").write_text("kept")
     model.save_pretrained(tmp_path)
-    assert sorted(os.listdir(tmp_path)) == ["README.md", "config.json",
+    assert sorted(os.listdir(tmp_path)) == ["README.md", "SHA256SUMS", "config.json",
                                             "diffusion_pytorch_model.safetensors"]
     assert (tmp_path / "README.md").read_text() == "kept"
 

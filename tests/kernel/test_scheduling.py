@@ -82,7 +82,11 @@ def test_step_output_has_prev_sample_and_tuple_access():
     scheduler.set_timesteps(3)
     out = scheduler.step(torch.ones(2), scheduler.timesteps[0], torch.full((2,), 3.0))
     torch.testing.assert_close(out.prev_sample, torch.full((2,), 2.5))
-    assert out[0] is out.prev_sample and out[1] is None
+    # as diffusers' BaseOutput: fields left at None are not keys, nor positions
+    assert out[0] is out.prev_sample and out.pred_original_sample is None
+    assert list(out.keys()) == ["prev_sample"] and out.to_tuple() == (out.prev_sample,)
+    with pytest.raises(IndexError):
+        out[1]
     assert isinstance(out, SchedulerOutput)
 
 

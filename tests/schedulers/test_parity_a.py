@@ -241,5 +241,5 @@ def test_score_sde_step_at_per_sample_times_equals_one_sample_at_a_time(name):
     together = step(model_output, times, x, [3, 4])
     for i, seed in enumerate([3, 4]):
         alone = step(model_output[i:i + 1], times[i:i + 1], x[i:i + 1], [seed])
-        for a, b in zip(alone, together, strict=True):
+        for a, b in zip(alone[:2], together[:2], strict=True):  # (prev_sample, its mean)
             torch.testing.assert_close(a, b[i:i + 1], rtol=1e-6, atol=1e-6)

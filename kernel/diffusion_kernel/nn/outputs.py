@@ -1,28 +1,12 @@
-"""Model outputs: dataclasses whose fields are also reachable by position, like the tuples that
-``return_dict=False`` gives."""
+"""Model outputs: the kernel's one output mechanism (``diffusion_kernel.base_output.BaseOutput``), a
+dataclass that is also a read-only dict reachable by field name, key and position."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any
+from ..base_output import BaseOutput
 
+# The name model outputs derive from (``UNet2DOutput(ModelOutput)``): the same base as scheduler
+# and pipeline outputs.
+ModelOutput = BaseOutput
 
-@dataclass
-class ModelOutput:
-    """Base of model outputs: ``out.sample``, ``out["sample"]`` and ``out[0]`` all work; fields
-    left at ``None`` are skipped in positional access and ``to_tuple()``, as in diffusers."""
-
-    def to_tuple(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, f.name) for f in fields(self)
-                     if getattr(self, f.name) is not None)
-
-    def __getitem__(self, key: int | str | slice) -> Any:
-        if isinstance(key, str):
-            return getattr(self, key)
-        return self.to_tuple()[key]
-
-    def __iter__(self):
-        return iter(self.to_tuple())
-
-    def __len__(self) -> int:
-        return len(self.to_tuple())
+__all__ = ["BaseOutput", "ModelOutput"]

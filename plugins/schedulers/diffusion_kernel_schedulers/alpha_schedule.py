@@ -110,6 +110,17 @@ def check_custom_timesteps(timesteps: Sequence[int], num_train_timesteps: int,
     return values
 
 
+def previous_timestep(scheduler, timestep: int | torch.Tensor) -> int | torch.Tensor:
+    """The timestep a step from ``timestep`` lands on, as the diffusers format returns it: the
+    next entry of the run's ``timesteps`` as a 0-d tensor (``tensor(-1)`` after the last: the
+    clean end), or ``timestep - 1`` before ``set_timesteps`` (the training chain)."""
+    if scheduler.num_inference_steps is None and not scheduler.custom_timesteps:
+        return timestep - 1
+    i = scheduler._step_index(timestep)
+    timesteps = scheduler.timesteps
+    return timesteps[i + 1] if i + 1 < len(timesteps) else torch.tensor(-1)
+
+
 class AlphaSchedulerMixin(SchedulerMixin):
     """Training schedule and bookkeeping of the alpha-bar schedulers.
 

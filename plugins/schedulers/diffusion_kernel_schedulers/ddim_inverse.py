@@ -23,11 +23,16 @@ from .schedules import lincomb, spaced_timesteps
 
 
 class DDIMInverseScheduler(AlphaSchedulerMixin):
-    """DDIM inversion: maps a clean sample to the noise that DDIM would turn back into it."""
+    """DDIM inversion: maps a clean sample to the noise that DDIM would turn back into it.
+
+    As in the diffusers format, the constructor takes further keyword arguments and ignores them
+    (kept in the config, logged), and ``set_alpha_to_zero``, the format's old name of
+    ``set_alpha_to_one``, sets that option."""
 
     order = 1
     init_noise_sigma = 1.0
     timestep_spacings = ("leading", "trailing")
+    _deprecated_kwargs = ("set_alpha_to_zero",)
 
     def __init__(
         self,
@@ -43,7 +48,11 @@ class DDIMInverseScheduler(AlphaSchedulerMixin):
         clip_sample_range: float = 1.0,
         timestep_spacing: str = "leading",
         rescale_betas_zero_snr: bool = False,
+        **kwargs,
     ):
+        if kwargs.get("set_alpha_to_zero") is not None:  # the old name means this option
+            set_alpha_to_one = kwargs["set_alpha_to_zero"]
+            self.register_to_config(set_alpha_to_one=set_alpha_to_one)
         self._init_training_schedule(self.config)
         self.initial_alpha_cumprod = np.float32(1.0) if set_alpha_to_one else self._abar[0]
         self.timesteps = torch.arange(num_train_timesteps)

@@ -30,6 +30,7 @@ from .alpha_schedule import (
     check_custom_timesteps,
     check_num_inference_steps,
     limit_x0,
+    previous_timestep,
     x0_and_eps,
 )
 from .schedules import accumulate, gaussian_noise, lincomb, spaced_timesteps
@@ -73,7 +74,10 @@ class DDPMScheduler(AlphaSchedulerMixin):
         self._init_training_schedule(self.config)
         self.variance_type = variance_type
         self.custom_timesteps = False
-        self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1)
+        # As in the diffusers format, a new DDPM steps over the whole training chain, T - 1 down
+        # to 0, until set_timesteps picks a run (num_inference_steps stays None until then).
+        self._set_run(np.arange(num_train_timesteps - 1, -1, -1))
+        self.num_inference_steps = None
 
     def set_timesteps(self, num_inference_steps: int | None = None,
                       device: str | torch.device | None = None,
@@ -96,14 +100,25 @@ class DDPMScheduler(AlphaSchedulerMixin):
                 raise SchedulerError(f"{owner}: steps_offset={self.config.steps_offset} moves the "
                                      f"first timestep past {T - 1}; lower it")
         self._set_run(run, device)
-        self._coefficients = [self._step_coefficients(i, run) for i in range(len(run))]
 
-    def _step_coefficients(self, i: int, run) -> dict[str, float]:
-        """Everything step i needs, from abar_t and abar_prev (the next visited timestep)."""
-        t = int(run[i])
+    def _set_run(self, timesteps: np.ndarray, device=None) -> None:
+        super()._set_run(timesteps, device)
+        self._run = [int(t) for t in timesteps]
+        self._coefficients: dict[int, dict[str, float]] = {}  # filled as steps are taken
+
+    def _require_timesteps(self) -> None:
+        pass  # there is always a run: the training chain until set_timesteps picks another
+
+    def _step_coefficients(self, i: int) -> dict[str, float]:
+        """Everything step i needs, from abar_t and abar_prev (the next visited timestep);
+        computed on the step's first use in a run."""
+        if i in self._coefficients:
+            return self._coefficients[i]
+        run = self._run
+        t = run[i]
         last = i + 1 == len(run)
         a_t = self._abar[t]
-        a_prev = np.float32(1.0) if last else self._abar[int(run[i + 1])]
+        a_prev = np.float32(1.0) if last else self._abar[run[i + 1]]
         alpha_t = a_t / a_prev  # alpha_t and beta_t of the (possibly skipping) step
         beta_t = 1 - alpha_t
         beta_tilde = max((1 - a_prev) / (1 - a_t) * beta_t, np.float32(1e-20))  # eq. 7, floored
@@ -118,6 +133,7 @@ class DDPMScheduler(AlphaSchedulerMixin):
         }
         coefficients = {k: float(v) for k, v in coefficients.items()}
         coefficients["noise"] = not last  # Algorithm 2: z = 0 on the step that lands on x_0
+        self._coefficients[i] = coefficients
         return coefficients
 
     def step(
@@ -146,7 +162,7 @@ class DDPMScheduler(AlphaSchedulerMixin):
                 )
             model_output, predicted_variance = model_output.split(channels, dim=1)
         self._check_model_output(model_output, sample)
-        c = self._coefficients[i]
+        c = self._step_coefficients(i)
 
         # 1. x0_hat from the model output (eq. 15 for eps), then clip / threshold
         x0, _ = x0_and_eps(model_output, sample, c["sqrt_a_t"], c["sqrt_1m_a_t"],
@@ -190,7 +206,7 @@ class DDPMScheduler(AlphaSchedulerMixin):
         variance_type = variance_type or self.variance_type
         check_option("variance_type", variance_type, VARIANCE_TYPES, type(self).__name__)
         t = int(t)
-        prev = self.previous_timestep(t) if self.num_inference_steps is not None else t - 1
+        prev = int(self.previous_timestep(t))  # t - 1 before set_timesteps
         a_t = self.alphas_cumprod[t]
         a_prev = self.alphas_cumprod[prev] if prev >= 0 else torch.tensor(1.0)
         beta_t = 1 - a_t / a_prev
@@ -207,7 +223,7 @@ class DDPMScheduler(AlphaSchedulerMixin):
                 "fixed_large": lambda: beta_t, "fixed_large_log": lambda: torch.log(beta_t),
                 }[variance_type]()
 
-    def previous_timestep(self, timestep: int | torch.Tensor) -> int:
-        """The timestep the step from ``timestep`` lands on (-1: the clean end of the chain)."""
-        i = self._step_index(timestep)
-        return int(self.timesteps[i + 1]) if i + 1 < len(self.timesteps) else -1
+    def previous_timestep(self, timestep: int | torch.Tensor) -> int | torch.Tensor:
+        """The timestep the step from ``timestep`` lands on (diffusers API; see
+        ``alpha_schedule.previous_timestep``)."""
+        return previous_timestep(self, timestep)

@@ -39,6 +39,7 @@ class EDMEulerScheduler(SigmaSchedulerMixin):
 
     _compatibles = ()
     order = 1
+    _refuses_integer_timesteps = True
     prediction_types = ("epsilon", "v_prediction")
 
     def __init__(
@@ -60,6 +61,9 @@ class EDMEulerScheduler(SigmaSchedulerMixin):
         self.sigma_min = 0.002 if sigma_min is None else sigma_min
         self.sigma_max = 80.0 if sigma_max is None else sigma_max
         self._clear_run()
+        # the diffusers format's starting run: T + 1 sigmas along the schedule, no step count
+        self.set_timesteps(sigmas=torch.arange(num_train_timesteps + 1) / num_train_timesteps)
+        self.num_inference_steps = None
 
     # -- preconditioning (Karras et al. 2022, Table 1) ---------------------------------------------
     def precondition_inputs(self, sample: torch.Tensor, sigma: float) -> torch.Tensor:

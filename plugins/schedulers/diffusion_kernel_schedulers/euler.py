@@ -67,6 +67,7 @@ class EulerDiscreteScheduler(SigmaSchedulerMixin):
     """
 
     order = 1
+    _refuses_integer_timesteps = True
 
     def __init__(
         self,
@@ -97,6 +98,8 @@ class EulerDiscreteScheduler(SigmaSchedulerMixin):
                                       use_beta_sigmas, owner)
         self._init_training_schedule(beta_schedule, num_train_timesteps, beta_start, beta_end,
                                      trained_betas, rescale_betas_zero_snr)
+        train_sigmas = torch.from_numpy(self.train_sigmas[::-1].copy())
+        self._set_training_run(0.25 * train_sigmas.log() if self._continuous_timesteps else None)
 
     @property
     def _continuous_timesteps(self) -> bool:

@@ -40,6 +40,7 @@ class EulerAncestralDiscreteScheduler(SigmaSchedulerMixin):
     """
 
     order = 1
+    _refuses_integer_timesteps = True
 
     def __init__(
         self,
@@ -56,6 +57,8 @@ class EulerAncestralDiscreteScheduler(SigmaSchedulerMixin):
         self._check_common_options(prediction_type, timestep_spacing)
         self._init_training_schedule(beta_schedule, num_train_timesteps, beta_start, beta_end,
                                      trained_betas, rescale_betas_zero_snr)
+        self._set_training_run()
+        self._split_steps()
 
     def set_timesteps(self, num_inference_steps: int,
                       device: str | torch.device | None = None) -> None:
@@ -66,7 +69,10 @@ class EulerAncestralDiscreteScheduler(SigmaSchedulerMixin):
                                   cfg.steps_offset, type(self).__name__)
         sigmas, timesteps = run_sigmas(self.train_sigmas, timesteps)
         self._set_run(np.concatenate([sigmas, [0.0]]), timesteps, n, device)
-        # per step: Euler target sigma_down and the fresh-noise std sigma_up
+        self._split_steps()
+
+    def _split_steps(self) -> None:
+        """Per step of the run: the Euler target sigma_down and the fresh-noise std sigma_up."""
         pairs = zip(self._sigma_list[:-1], self._sigma_list[1:])
         self._down_up = [ancestral_split(s, s_next) for s, s_next in pairs]
 

@@ -70,11 +70,23 @@ class FlowMatchEulerDiscreteScheduler(SchedulerMixin):
             sigmas = shift_flow_sigmas(sigmas, shift)
         self.sigma_min = sigmas[-1].item()
         self.sigma_max = sigmas[0].item()
-        self.sigmas = None
-        self.timesteps = None
+        self._set_training_run(sigmas)
+
+    def _set_training_run(self, sigmas: torch.Tensor) -> None:
+        """The state a new scheduler starts in (as in the diffusers format): the training grid
+        as ``sigmas`` (T values, no end point) and ``timesteps`` = sigma T, with
+        ``num_inference_steps`` None; ``step`` works on it, ending at sigma = 0."""
+        self.sigmas = sigmas
+        self.timesteps = sigmas * self.config.num_train_timesteps
         self.num_inference_steps = None
-        self._begin_index: int | None = None
+        self._sigma_list = [*sigmas.tolist(), 0.0]
         self._index_of: dict[float, int] = {}
+        for i, t in enumerate(self.timesteps.tolist()):
+            self._index_of.setdefault(t, i)
+        self._begin_index: int | None = None
+
+    def _require_timesteps(self) -> None:
+        pass  # there is always a run: the training grid until set_timesteps picks another
 
     @property
     def shift(self) -> float:

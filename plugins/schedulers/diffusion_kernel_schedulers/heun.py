@@ -90,6 +90,7 @@ class HeunDiscreteScheduler(SigmaSchedulerMixin):
         self._init_training_schedule(beta_schedule, num_train_timesteps, beta_start, beta_end,
                                      trained_betas, extra_beta_schedules=("exp",))
         self._pending: PendingStep | None = None
+        self.set_timesteps(num_train_timesteps)  # the diffusers format's starting run
 
     def set_timesteps(
         self,

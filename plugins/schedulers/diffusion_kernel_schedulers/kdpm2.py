@@ -67,6 +67,7 @@ class KDPM2DiscreteScheduler(SigmaSchedulerMixin):
         self._init_training_schedule(beta_schedule, num_train_timesteps, beta_start, beta_end,
                                      trained_betas)
         self._pending_sample: torch.Tensor | None = None
+        self.set_timesteps(num_train_timesteps)  # the diffusers format's starting run
 
     # -- the run --------------------------------------------------------------------------------
     def _step_sigmas(self, num_inference_steps: int, num_train_timesteps: int | None

@@ -22,14 +22,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from diffusion_kernel.base_output import BaseOutput
 from diffusion_kernel.errors import SchedulerError
-from diffusion_kernel.scheduling import SchedulerOutput
 
 from .alpha_schedule import (
     AlphaSchedulerMixin,
     check_custom_timesteps,
     check_num_inference_steps,
     limit_x0,
+    previous_timestep,
     x0_and_eps,
     x0_linear_coefficients,
 )
@@ -39,11 +40,15 @@ SIGMA_DATA = 0.5  # sigma_data of the boundary-condition scalings (Consistency M
 
 
 @dataclass
-class LCMSchedulerOutput(SchedulerOutput):
+class LCMSchedulerOutput(BaseOutput):
     """``prev_sample`` (re-noised for the next step, or the result after the last) and
-    ``denoised`` = f(x_t, t), the consistency model's clean estimate."""
+    ``denoised`` = f(x_t, t), the consistency model's clean estimate (the diffusers format's
+    keys, in its order); ``pred_original_sample`` is ``denoised`` again, under the name every
+    other scheduler's output uses."""
 
+    prev_sample: torch.Tensor
     denoised: torch.Tensor | None = None
+    pred_original_sample: torch.Tensor | None = None
 
 
 class LCMScheduler(AlphaSchedulerMixin):
@@ -76,6 +81,11 @@ class LCMScheduler(AlphaSchedulerMixin):
         self.final_alpha_cumprod = np.float32(1.0) if set_alpha_to_one else self._abar[0]
         self.custom_timesteps = False
         self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1)
+
+    def previous_timestep(self, timestep: int | torch.Tensor) -> int | torch.Tensor:
+        """The timestep the step from ``timestep`` re-noises to (diffusers API; see
+        ``alpha_schedule.previous_timestep``)."""
+        return previous_timestep(self, timestep)
 
     def get_scalings_for_boundary_condition_discrete(self, timestep: int) -> tuple[float, float]:
         """(c_skip, c_out) at a training timestep (see the module docstring)."""

@@ -10,18 +10,18 @@ d_i, d_{i-1}, ..., d_{i-k+1} (Lagrange form):
     l_j(s) = prod_{m != j} (s - sigma_{i-m}) / (sigma_{i-j} - sigma_{i-m}).
 
 The c_{ij} depend only on the run's sigmas, so they are integrated exactly (the integrands are
-polynomials) once per run and order, not numerically at every step.
+polynomials), once per step of a run and order, not numerically.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from diffusion_kernel.errors import SchedulerError
 from diffusion_kernel.scheduling import SchedulerOutput
-from numpy.polynomial import Polynomial
 
 from .heun import slope
 from .sigma_schedule import (
@@ -36,16 +36,26 @@ from .sigma_schedule import (
 def lms_coefficients(sigmas: Sequence[float], i: int, order: int) -> list[float]:
     """[c_i0, ..., c_i(k-1)] for step i (sigma_i -> sigma_{i+1}) with k = min(order, i + 1)
     past slopes: exact integrals of the Lagrange basis polynomials on nodes sigma_i, ..,
-    sigma_{i-k+1}."""
+    sigma_{i-k+1} (at most cubic: plain Python arithmetic is faster than numpy here)."""
     k = min(order, i + 1)
     nodes = [sigmas[i - m] for m in range(k)]
+    lo, hi = sigmas[i], sigmas[i + 1]
     coefficients = []
     for j in range(k):
         others = nodes[:j] + nodes[j + 1:]
-        basis = Polynomial.fromroots(others) if others else Polynomial([1.0])
-        basis = basis / float(np.prod([nodes[j] - s for s in others]))
-        antiderivative = basis.integ()
-        coefficients.append(float(antiderivative(sigmas[i + 1]) - antiderivative(sigmas[i])))
+        basis = _monic_from_roots(others)  # prod_m (s - sigma_m), ascending powers
+        scale = math.prod(nodes[j] - r for r in others)
+        integral = sum(c * (hi ** (p + 1) - lo ** (p + 1)) / (p + 1) for p, c in enumerate(basis))
+        coefficients.append(integral / scale)
+    return coefficients
+
+
+def _monic_from_roots(roots: Sequence[float]) -> list[float]:
+    """Coefficients (ascending powers) of prod_r (s - r)."""
+    coefficients = [1.0]
+    for r in roots:
+        shifted = [0.0, *coefficients]  # s * p(s)
+        coefficients = [a - r * b for a, b in zip(shifted, [*coefficients, 0.0], strict=True)]
     return coefficients
 
 
@@ -83,12 +93,13 @@ class LMSDiscreteScheduler(SigmaSchedulerMixin):
         self._init_training_schedule(beta_schedule, num_train_timesteps, beta_start, beta_end,
                                      trained_betas)
         self.derivatives: list[torch.Tensor] = []
-        self._coefficients: dict[int, list[list[float]]] = {}
+        self._coefficients: dict[tuple[int, int], list[float]] = {}
+        self.set_timesteps(num_train_timesteps)  # the diffusers format's starting run
 
     def set_timesteps(self, num_inference_steps: int,
                       device: str | torch.device | None = None) -> None:
-        """Prepare a run of ``num_inference_steps`` and integrate its order-4 LMS coefficients.
-        Starts clean (no slopes carried over)."""
+        """Prepare a run of ``num_inference_steps``; each step's LMS coefficients are integrated
+        when it is first taken. Starts clean (no slopes carried over)."""
         cfg, owner = self.config, type(self).__name__
         n = self._check_num_steps(num_inference_steps, owner)
         timesteps = run_timesteps(cfg.timestep_spacing, n, cfg.num_train_timesteps,
@@ -99,19 +110,17 @@ class LMSDiscreteScheduler(SigmaSchedulerMixin):
         self._set_run(np.concatenate([sigmas, [0.0]]), timesteps, n, device)
         self.derivatives = []
         self._coefficients = {}
-        self._coefficient_table(self.default_lms_order)
 
-    def _coefficient_table(self, order: int) -> list[list[float]]:
-        """c_{ij} for every step i of the run at this order (computed once per run and order)."""
-        if order not in self._coefficients:
-            steps = range(self.num_inference_steps)
-            self._coefficients[order] = [lms_coefficients(self._sigma_list, i, order)
-                                         for i in steps]
-        return self._coefficients[order]
+    def _coefficients_of_step(self, order: int, i: int) -> list[float]:
+        """c_{ij} of step i of the run at this order (integrated once per run)."""
+        key = (order, i)
+        if key not in self._coefficients:
+            self._coefficients[key] = lms_coefficients(self._sigma_list, i, order)
+        return self._coefficients[key]
 
     def get_lms_coefficient(self, order: int, t: int, current_order: int) -> float:
         """c_{t, current_order} of this run for a multistep of ``order`` (diffusers API)."""
-        return self._coefficient_table(order)[t][current_order]
+        return self._coefficients_of_step(order, t)[current_order]
 
     def step(
         self,
@@ -132,7 +141,7 @@ class LMSDiscreteScheduler(SigmaSchedulerMixin):
         self.derivatives.append(derivative)
         if len(self.derivatives) > order:
             self.derivatives.pop(0)
-        coefficients = self._coefficient_table(order)[i]
+        coefficients = self._coefficients_of_step(order, i)
         # newest slope first; after set_begin_index fewer slopes than coefficients exist
         prev_sample = sample
         for c, d in zip(coefficients, reversed(self.derivatives)):

@@ -198,9 +198,13 @@ class MultistepScheduler(SchedulerMixin):
                                - torch.log((1 - self.alphas_cumprod).sqrt()))
         self._train_sigmas = sigmas_from_alphas_cumprod(self.alphas_cumprod)
         self._reset_run()
-        self.timesteps = None
+        # As in the diffusers format, a new solver lists the training timesteps (T - 1 .. 0, as
+        # floats) and sigmas (ascending with t) for code that reads them; step still needs
+        # set_timesteps (num_inference_steps is None until then).
+        T = c.num_train_timesteps
+        self.timesteps = torch.linspace(T - 1, 0, T, dtype=torch.float32)
+        self.sigmas = torch.from_numpy(np.asarray(self._train_sigmas, dtype=np.float32))
         self.num_inference_steps = None
-        self.sigmas = None
 
     def _check_flow_options(self, owner: str) -> None:
         """Flow-matching sigmas (x_t = (1 - s) x_0 + s eps: alpha_t = 1 - s, sigma_t = s) and

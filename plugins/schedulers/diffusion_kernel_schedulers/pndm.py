@@ -140,6 +140,23 @@ class PNDMScheduler(AlphaSchedulerMixin):
         self.num_inference_steps = n
         self._reset_history()
 
+    @property
+    def prk_timesteps(self) -> np.ndarray | None:
+        """The timesteps of the pseudo Runge-Kutta calls (the start of ``timesteps``; empty with
+        ``skip_prk_steps``), None before ``set_timesteps``: diffusers API."""
+        return self._timesteps_of(("prk",))
+
+    @property
+    def plms_timesteps(self) -> np.ndarray | None:
+        """The timesteps of the linear multistep calls (the rest of ``timesteps``, including the
+        improved-Euler start of ``skip_prk_steps``), None before ``set_timesteps``."""
+        return self._timesteps_of(("euler_predict", "euler_correct", "plms"))
+
+    def _timesteps_of(self, kinds: tuple[str, ...]) -> np.ndarray | None:
+        if self.timesteps is None:
+            return None
+        return np.array([c.timestep for c in self._plan if c.kind in kinds], dtype=np.int64)
+
     def set_begin_index(self, begin_index: int = 0) -> None:
         """Start the run at ``timesteps[begin_index]`` (img2img); the multistep history starts
         empty there, as at the start of a run.
@@ -172,6 +189,30 @@ class PNDMScheduler(AlphaSchedulerMixin):
             return model_output
         a = float(self._abar[t])
         return torch.add(a**0.5 * model_output, sample, alpha=(1 - a) ** 0.5)
+
+    def step_prk(self, model_output: torch.Tensor, timestep: int | torch.Tensor,
+                 sample: torch.Tensor, return_dict: bool = True) -> SchedulerOutput | tuple:
+        """``step`` for a call of ``prk_timesteps`` (diffusers API: its ``step`` dispatches to
+        ``step_prk`` then ``step_plms``; calling them directly is the same)."""
+        self._check_phase("prk", "step_prk")
+        return self.step(model_output, timestep, sample, return_dict)
+
+    def step_plms(self, model_output: torch.Tensor, timestep: int | torch.Tensor,
+                  sample: torch.Tensor, return_dict: bool = True) -> SchedulerOutput | tuple:
+        """``step`` for a call of ``plms_timesteps`` (diffusers API)."""
+        self._check_phase("plms", "step_plms")
+        return self.step(model_output, timestep, sample, return_dict)
+
+    def _check_phase(self, phase: str, method: str) -> None:
+        self._require_timesteps()
+        if self._next_call >= len(self._plan):
+            return  # step says the run is finished
+        is_prk = self._plan[self._next_call].kind == "prk"
+        if is_prk != (phase == "prk"):
+            raise SchedulerError(
+                f"PNDMScheduler.{method}: call {self._next_call} of this run is a "
+                f"{'pseudo Runge-Kutta' if is_prk else 'linear multistep'} call; use "
+                f"{'step_prk' if is_prk else 'step_plms'} there (or step, which picks it)")
 
     def step(self, model_output: torch.Tensor, timestep: int | torch.Tensor,
              sample: torch.Tensor, return_dict: bool = True) -> SchedulerOutput | tuple:

@@ -203,8 +203,9 @@ def sigma_to_t(sigma: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
     """The continuous training timestep of each sigma: linear interpolation in log-sigma between
     the two neighbouring training sigmas (``log_sigmas`` ascending with t)."""
     log_sigma = np.log(np.maximum(sigma, 1e-10))
-    dists = log_sigma - log_sigmas[:, np.newaxis]
-    low_idx = np.cumsum((dists >= 0), axis=0).argmax(axis=0).clip(max=log_sigmas.shape[0] - 2)
+    # the last training step whose log-sigma is <= log_sigma (the first one below the range)
+    low_idx = (np.searchsorted(log_sigmas, log_sigma, side="right") - 1).clip(
+        0, log_sigmas.shape[0] - 2)
     high_idx = low_idx + 1
     low, high = log_sigmas[low_idx], log_sigmas[high_idx]
     w = np.clip((low - log_sigma) / (low - high), 0, 1)

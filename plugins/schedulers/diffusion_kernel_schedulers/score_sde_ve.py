@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from diffusion_kernel.base_output import BaseOutput
 from diffusion_kernel.errors import ConfigError, SchedulerError
 from diffusion_kernel.scheduling import SchedulerMixin, SchedulerOutput
 
@@ -37,15 +38,12 @@ from .schedules import (
 
 
 @dataclass
-class SdeVeOutput:
+class SdeVeOutput(BaseOutput):
     """``prev_sample`` (with noise) and ``prev_sample_mean`` (its noise-free mean; the usual
-    final output of a run). Unpacks like the tuple ``(prev_sample, prev_sample_mean)``."""
+    final output of a run); ``out.to_tuple()`` gives both."""
 
     prev_sample: torch.Tensor
     prev_sample_mean: torch.Tensor
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return (self.prev_sample, self.prev_sample_mean)[index]
 
 
 class ScoreSdeVeScheduler(SchedulerMixin):
@@ -66,11 +64,10 @@ class ScoreSdeVeScheduler(SchedulerMixin):
             raise ConfigError(f"ScoreSdeVeScheduler needs 0 < sigma_min < sigma_max, got "
                                  f"sigma_min={sigma_min}, sigma_max={sigma_max}")
         self.init_noise_sigma = sigma_max
-        self.timesteps = None
-        self.sigmas = None
-        self.num_inference_steps = None
-        # the training levels, for add_noise before any run is prepared
-        self.discrete_sigmas = self._geometric_levels(num_train_timesteps, sigma_min, sigma_max)
+        # As in the diffusers format, a new scheduler holds a run over num_train_timesteps
+        # levels (step_pred works on it; add_noise noises to the training levels).
+        self._sigma_min, self._sigma_max = sigma_min, sigma_max
+        self._set_run(num_train_timesteps, None, None, None, None)
 
     @staticmethod
     def _geometric_levels(n: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
@@ -80,15 +77,21 @@ class ScoreSdeVeScheduler(SchedulerMixin):
     def set_timesteps(self, num_inference_steps: int, sampling_eps: float | None = None,
                       device: str | torch.device | None = None) -> None:
         """Prepare a run: continuous times t from 1 down to ``sampling_eps``, their noise
-        levels ``sigmas`` (what the model is called with) and the run's discrete levels."""
-        self._set_run(num_inference_steps, None, None, sampling_eps, device)
+        levels ``sigmas`` (what the model is called with) and the run's discrete levels. The
+        sigma bounds are those of the last ``set_sigmas`` (the config's until then)."""
+        self._set_run(num_inference_steps, self._sigma_min, self._sigma_max, sampling_eps,
+                      device)
 
     def set_sigmas(self, num_inference_steps: int, sigma_min: float | None = None,
                    sigma_max: float | None = None, sampling_eps: float | None = None) -> None:
-        """Like ``set_timesteps``, optionally with other sigma_min / sigma_max than the config's
-        (the diffusers-format pipeline calls both; either one prepares the whole run)."""
+        """Like ``set_timesteps``, with other sigma_min / sigma_max than the config's when given
+        (they stay for later ``set_timesteps`` calls). The diffusers-format pipeline calls both;
+        either one prepares the whole run, so ``sigmas[i]`` is always sigma(``timesteps[i]``)."""
         device = self.timesteps.device if self.timesteps is not None else None
-        self._set_run(num_inference_steps, sigma_min, sigma_max, sampling_eps, device)
+        self._set_run(num_inference_steps,
+                      sigma_min if sigma_min is not None else self.config.sigma_min,
+                      sigma_max if sigma_max is not None else self.config.sigma_max,
+                      sampling_eps, device)
 
     def _set_run(self, num_inference_steps, sigma_min, sigma_max, sampling_eps, device) -> None:
         owner = type(self).__name__

@@ -14,7 +14,7 @@ The model predicts the noise eps (as a DDPM model does); its score is -eps / s(t
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from diffusion_kernel.errors import SchedulerError
@@ -31,16 +31,13 @@ from .schedules import (
 )
 
 
-@dataclass
-class SdeVpOutput:
+class SdeVpOutput(NamedTuple):
     """``prev_sample`` (with noise) and ``prev_sample_mean`` (noise-free; the usual final
-    output). Unpacks like the tuple ``(x, x_mean)`` the diffusers format returns."""
+    output). A named tuple: the diffusers format's ``step_pred`` returns the plain tuple
+    ``(x, x_mean)``, which code unpacks."""
 
     prev_sample: torch.Tensor
     prev_sample_mean: torch.Tensor
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return (self.prev_sample, self.prev_sample_mean)[index]
 
 
 class ScoreSdeVpScheduler(SchedulerMixin):

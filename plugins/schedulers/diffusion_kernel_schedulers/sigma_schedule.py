@@ -170,11 +170,18 @@ class SigmaSchedulerMixin(SchedulerMixin):
     ``set_timesteps``; ``step`` starts with ``i = self._begin_step(model_output, timestep, sample)``
     and ends with ``self._step_index = i + 1``. ``self.sigmas`` holds the run's sigmas (plus the
     final one), ``self.timesteps`` the timesteps the model is called at; both are rebuilt, and the
-    step index and begin index cleared, by every ``set_timesteps``.
+    step index and begin index cleared, by every ``set_timesteps``. As in the diffusers format,
+    a new scheduler already holds a run (over the training timesteps, or ``set_timesteps`` with
+    ``num_train_timesteps`` steps for the two-stage and multistep ones): code may read
+    ``timesteps`` and ``sigmas`` before choosing a step count.
     """
 
     _compatibles = KARRAS_DIFFUSION_SCHEDULERS
     prediction_types: tuple[str, ...] = PREDICTION_TYPES
+    # Euler-type steps refuse an int timestep (the usual mistake: the loop index from
+    # enumerate); the multi-stage and multistep ones take it when it is one of ``timesteps``,
+    # as in the diffusers format.
+    _refuses_integer_timesteps = False
 
     # -- construction ---------------------------------------------------------------------------
     def _init_training_schedule(self, beta_schedule: str, num_train_timesteps: int,
@@ -229,7 +236,7 @@ class SigmaSchedulerMixin(SchedulerMixin):
         return int(num_inference_steps)
 
     def _set_run(self, sigmas: np.ndarray, timesteps: np.ndarray | torch.Tensor,
-                 num_inference_steps: int, device: torch.device | str | None = None) -> None:
+                 num_inference_steps: int | None, device: torch.device | str | None = None) -> None:
         """Record a run: float32 sigmas (final one included) kept on the CPU, float32 timesteps on
         ``device``; the step and begin indices start clean."""
         self.num_inference_steps = num_inference_steps
@@ -250,14 +257,28 @@ class SigmaSchedulerMixin(SchedulerMixin):
         """The sigma at which each entry of ``timesteps`` calls the model."""
         return self._sigma_list[: len(self.timesteps)]
 
+    def _set_training_run(self, timesteps: torch.Tensor | None = None) -> None:
+        """The state a new scheduler starts in (as in the diffusers format): a run over every
+        training timestep, T - 1 down to 0 (or the model inputs ``timesteps`` of those steps),
+        at the training sigmas (then zero), with ``num_inference_steps`` None. ``step`` works on
+        it; ``set_timesteps`` replaces it."""
+        T = len(self.train_sigmas)
+        sigmas = np.concatenate([self.train_sigmas[::-1], [0.0]])
+        if timesteps is None:
+            timesteps = np.arange(T - 1, -1, -1, dtype=np.float32)
+        self._set_run(sigmas, timesteps, None)
+
+    def _require_timesteps(self) -> None:
+        # the constructor's run (num_inference_steps None) is a run too
+        if self.timesteps is None:
+            super()._require_timesteps()
+
     @property
-    def init_noise_sigma(self) -> float:
-        """The standard deviation of the initial noise: the largest sigma (times sqrt(1 + 1/sigma^2)
-        for "leading" spacing, whose first step is not the last training step)."""
-        if self.sigmas is None:
-            sigma_max = float(self.train_sigmas.max())
-        else:
-            sigma_max = float(self.sigmas.max())
+    def init_noise_sigma(self) -> torch.Tensor:
+        """The standard deviation of the initial noise, a 0-d float32 tensor (as in the diffusers
+        format): the largest sigma of the run (times sqrt(1 + 1/sigma^2) for "leading" spacing,
+        whose first step is not the last training step)."""
+        sigma_max = self.sigmas.max()
         if self.config.timestep_spacing in ("linspace", "trailing"):
             return sigma_max
         return (sigma_max**2 + 1) ** 0.5
@@ -300,8 +321,9 @@ class SigmaSchedulerMixin(SchedulerMixin):
         """Checks shared by every ``step``; returns the step index."""
         self._require_timesteps()
         self._check_model_output(model_output, sample)
-        if isinstance(timestep, int) or (isinstance(timestep, torch.Tensor)
-                                         and not timestep.is_floating_point()):
+        if self._refuses_integer_timesteps and (
+                isinstance(timestep, int) or (isinstance(timestep, torch.Tensor)
+                                              and not timestep.is_floating_point())):
             raise SchedulerError(
                 f"{type(self).__name__}.step got the integer timestep {timestep!r}: pass one of "
                 f"scheduler.timesteps (float), not the loop index from enumerate()"

@@ -1,7 +1,7 @@
 """Entry point of the vision plugin: registers image models, pipelines and the image processor by
 module path (imported on first use), and adds to the kernel's command verbs: the ``unconditional``
-kind of ``train``, the PNG writer of ``images`` for ``generate``, and the shipped ``digits``
-model."""
+kind of ``train``, the ``digits`` kind of ``evaluate``, the PNG writer of ``images`` for
+``generate``, and the shipped ``digits`` model."""
 
 from pathlib import Path
 
@@ -54,6 +54,14 @@ def register_train_kinds(register):
     register("unconditional", f"{_PKG}.commands:run_train_unconditional",
              arguments=f"{_PKG}.commands:add_train_unconditional_arguments",
              help="an unconditional image DDPM (UNet2DModel) on a folder of images or digits")
+
+
+@hookimpl
+def register_evaluate_kinds(register):
+    register("digits", f"{_PKG}.digits_quality:run",
+             arguments=f"{_PKG}.commands:add_evaluate_digits_arguments",
+             help="sample quality of a digits model against the held-out digits: FD, classifier "
+                  "confidence, class shares, nearest-training-digit (memorisation) check")
 
 
 @hookimpl
