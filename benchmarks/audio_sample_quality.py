@@ -8,10 +8,10 @@ The judge is a small CNN trained on mel images of real clips by the six voice va
 never heard (pitches 35 and 65); it is checked on those voices at pitch 50 and on the training
 voices. For each run, ``--num`` samples (sample i from a generator seeded i) are judged on their
 mel images: the mean confidence and the share of each digit, and the Frechet distance (FD) of
-the judge's features to 500 real clips of the training voices, against the floor: the FD
-between two disjoint sets of 500 such clips. Also reported: the FD to the held-out voices (and
-what real training-voice clips score there) and what the judge hears in the samples' audio (the
-mel images of their Griffin-Lim waveforms). Targets: mean confidence >= 0.8, every digit between
+the judge's features to 500 real clips drawn from the training data (every training voice,
+rate and pitch), against the floor: the FD between two disjoint random sets of 500 such clips.
+Also reported: the FD to the held-out voices (and what real training-voice clips score there)
+and what the judge hears in the samples' audio (the mel images of their Griffin-Lim waveforms). Targets: mean confidence >= 0.8, every digit between
 4 % and 20 % of the samples, FD within 2x the floor.
 """
 
