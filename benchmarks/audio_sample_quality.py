@@ -11,8 +11,9 @@ mel images: the mean confidence and the share of each digit, and the Frechet dis
 the judge's features to 500 real clips drawn from the training data (every training voice,
 rate and pitch), against the floor: the FD between two disjoint random sets of 500 such clips.
 Also reported: the FD to the held-out voices (and what real training-voice clips score there)
-and what the judge hears in the samples' audio (the mel images of their Griffin-Lim waveforms). Targets: mean confidence >= 0.8, every digit between
-4 % and 20 % of the samples, FD within 2x the floor.
+and what the judge hears in the samples' audio (the mel images of their Griffin-Lim waveforms).
+Targets: mean confidence >= 0.8, every digit between 4 % and 20 % of the samples, FD within 2x
+the floor.
 """
 
 from __future__ import annotations
