@@ -1,8 +1,11 @@
 """Offline speech from eSpeak NG (formant synthesis), driven through its C API with ``ctypes``.
 
 The library and its voice data come from the ``espeakng-loader`` wheel (install
-``diffusion-kernel-audio[train]``); nothing is read from the system. Synthesis is deterministic:
-the same text, voice, rate and pitch give the same samples.
+``diffusion-kernel-audio[train]``); nothing is read from the system. Synthesis is *not*
+deterministic: the same text, voice, rate and pitch, said twice in a row, give a slightly
+different waveform (measured: most samples differ, the length by up to 14 samples of 12,000;
+seeding the C library's ``rand`` does not change that), so rendered data sets, and what is
+trained on them, vary a little from run to run.
 """
 
 from __future__ import annotations
