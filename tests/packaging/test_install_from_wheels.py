@@ -249,10 +249,14 @@ def test_plugins_command_lists_each_plugin_with_its_distribution_and_version(ven
         assert f"{plugin}: diffusion-kernel-{plugin} 0.1.0 [loaded]" in out.splitlines()
 
 
-def test_plugins_command_says_the_audio_plugin_registers_nothing(venv):
+def test_plugins_command_says_what_the_audio_and_sequence_plugins_register(venv):
     lines = venv.run("diffusion-kernel", "plugins").stdout.splitlines()
     audio = lines.index("audio: diffusion-kernel-audio 0.1.0 [loaded]")
-    assert lines[audio + 1] == "  registers nothing"
+    assert lines[audio + 1:audio + 3] == [
+        "  pipelines (2): AudioDiffusionPipeline, DanceDiffusionPipeline",
+        "  processors (1): Mel"]
+    sequence = lines.index("sequence: diffusion-kernel-sequence 0.1.0 [loaded]")
+    assert lines[sequence + 1] == "  models (1): UNet1DModel"
 
 
 def test_registry_command_lists_names_from_the_installed_plugins(venv):
