@@ -522,3 +522,14 @@ def test_a_bad_recommended_step_count_is_named(toys, tmp_path, bad):
     (tmp_path / "p" / "model_index.json").write_text(json.dumps(index))
     with pytest.raises(PipelineError, match="_default_num_inference_steps must be a positive"):
         DiffusionPipeline.from_pretrained(tmp_path / "p")
+
+
+def test_building_the_command_line_imports_no_torch_and_no_plugin_code():
+    import subprocess
+    import sys
+
+    code = ("import sys; from diffusion_kernel.cli import build_parser; build_parser(); "
+            "print('torch' in sys.modules, sorted(m for m in sys.modules "
+            "if m.startswith('diffusion_kernel_vision.pipelines')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "False []", out.stderr

@@ -84,7 +84,16 @@ def test_resume_continues_with_the_same_step_count_and_data_order(tmp_path):
 
 
 def test_two_processes_equal_one_process_on_the_whole_batch(tmp_path):
-    _train(tmp_path / "one", "--max-steps", "4", "--checkpointing-steps", "0", "--no-ema")
+    # Both runs use one thread per process, whatever the machine has. Torch splits a
+    # convolution's weight-gradient sum (over the batch and the pixels) between its threads, so
+    # the thread count changes the summation order. Measured on this model: two threads against
+    # one change mid_block.resnets.0.conv1.weight's gradient by ~8e-9 (its largest entry is 6e-3),
+    # but a few of its entries are themselves ~1e-8, and Adam, which divides by the gradient's
+    # running RMS, turns an O(1) relative change there into a difference of up to a learning-rate
+    # step (1e-3) per step. With one thread each, the runs differ only in where the batch sum is
+    # split (two halves, then the all-reduce), and agree to 1e-5.
+    _train(tmp_path / "one", "--max-steps", "4", "--checkpointing-steps", "0", "--no-ema",
+           "--threads", "1")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
            "--master_port", "29533", "-m", "diffusion_kernel.cli", "train", "unconditional",

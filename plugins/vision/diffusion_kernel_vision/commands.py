@@ -1,6 +1,7 @@
 """The vision plugin's additions to the kernel's command verbs: the ``unconditional`` kind of
-``diffusion-kernel train`` (its arguments and its runner) and the shipped digits model. This module
-imports only argparse, so ``--help`` stays quick; the runner imports the trainer."""
+``diffusion-kernel train`` (its arguments and its runner), the ``digits`` kind of ``evaluate`` (its
+arguments; the runner is ``digits_quality.run``) and the shipped digits model. This module imports
+only argparse, so ``--help`` stays quick; the runners import torch."""
 
 from __future__ import annotations
 
@@ -61,3 +62,14 @@ def run_train_unconditional(args: argparse.Namespace) -> int:
     out = train(cfg)
     print(f"saved the trained pipeline to {out}")
     return 0
+
+
+def add_evaluate_digits_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``diffusion-kernel evaluate digits`` (see ``digits_quality.py``)."""
+    p.add_argument("--model", default="digits",
+                   help="a digits pipeline folder, Hub repo id or shipped model name")
+    p.add_argument("--scheduler", help="scheduler name or alias (default: the folder's)")
+    p.add_argument("--steps", type=int, help="denoising steps (default: the folder's)")
+    p.add_argument("--num", type=int, default=900,
+                   help="samples; the FD is averaged over disjoint sets of 300")
+    p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")

@@ -1,7 +1,8 @@
 """Entry point of the vision plugin: registers image models, pipelines and the image processor by
 module path (imported on first use), and adds to the kernel's command verbs: the
 ``unconditional``, ``text-to-image``, ``textual-inversion`` and ``dreambooth`` kinds of
-``train``, the PNG writer of ``images`` for ``generate``, and the shipped ``digits`` model."""
+``train``, the ``digits`` kind of ``evaluate``, the PNG writer of ``images`` for ``generate``,
+and the shipped ``digits`` model."""
 
 from pathlib import Path
 
@@ -66,6 +67,14 @@ def register_train_kinds(register):
     for name, run, help_text in TRAIN_KINDS:
         register(name, f"{_PKG}.training.arguments:run_{run}",
                  arguments=f"{_PKG}.training.arguments:add_{run}_arguments", help=help_text)
+
+
+@hookimpl
+def register_evaluate_kinds(register):
+    register("digits", f"{_PKG}.digits_quality:run",
+             arguments=f"{_PKG}.commands:add_evaluate_digits_arguments",
+             help="sample quality of a digits model against the held-out digits: FD, classifier "
+                  "confidence, class shares, nearest-training-digit (memorisation) check")
 
 
 @hookimpl
