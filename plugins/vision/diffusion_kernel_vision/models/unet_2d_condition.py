@@ -24,8 +24,10 @@ from diffusion_kernel.nn import (
     Timesteps,
     get_activation,
 )
+from diffusion_kernel.nn.lora import scales_lora
 from torch import nn
 
+from ..loaders.single_file import FromOriginalModelMixin
 from .checks import check_feature_map, check_tokens
 from .unet_blocks import get_down_block, get_mid_block, get_up_block
 from .unet_embeddings import class_embedding, timestep_batch
@@ -48,10 +50,11 @@ class UNet2DConditionOutput(ModelOutput):
     sample: torch.Tensor
 
 
-class UNet2DConditionModel(ModelMixin, AttentionSlicingMixin):
+class UNet2DConditionModel(ModelMixin, AttentionSlicingMixin, FromOriginalModelMixin):
     """Conditional 2D U-Net. Call ``unet(sample, timestep, encoder_hidden_states).sample``."""
 
     _supports_gradient_checkpointing = True
+    _single_file_component = "unet"  # from_single_file reads this part of a checkpoint
 
     def __init__(
         self,
@@ -273,6 +276,7 @@ class UNet2DConditionModel(ModelMixin, AttentionSlicingMixin):
             if hasattr(block, "freeu"):
                 block.freeu = None
 
+    @scales_lora
     def forward(
         self,
         sample: torch.Tensor,
@@ -296,8 +300,8 @@ class UNet2DConditionModel(ModelMixin, AttentionSlicingMixin):
         ``down_block_additional_residuals`` + ``mid_block_additional_residual``: ControlNet
         residuals added to the skip connections and the mid block output.
         ``down_intrablock_additional_residuals``: T2I-adapter features added inside the down
-        blocks. ``cross_attention_kwargs`` is accepted for interface compatibility and not used
-        (there are no attention processors or LoRA layers here).
+        blocks. ``cross_attention_kwargs={"scale": s}`` (by keyword) multiplies the loaded LoRA
+        adapters by ``s`` for this call; its other entries are not used.
         Returns ``UNet2DConditionOutput(sample)`` (or ``(sample,)``).
         """
         c = self.config
