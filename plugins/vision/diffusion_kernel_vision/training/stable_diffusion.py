@@ -242,14 +242,19 @@ class StableDiffusionTrainer(Trainer):
         return ema_weights(None, self.unwrapped_model)
 
     def save_lora(self) -> None:
-        """``pytorch_lora_weights.safetensors`` in diffusers' format (the U-Net adapter)."""
+        """``pytorch_lora_weights.safetensors`` in diffusers' format: the U-Net adapter under
+        ``unet.<layer>.lora.down.weight`` / ``.lora.up.weight``, the keys diffusers' LoRA
+        training scripts write (with the alphas in the file's metadata when they differ from
+        the rank)."""
         from diffusion_kernel.nn.lora import lora_state_dict
 
         from ..loaders.lora_pipeline import lora_adapter_metadata
 
         unet = self.pipe.unet
+        state = {key.replace(".lora_A.", ".lora.down.").replace(".lora_B.", ".lora.up."): value
+                 for key, value in lora_state_dict(unet, LORA_ADAPTER).items()}
         type(self.pipe).save_lora_weights(
-            self.output, unet_lora_layers=lora_state_dict(unet, LORA_ADAPTER),
+            self.output, unet_lora_layers=state,
             unet_lora_adapter_metadata=lora_adapter_metadata(unet, LORA_ADAPTER))
 
     def save_pipeline(self, **trained) -> None:
