@@ -149,8 +149,12 @@ def test_lora_training_moves_generated_latents_toward_the_data(lora_run, data):
 
 
 # Resume --------------------------------------------------------------------------------------
-def test_an_interrupted_run_resumes_with_nothing_lost(data, monkeypatch):
-    from diffusion_kernel.nn.lora import lora_state_dict
+@pytest.fixture(scope="module")
+def resumed(data):
+    """A LoRA run of 4 steps (checkpoints at 2 and 4), and the same run killed after step 3 and
+    resumed with --resume latest."""
+    import unittest.mock
+
     from diffusion_kernel_vision.training import stable_diffusion
     from diffusion_kernel_vision.training.text_to_image import (
         TextToImageConfig,
@@ -162,41 +166,44 @@ def test_an_interrupted_run_resumes_with_nothing_lost(data, monkeypatch):
                                  max_steps=4, train_batch_size=2, learning_rate=1e-2,
                                  lora_rank=2, checkpointing_steps=2, **kw)
 
-    straight = TextToImageTrainer(config(ROOT / "resume-straight"))
-    straight.run()
-
     def interrupt(self, step):
         if step == 3:
             raise KeyboardInterrupt
 
+    straight = TextToImageTrainer(config(ROOT / "resume-straight"))
+    straight.run()
     out = ROOT / "resume-interrupted"
-    with monkeypatch.context() as patch:  # killed after step 3: the last checkpoint is step 2
-        patch.setattr(stable_diffusion.StableDiffusionTrainer, "every_step", interrupt)
-        with pytest.raises(KeyboardInterrupt):
-            TextToImageTrainer(config(out)).run()
-    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-2"]
+    with unittest.mock.patch.object(stable_diffusion.StableDiffusionTrainer, "every_step",
+                                    interrupt), pytest.raises(KeyboardInterrupt):
+        TextToImageTrainer(config(out)).run()
+    checkpoints = [p.name for p in (out / "checkpoints").iterdir()]
     resumed = TextToImageTrainer(config(out, resume="latest"))
     resumed.run()
+    return straight, resumed, checkpoints
+
+
+def test_an_interrupted_run_resumes_with_nothing_lost(resumed):
+    from diffusion_kernel.nn.lora import lora_state_dict
+
+    straight, resumed, checkpoints_at_interruption = resumed
+    assert checkpoints_at_interruption == ["step-2"]
     want = lora_state_dict(straight.pipe.unet, "default_0")
     got = lora_state_dict(resumed.pipe.unet, "default_0")
     for key in want:
         assert torch.equal(got[key], want[key]), key
-    steps = [json.loads(line)["step"] for line in (out / "logs.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3, 4]
-    saved = (out / "pytorch_lora_weights.safetensors").read_bytes()
-    assert saved == (ROOT / "resume-straight" / "pytorch_lora_weights.safetensors").read_bytes()
+    logs = (resumed.output / "logs.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in logs] == [1, 2, 3, 4]
+    name = "pytorch_lora_weights.safetensors"
+    assert (resumed.output / name).read_bytes() == (straight.output / name).read_bytes()
 
 
-def test_checkpoints_hold_only_the_trained_parameters(full_run, lora_run):
+def test_checkpoints_hold_only_the_trained_parameters(full_run, resumed):
     from safetensors import safe_open
 
     with safe_open(full_run / "checkpoints" / "step-30" / "model.safetensors", "pt") as f:
         assert set(f.keys()) == set(unet_weights(full_run))
-    out = ROOT / "t2i-lora-checkpoint"
-    assert train_cli("text-to-image", "--data", str(lora_run.cfg.data), "--output-dir", str(out),
-                     *FAST, "--lora-rank", "2", "--max-steps", "1",
-                     "--checkpointing-steps", "1") == 0
-    with safe_open(out / "checkpoints" / "step-1" / "model.safetensors", "pt") as f:
+    lora = resumed[0].output / "checkpoints" / "step-4" / "model.safetensors"
+    with safe_open(lora, "pt") as f:
         keys = set(f.keys())
     assert len(keys) == 64 and all(".lora_A." in k or ".lora_B." in k for k in keys)
 

@@ -134,11 +134,18 @@ class TextualInversionTrainer(StableDiffusionTrainer):
         initializer's id."""
         cfg, tokenizer = self.cfg, self.pipe.tokenizer
         rows = self.pipe.text_encoder.get_input_embeddings().num_embeddings
-        taken = [t for t in cfg.tokens if t in tokenizer.get_vocab()]
-        if taken:
-            raise ConfigError(f"placeholder token {taken[0]!r} is already in the tokenizer's "
-                              f"vocabulary; choose a new one, e.g. '<{cfg.initializer_token}-"
-                              f"concept>'")
+        vocabulary = tokenizer.get_vocab()
+        for token in cfg.tokens:
+            if token in vocabulary:
+                raise ConfigError(f"placeholder token {token!r} is already in the tokenizer's "
+                                  f"vocabulary; choose a new one, e.g. "
+                                  f"'<{cfg.initializer_token}-concept>'")
+            ids = tokenizer.encode(token, add_special_tokens=False)
+            if len(ids) == 1 and ids[0] != tokenizer.unk_token_id:  # it would take a word's place
+                word = tokenizer.convert_ids_to_tokens(ids)[0]
+                raise ConfigError(f"placeholder token {token!r} is already a word of the "
+                                  f"tokenizer's vocabulary ({word!r}); choose a new one, e.g. "
+                                  f"'<{cfg.initializer_token}-concept>'")
         init = tokenizer.encode(cfg.initializer_token, add_special_tokens=False)
         if len(init) != 1:
             raise ConfigError(f"--initializer-token {cfg.initializer_token!r} is {len(init)} "
