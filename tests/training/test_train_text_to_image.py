@@ -22,10 +22,10 @@ from finetune_helpers import (
 )
 from PIL import Image
 
-# 30 steps of batch 2: the generated latents' distance to the training latents fell from 8.80 to
-# 5.05 with full fine-tuning at lr 1e-3 (ratio 0.57) and to 6.82 with a rank-4 LoRA on the
-# attention projections, conv_in and conv_out at lr 1e-2 (ratio 0.77) when measured; the tests
-# ask for ratios below 0.75 and 0.85.
+# 30 steps of batch 2, gradients clipped to norm 1 (the default): the generated latents' distance
+# to the training latents fell from 8.80 to 6.24 with full fine-tuning at lr 1e-3 (ratio 0.71)
+# and to 6.82 with a rank-4 LoRA on the attention projections, conv_in and conv_out at lr 1e-2
+# (ratio 0.77) when measured; the tests ask for ratios below 0.8 and 0.85.
 FAST = ["--train-batch-size", "2", "--learning-rate", "1e-3", "--seed", "1"]
 
 
@@ -101,7 +101,7 @@ def test_full_fine_tuning_moves_generated_latents_toward_the_data(full_run, data
     targets = data_latents(base, data)
     before = generated_distance(base, "a square", targets)
     after = generated_distance(trained, "a square", targets)
-    assert after < 0.75 * before, (before, after)
+    assert after < 0.8 * before, (before, after)
 
 
 def test_the_fine_tuned_pipeline_gives_the_same_image_in_diffusers(full_run):
@@ -248,4 +248,5 @@ def test_settings_no_run_can_use_are_refused(tmp_path, capsys, data):
     assert "--use-ema" in _fails(capsys, *out, "--lora-rank", "4", "--use-ema")
     assert "multiple of 8" in _fails(capsys, *out, "--resolution", "30")
     assert "fewer than one batch" in _fails(capsys, *out, "--train-batch-size", "8")
+    assert "0: no clipping" in _fails(capsys, *out, "--max-grad-norm", "-1")
     assert not (tmp_path / "o").exists()

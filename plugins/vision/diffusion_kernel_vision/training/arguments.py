@@ -11,7 +11,8 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
-def _add_loop_options(p: argparse.ArgumentParser, max_steps: int, batch: int, lr: float) -> None:
+def _add_loop_options(p: argparse.ArgumentParser, max_steps: int, batch: int, lr: float,
+                      weight_decay: float = 1e-2, max_grad_norm: float = 1.0) -> None:
     g = p.add_argument_group("training")
     g.add_argument("--max-steps", type=int, default=max_steps)
     g.add_argument("--train-batch-size", type=int, default=batch,
@@ -21,7 +22,9 @@ def _add_loop_options(p: argparse.ArgumentParser, max_steps: int, batch: int, lr
     g.add_argument("--lr-warmup-steps", type=int, default=0)
     g.add_argument("--lr-scheduler", choices=("constant", "cosine"), default="constant",
                    help="after the warm-up: constant, or a half cosine down to 0 at --max-steps")
-    g.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW's")
+    g.add_argument("--weight-decay", type=float, default=weight_decay, help="AdamW's")
+    g.add_argument("--max-grad-norm", type=float, default=max_grad_norm,
+                   help="clip the gradients' global norm to this (0: no clipping)")
     g.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no",
                    help="autocast the forward pass; frozen weights are held in this precision")
     g.add_argument("--gradient-checkpointing", action="store_true",
@@ -109,7 +112,7 @@ def add_textual_inversion_arguments(p: argparse.ArgumentParser) -> None:
                    help="also write the whole pipeline with the new token")
     _add_denoising_options(p)
     _add_validation_options(p)
-    _add_loop_options(p, max_steps=3000, batch=4, lr=5e-4)
+    _add_loop_options(p, max_steps=3000, batch=4, lr=5e-4, weight_decay=0.0, max_grad_norm=0.0)
 
 
 def add_dreambooth_arguments(p: argparse.ArgumentParser) -> None:

@@ -48,6 +48,7 @@ class LoopConfig:
     lr_warmup_steps: int = 100
     lr_scheduler: str = "constant"  # or "cosine": decay to 0 at max_steps after the warm-up
     weight_decay: float = 0.0
+    max_grad_norm: float | None = None  # clip the gradients' global norm to this (None: never)
     mixed_precision: str = "no"
     seed: int = 0
     checkpointing_steps: int = 500
@@ -70,6 +71,9 @@ class LoopConfig:
             raise ConfigError(f"--mixed-precision {self.mixed_precision!r}: choose no, fp16, bf16")
         if self.lr_scheduler not in ("constant", "cosine"):
             raise ConfigError(f"--lr-scheduler {self.lr_scheduler!r}: choose constant or cosine")
+        if self.max_grad_norm is not None and self.max_grad_norm < 0:
+            raise ConfigError(f"--max-grad-norm must be positive (0: no clipping), got "
+                              f"{self.max_grad_norm}")
         if self.checkpointing_steps < 0:
             raise ConfigError("--checkpointing-steps must be 0 (never) or positive")
 
@@ -206,10 +210,6 @@ class Trainer:
         """Objects with ``state_dict``/``load_state_dict`` saved with each checkpoint."""
         return []
 
-    def optimizer_groups(self, parameters: list[torch.nn.Parameter]) -> list[dict]:
-        """Parameter groups for AdamW (default: one group, the config's weight decay)."""
-        return [{"params": parameters, "weight_decay": self.cfg.weight_decay}]
-
     @property
     def unwrapped_model(self) -> torch.nn.Module:
         return self.accelerator.unwrap_model(self.model)
@@ -229,7 +229,8 @@ class Trainer:
         trainable = [p for p in model.parameters() if p.requires_grad]
         if not trainable:
             raise ConfigError(f"{type(model).__name__} has no trainable parameters")
-        optimizer = torch.optim.AdamW(self.optimizer_groups(trainable), lr=cfg.learning_rate)
+        optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate,
+                                      weight_decay=cfg.weight_decay)
         lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s))
         # The LR schedule is stepped once per optimizer step by us, not by accelerate (which would
         # step it once per process and so warm up P times faster on P processes).
@@ -254,6 +255,8 @@ class Trainer:
                 with accelerator.accumulate(self.model):
                     loss = self.loss(micro, positions)
                     accelerator.backward(loss)
+                    if cfg.max_grad_norm and accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
             lr_schedule.step()

@@ -57,6 +57,7 @@ class TextualInversionConfig(StableDiffusionConfig):
     max_steps: int = 3000
     learning_rate: float = 5e-4
     weight_decay: float = 0.0  # a decay would pull the new rows towards zero, not the data
+    max_grad_norm: float | None = None
 
     MUST_MATCH: ClassVar[tuple[str, ...]] = StableDiffusionConfig.MUST_MATCH + (
         "placeholder_token", "initializer_token", "num_vectors", "learnable_property")
