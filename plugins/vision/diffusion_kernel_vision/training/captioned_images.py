@@ -6,7 +6,7 @@ the images, each record naming an image by ``file_name`` (relative to the metada
 and giving its caption in a column (``text`` unless told otherwise; a list of captions means one
 is drawn per use). Metadata files may also sit in subfolders, each for the images below it. A
 dataset repo downloaded from the Hub in that layout, with the images under ``train/``, is read
-from its ``train`` folder.
+from its ``train`` folder only (not from other splits beside it).
 
 Every image is decoded once when the folder is read, so a broken file stops the run before any
 model is loaded; pixels are read again when an image is first used (only latents are kept).
@@ -65,8 +65,9 @@ def captioned_folder(folder: str | Path, caption_column: str = "text") -> ImageS
     """The images of an imagefolder-layout folder with their captions (see the module doc)."""
     folder = _existing_folder(folder, "data folder")
     root = folder
-    if not _metadata_files(folder) and (folder / "train").is_dir():
-        root = folder / "train"  # a Hub dataset repo's training split
+    top_level = any((folder / name).is_file() for name in METADATA_FILES)
+    if not top_level and (folder / "train").is_dir():
+        root = folder / "train"  # a Hub dataset repo's training split (not its test split)
     metadata = _metadata_files(root)
     if not metadata:
         raise FileAccessError(
