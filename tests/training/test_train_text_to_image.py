@@ -111,6 +111,47 @@ def test_the_fine_tuned_pipeline_gives_the_same_image_in_diffusers(full_run):
     assert np.abs(ours - image(load_ours(tiny_sd()), "a square")).max() > 1e-2  # it trained
 
 
+def _short_run(data, out, **options):
+    from diffusion_kernel_vision.training.text_to_image import (
+        TextToImageConfig,
+        TextToImageTrainer,
+    )
+
+    trainer = TextToImageTrainer(TextToImageConfig(
+        model=str(tiny_sd()), data=str(data), output_dir=str(out), train_batch_size=2,
+        learning_rate=1e-3, seed=1, checkpointing_steps=0, **options))
+    trainer.run()
+    return trainer
+
+
+def _first_loss(out) -> float:
+    return json.loads((out / "logs.jsonl").read_text().splitlines()[0])["loss"]
+
+
+def test_min_snr_and_offset_noise_change_the_loss_as_defined(data):
+    plain = _short_run(data, ROOT / "t2i-plain", max_steps=1)
+    snr = _short_run(data, ROOT / "t2i-snr", max_steps=1, snr_gamma=0.5)
+    offset = _short_run(data, ROOT / "t2i-offset", max_steps=1, noise_offset=0.5)
+    # min(SNR, gamma) / SNR <= 1 weighs the same per-sample errors (same draws) down.
+    assert _first_loss(snr.output) < _first_loss(plain.output)
+    assert abs(_first_loss(offset.output) - _first_loss(plain.output)) > 1e-3
+
+
+def test_ema_under_bf16_saves_the_averaged_unet_and_the_base_frozen_weights(data):
+    run = _short_run(data, ROOT / "t2i-ema", max_steps=3, use_ema=True, mixed_precision="bf16",
+                     random_flip=True)
+    saved = unet_weights(run.output)
+    live = run.pipe.unet.state_dict()
+    ema = dict(zip((k for k, _ in run.pipe.unet.named_parameters()), run.ema.shadow_params))
+    assert saved.keys() == live.keys()
+    assert all(torch.equal(saved[k], ema[k]) for k in ema)
+    assert any(not torch.equal(saved[k], live[k]) for k in ema)  # the average, not the last
+    assert run.pipe.vae.dtype == torch.bfloat16  # frozen weights held in bf16 while training
+    base, written = load_ours(tiny_sd()), load_ours(run.output)
+    for key, value in base.vae.state_dict().items():  # saved as the base model had them
+        assert torch.equal(written.vae.state_dict()[key], value), key
+
+
 # LoRA ----------------------------------------------------------------------------------------
 def test_lora_training_leaves_every_base_weight_bit_identical(lora_run):
     from diffusion_kernel.nn.lora import lora_layers
