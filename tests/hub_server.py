@@ -3,10 +3,15 @@
 It speaks the part of the Hub protocol that the real ``huggingface_hub`` client (2.x) uses to
 download and upload model repos, so tests drive the real client against 127.0.0.1:
 
-- ``HEAD``/``GET /{repo}/resolve/{rev}/{path}``: a file, with ``X-Repo-Commit``, ``ETag``,
-  ``Content-Length``, ``Range`` support, and ``X-Error-Code`` on errors;
+- ``HEAD``/``GET /{repo}/resolve/{rev}/{path}``: a file, with ``X-Repo-Commit``, ``ETag`` (its
+  git blob id), ``Content-Length``, ``Range`` support, and ``X-Error-Code`` on errors. A file
+  stored in LFS (weights: see ``LFS_SUFFIXES``) is answered as the Hub does: ``302`` to a CDN
+  URL on another host name (``localhost``), with ``X-Linked-Etag`` (its sha256, which
+  ``huggingface_hub`` names the cached blob after), ``X-Linked-Size`` and ``X-Repo-Commit``;
+  the CDN serves the bytes (``GET /cdn/{repo}/{commit}/{path}``, with ``Range``);
 - ``GET /api/models/{repo}[/revision/{rev}]``, ``.../tree/{rev}[/{path}]``, ``.../refs``,
-  ``.../commits/{rev}``, ``POST .../paths-info/{rev}``;
+  ``.../commits/{rev}``, ``POST .../paths-info/{rev}`` (LFS files carry ``lfs: {oid: sha256,
+  size, pointerSize}`` as on the Hub);
 - ``POST /api/repos/create``, ``DELETE /api/repos/delete``, ``POST .../preupload/{rev}`` (always
   the regular upload mode, so the client never needs LFS or Xet), ``POST .../commit/{rev}``
   (NDJSON), ``POST``/``DELETE .../branch/{name}``, ``POST .../tag/{rev}``,
@@ -15,7 +20,8 @@ download and upload model repos, so tests drive the real client against 127.0.0.
 Repos live in memory with real history: each commit has a 40-hex id, a parent and a full file
 tree; branches and tags point at commits. Every request is logged (``server.requests``) so a test
 can assert which files a load fetched. ``server.inject_fault`` makes chosen requests fail (an
-HTTP error, or a body cut off mid-transfer) to test how clients cope.
+HTTP error, a body cut off mid-transfer, a connection closed before any answer, or a file's
+bytes altered at the same length) to test how clients cope.
 """
 
 from __future__ import annotations
@@ -31,10 +37,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 USER = "test-user"  # the owner of the token, for repos created without a namespace
-GITATTRIBUTES = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"
+# Files the Hub stores in LFS (its default .gitattributes covers these among others).
+LFS_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".onnx", ".msgpack", ".h5",
+                ".gguf")
+GITATTRIBUTES = b"".join(b"*%s filter=lfs diff=lfs merge=lfs -text\n" % s.encode()
+                         for s in LFS_SUFFIXES)
 _ACTIONS = ("revision", "tree", "refs", "commits", "paths-info", "preupload", "commit", "branch",
             "tag")
 _REPO_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
@@ -43,6 +53,16 @@ _REPO_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
 def git_blob_id(data: bytes) -> str:
     """The git object id of a file's content (what the Hub reports as a file's ``oid``)."""
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def is_lfs(path: str) -> bool:
+    return path.endswith(LFS_SUFFIXES)
+
+
+def lfs_pointer(data: bytes) -> bytes:
+    """The small text git stores in place of an LFS file (its oid is the file's git ``oid``)."""
+    return (b"version https://git-lfs.github.com/spec/v1\noid sha256:%s\nsize %d\n"
+            % (hashlib.sha256(data).hexdigest().encode(), len(data)))
 
 
 @dataclass
@@ -96,13 +116,17 @@ class HubError(Exception):
 @dataclass
 class Fault:
     """Make matching requests fail: ``status`` answers that HTTP error; ``cut_after`` sends the
-    headers of a full answer and closes the connection after that many body bytes."""
+    headers of a full answer and closes the connection after that many body bytes; ``drop``
+    closes the connection without answering; ``corrupt`` serves a file with one byte changed
+    (same length, same headers)."""
 
     method: str
     path_contains: str
     status: int | None = None
     cut_after: int | None = None
     times: int = 1
+    drop: bool = False
+    corrupt: bool = False
 
 
 @dataclass
@@ -162,14 +186,22 @@ class HubServer:
                        and path_contains in r.path)
 
     def downloads(self, repo_id: str | None = None) -> Counter:
-        """How many times each file was fetched with GET, as ``Counter({"repo/path": n})``."""
+        """How many times each file was fetched with GET (from the repo or, for LFS files, from
+        the CDN), as ``Counter({"repo/path": n})``."""
         out: Counter = Counter()
         with self.lock:
             for r in self.requests:
-                if r.method == "GET" and "/resolve/" in r.path:
+                if r.method != "GET":
+                    continue
+                if "/resolve/" in r.path:
                     repo, _, rest = r.path.lstrip("/").partition("/resolve/")
-                    if repo_id is None or repo == repo_id:
-                        out[f"{repo}/{rest.partition('/')[2]}"] += 1
+                    name = rest.partition("/")[2]
+                elif r.path.startswith("/cdn/"):
+                    repo, name = _split_cdn_path(r.path)
+                else:
+                    continue
+                if repo_id is None or repo == repo_id:
+                    out[f"{repo}/{name}"] += 1
         return out
 
     def downloaded_files(self, repo_id: str) -> set[str]:
@@ -180,8 +212,9 @@ class HubServer:
             self.requests.clear()
 
     def inject_fault(self, method: str, path_contains: str, status: int | None = None,
-                     cut_after: int | None = None, times: int = 1) -> Fault:
-        fault = Fault(method, path_contains, status, cut_after, times)
+                     cut_after: int | None = None, times: int = 1, drop: bool = False,
+                     corrupt: bool = False) -> Fault:
+        fault = Fault(method, path_contains, status, cut_after, times, drop, corrupt)
         with self.lock:
             self.faults.append(fault)
         return fault
@@ -299,7 +332,29 @@ def _tree_entries(files: dict[str, bytes], prefix: str, recursive: bool) -> list
 
 
 def _file_entry(path: str, data: bytes) -> dict:
-    return {"type": "file", "path": path, "size": len(data), "oid": git_blob_id(data)}
+    if not is_lfs(path):
+        return {"type": "file", "path": path, "size": len(data), "oid": git_blob_id(data)}
+    pointer = lfs_pointer(data)
+    return {"type": "file", "path": path, "size": len(data), "oid": git_blob_id(pointer),
+            "lfs": {"oid": hashlib.sha256(data).hexdigest(), "size": len(data),
+                    "pointerSize": len(pointer)}}
+
+
+def _sibling(path: str, data: bytes) -> dict:
+    """A file of ``/api/models/{repo}?blobs=true``: the tree entry's facts under other names."""
+    entry = _file_entry(path, data)
+    out = {"rfilename": path, "size": entry["size"], "blobId": entry["oid"]}
+    if "lfs" in entry:
+        out["lfs"] = {"sha256": entry["lfs"]["oid"], "size": entry["lfs"]["size"],
+                      "pointerSize": entry["lfs"]["pointerSize"]}
+    return out
+
+
+def _split_cdn_path(path: str) -> tuple[str, str]:
+    """``/cdn/{owner}/{name}/{commit}/{file}`` (or without owner) -> (repo id, file)."""
+    parts = path[len("/cdn/"):].split("/")
+    commit_at = next(i for i, p in enumerate(parts) if re.fullmatch(r"[0-9a-f]{40}", p))
+    return "/".join(parts[:commit_at]), "/".join(parts[commit_at + 1:])
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -338,9 +393,15 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None and fault.status is not None:
             return self._send_error(HubError(fault.status, f"injected error {fault.status}"),
                                     method)
+        if fault is not None and fault.drop:  # the connection dies before any answer
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
         try:
             if raw_path.startswith("/api/"):
                 self._api(method, raw_path[len("/api/"):], body)
+            elif raw_path.startswith("/cdn/"):
+                self._cdn_file(method, path, fault)
             elif "/resolve/" in raw_path:
                 self._resolve_file(method, raw_path, fault)
             else:
@@ -418,8 +479,36 @@ class _Handler(BaseHTTPRequestHandler):
         if data is None:
             raise HubError(404, f"Entry not found: {filename}", "EntryNotFound",
                            headers={"X-Repo-Commit": commit.oid})
-        headers = {"X-Repo-Commit": commit.oid, "ETag": f'"{git_blob_id(data)}"',
-                   "Accept-Ranges": "bytes"}
+        if is_lfs(filename):  # as the Hub: metadata on a redirect to the CDN
+            cdn = (f"http://localhost:{self.hub.port}/cdn/{quote(repo_id)}/{commit.oid}/"
+                   f"{quote(filename)}")
+            return self._send(302, b"", {
+                "X-Repo-Commit": commit.oid, "Location": cdn,
+                "ETag": f'"{git_blob_id(lfs_pointer(data))}"',
+                "X-Linked-Etag": f'"{hashlib.sha256(data).hexdigest()}"',
+                "X-Linked-Size": str(len(data))}, method)
+        self._send_content(method, data, {"X-Repo-Commit": commit.oid,
+                                          "ETag": f'"{git_blob_id(data)}"'}, fault)
+
+    def _cdn_file(self, method: str, path: str, fault: Fault | None) -> None:
+        """The CDN the Hub redirects LFS downloads to: no token needed, the URL is the key."""
+        repo_id, filename = _split_cdn_path(path)
+        commit_oid = path[len("/cdn/"):].split("/")[len(repo_id.split("/"))]
+        with self.hub.lock:
+            commit = self.hub._repo(repo_id).commits.get(commit_oid)
+            data = commit.files.get(filename) if commit is not None else None
+        if data is None:
+            raise HubError(404, "no such object")
+        self._send_content(method, data, {"ETag": f'"{hashlib.sha256(data).hexdigest()}"'},
+                           fault)
+
+    def _send_content(self, method: str, data: bytes, headers: dict[str, str],
+                      fault: Fault | None) -> None:
+        """A file's bytes (or the ``Range`` asked for), as a fault may alter them."""
+        if fault is not None and fault.corrupt and data:
+            middle = len(data) // 2
+            data = data[:middle] + bytes([data[middle] ^ 0x01]) + data[middle + 1:]
+        headers = {**headers, "Accept-Ranges": "bytes"}
         status, body = 200, data
         wanted = self.headers.get("Range")
         if wanted and method == "GET":
@@ -508,8 +597,7 @@ class _Handler(BaseHTTPRequestHandler):
         commit = self._revision_arg(repo, args)
         siblings = [{"rfilename": p} for p in sorted(commit.files)]
         if self.query.get("blobs", ["false"])[0].lower() == "true":
-            siblings = [{"rfilename": p, "size": len(d), "blobId": git_blob_id(d)}
-                        for p, d in sorted(commit.files.items())]
+            siblings = [_sibling(p, d) for p, d in sorted(commit.files.items())]
         self._send_json({
             "_id": hashlib.sha1(repo.repo_id.encode()).hexdigest()[:24], "id": repo.repo_id,
             "modelId": repo.repo_id, "author": repo.repo_id.partition("/")[0] or None,

@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-from . import __version__, cli_generate, cli_tasks
+from . import __version__, cli_generate, cli_tasks, cli_verify
 from .errors import DiffusionKernelError
 from .plugins import plugin_manager, registry
 from .registry import KINDS
@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "diffusion-kernel/community)")
     p.add_argument("--local", action="store_true", help="list the local folder only")
     p.set_defaults(func=cmd_community)
+    cli_verify.add_command(sub)
     plugin_manager.ensure_loaded()
     plugin_manager.call_each("register_commands", subparsers=sub)
     return parser

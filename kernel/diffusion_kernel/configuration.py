@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .config_checks import check_config_values
 from .errors import ConfigError, DiffusionKernelError
 
 # The version of the on-disk format we read and write (the diffusers layout).
@@ -134,37 +135,78 @@ class FrozenConfig(dict):
 
 
 def config_parameters(cls: type) -> dict[str, inspect.Parameter]:
-    """The constructor parameters that make up a class's config."""
+    """The constructor parameters that make up a class's config (those of the constructors it
+    forwards ``*args``/``**kwargs`` to included; see ``constructor_chain``)."""
     ignored = set(getattr(cls, "ignore_for_config", ()))
-    return {  # the signature of the wrapped __init__ (see _record_config)
-        name: p
-        for name, p in inspect.signature(cls.__init__).parameters.items()
-        if name != "self" and name not in ignored
-        and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-    }
+    out: dict[str, inspect.Parameter] = {}
+    for init in constructor_chain(cls):  # the signatures of the wrapped __init__s
+        for name, p in inspect.signature(init).parameters.items():
+            if (name != "self" and name not in ignored and name not in out
+                    and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)):
+                out[name] = p
+    return out
+
+
+def constructor_chain(cls: type) -> list:
+    """``cls.__init__``, and while a constructor takes ``*args``/``**kwargs``, the recorded
+    constructor of the next class up that it hands them to: a subclass written
+    ``def __init__(self, *args, timestep_spacing="trailing", **kwargs)`` has its parent's
+    config fields as well as its own."""
+    chain = [cls.__init__]
+    owners = [c for c in cls.__mro__ if "__init__" in c.__dict__]
+    for owner in owners[1:]:
+        if not _forwards(chain[-1]):
+            break
+        init = owner.__dict__["__init__"]
+        if not getattr(init, "_records_config", False):
+            break
+        chain.append(init)
+    return chain
+
+
+def _forwards(init) -> bool:
+    kinds = {p.kind for p in inspect.signature(init).parameters.values()}
+    return bool(kinds & {inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD})
 
 
 def _record_config(init):
     @functools.wraps(init)
     def wrapper(self, *args, **kwargs):
-        # Only the most derived constructor records; super().__init__ calls find it done.
+        # Only the most derived constructor records; super().__init__ calls find it done. One
+        # that forwards *args/**kwargs to a recorded parent leaves the recording to the parent,
+        # which binds the forwarded values (its own explicit values are kept).
         if "_config" not in self.__dict__:
-            params = config_parameters(type(self))
             bound = inspect.signature(init).bind(self, *args, **kwargs)
+            explicit = {k: v for k, v in bound.arguments.items() if k != "self"}
             bound.apply_defaults()
-            values = {k: v for k, v in bound.arguments.items() if k in params}
-            var_kw = [p.name for p in bound.signature.parameters.values()
-                      if p.kind == p.VAR_KEYWORD]
-            extra = bound.arguments.get(var_kw[0], {}) if var_kw else {}
-            hidden = self.__dict__.pop("_pending_hidden_config", {})
-            config = FrozenConfig({**hidden, **extra, **values}, owner=type(self).__name__)
-            object.__setattr__(self, "_config", config)
-            if extra and not getattr(self, "_accepts_extra_kwargs", False):
-                _report_unused(type(self), extra)
+            if wrapper in constructor_chain(type(self))[:-1]:
+                own = {p.name: bound.arguments[p.name]
+                       for p in list(bound.signature.parameters.values())[1:]
+                       if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+                pending = self.__dict__.setdefault("_pending_own_config", {})
+                pending.update({k: v for k, v in own.items() if k not in pending})
+            else:
+                _record(self, bound, explicit)
         init(self, *args, **kwargs)
 
     wrapper._records_config = True
     return wrapper
+
+
+def _record(self, bound: inspect.BoundArguments, explicit: dict[str, Any]) -> None:
+    chain = constructor_chain(type(self))
+    params = config_parameters(type(self))
+    own = self.__dict__.pop("_pending_own_config", {})
+    values = {k: v for k, v in {**bound.arguments, **own}.items() if k in params}
+    var_kw = [p.name for p in bound.signature.parameters.values() if p.kind == p.VAR_KEYWORD]
+    extra = bound.arguments.get(var_kw[0], {}) if var_kw else {}
+    check_config_values(type(self), {k: v for k, v in {**explicit, **own}.items()
+                                     if k in params}, chain)
+    hidden = self.__dict__.pop("_pending_hidden_config", {})
+    config = FrozenConfig({**hidden, **extra, **values}, owner=type(self).__name__)
+    object.__setattr__(self, "_config", config)
+    if extra and not getattr(self, "_accepts_extra_kwargs", False):
+        _report_unused(type(self), extra)
 
 
 def _report_unused(cls: type, keys, source_class: str | None = None) -> None:
@@ -278,7 +320,6 @@ class ConfigMixin:
         hidden = {k: v for k, v in data.items() if k not in params and not k.startswith("_")}
         source_class = data.get("_class_name") or getattr(config, "_owner", None)
         _report_unused(cls, hidden, source_class if isinstance(source_class, str) else None)
-        _check_types(cls, params, init_kwargs)
         # old names of options the constructor still takes through **kwargs (diffusers'
         # _deprecated_kwargs)
         init_kwargs.update({k: data[k] for k in getattr(cls, "_deprecated_kwargs", ())
@@ -350,27 +391,3 @@ def read_json(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"config file {path} must hold a JSON object, "
                           f"found {type(data).__name__}")
     return data
-
-
-def _scalar_kind(value: Any) -> str | None:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "str"
-    return None
-
-
-def _check_types(cls: type, params: dict[str, inspect.Parameter], values: dict[str, Any]) -> None:
-    """Reject a scalar config value whose kind (bool, number, string) contradicts the default's.
-
-    Lists are not checked: several fields take an int or a per-block list."""
-    for name, value in values.items():
-        default = params[name].default
-        expected, got = _scalar_kind(default), _scalar_kind(value)
-        if expected and got and expected != got:
-            raise ConfigError(
-                f"{cls.__name__} config field {name!r} should be a {expected} like its default "
-                f"{default!r}, got {type(value).__name__} {value!r}; fix the config file"
-            )

@@ -8,16 +8,18 @@ Saving goes through ``atomic_directory``: a crash mid-save leaves the previous c
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import re
 import shutil
 import tempfile
-import uuid
+import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path, PurePosixPath
+from typing import Any
 
-from .errors import ConfigError, FileAccessError
+from . import integrity, interrupted_saves
+from .errors import CheckpointError, ConfigError, FileAccessError
 
 
 def _hub():
@@ -75,25 +77,72 @@ def _validate_repo_id(source: str | os.PathLike) -> str:
     return source
 
 
-def _transport_errors() -> tuple[type[BaseException], ...]:
-    """Connection-level errors of the HTTP library huggingface_hub uses (httpx2, httpx or requests,
-    depending on its version)."""
-    found: list[type[BaseException]] = [ConnectionError, TimeoutError]
-    for module, name in (("httpx2", "TransportError"), ("httpx", "TransportError"),
-                         ("requests", "ConnectionError"), ("requests", "Timeout")):
-        with contextlib.suppress(ImportError, AttributeError):
-            found.append(getattr(importlib.import_module(module), name))
-    return tuple(found)
+# How a request to the Hub failed, and retrying the failures that pass -----------------------------
+OFFLINE, UNREACHABLE, SERVER = "offline", "unreachable", "server error"
+# A request the Hub answers with a server error (5xx, 408, 429) or whose connection drops
+# mid-answer is tried RETRY_ATTEMPTS times in all, waiting RETRY_BACKOFF_S, then twice that...
+# An unreachable Hub (no network, DNS failure, connection refused) is not retried: the cache
+# answers at once, or the error says so.
+RETRY_ATTEMPTS = 3
+RETRY_BACKOFF_S = 1.0
+_UNREACHABLE_ERRORS = ("ConnectError", "ConnectTimeout", "gaierror", "ConnectionRefusedError",
+                       "NewConnectionError", "NameResolutionError")
+_DROPPED_ERRORS = ("RemoteProtocolError", "ReadError", "ReadTimeout", "WriteError",
+                   "WriteTimeout", "RemoteDisconnected", "ConnectionResetError",
+                   "ChunkedEncodingError", "IncompleteRead")
 
 
-def _unreachable(exc: BaseException) -> bool:
-    """The Hub could not be asked (offline mode, no connection, timeout, a 5xx answer): the
-    cache may still serve the request."""
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen and len(seen) < 16:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def failure_kind(exc: BaseException) -> str | None:
+    """Why a Hub request failed, looking through the exceptions it was raised from: ``OFFLINE``
+    (downloads switched off), ``UNREACHABLE`` (no connection to the Hub), ``SERVER`` (the Hub
+    answered 5xx/408/429 or dropped the connection mid-answer), or None (any other answer)."""
     errors = _hub().errors
-    if isinstance(exc, (errors.OfflineModeIsEnabled, *_transport_errors())):
-        return True
-    response = getattr(exc, "response", None)
-    return isinstance(exc, errors.HfHubHTTPError) and getattr(response, "status_code", 0) >= 500
+    for cause in _causes(exc):
+        names = {c.__name__ for c in type(cause).__mro__}
+        if isinstance(cause, errors.OfflineModeIsEnabled):
+            return OFFLINE
+        if names & set(_UNREACHABLE_ERRORS):
+            return UNREACHABLE
+        if names & set(_DROPPED_ERRORS):
+            return SERVER
+        status = getattr(getattr(cause, "response", None), "status_code", None)
+        if isinstance(cause, errors.HfHubHTTPError) and status is not None:
+            return SERVER if status >= 500 or status in (408, 429) else None
+    return None
+
+
+def _with_retries(call: Callable[[], Any]) -> Any:
+    """``call()``, tried again after a server error or a dropped connection (see
+    ``RETRY_ATTEMPTS``); the error that ends the tries records how many were made."""
+    for attempt in range(1, RETRY_ATTEMPTS + 1):
+        try:
+            return call()
+        except Exception as exc:
+            exc.hub_attempts = attempt
+            # huggingface_hub retries a file's metadata request and the repo listing itself,
+            # then reports LocalEntryNotFoundError: trying those again would multiply the waits.
+            retried = isinstance(exc, _hub().errors.LocalEntryNotFoundError)
+            if attempt == RETRY_ATTEMPTS or retried or failure_kind(exc) != SERVER:
+                raise
+        time.sleep(RETRY_BACKOFF_S * 2 ** (attempt - 1))
+
+
+def _what_failed(exc: BaseException) -> str:
+    for cause in _causes(exc):
+        status = getattr(getattr(cause, "response", None), "status_code", None)
+        if isinstance(cause, _hub().errors.HfHubHTTPError) and status is not None:
+            return f"HTTP {status}"
+        if failure_kind(cause) in (UNREACHABLE, SERVER) and cause.__cause__ is None:
+            return f"{type(cause).__name__}: {cause}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _hub_error(exc: Exception, source: str, filename: str | None, revision: str | None,
@@ -103,27 +152,36 @@ def _hub_error(exc: Exception, source: str, filename: str | None, revision: str 
     where = f"{filename!r} in " if filename else ""
     rev = f" at revision {str(revision)!r}" if revision else ""
     status = getattr(getattr(exc, "response", None), "status_code", None)
-    # Local-cache misses first: huggingface_hub's LocalEntryNotFoundError is also an
-    # EntryNotFoundError, and means "not downloaded", not "absent from the repo".
+    kind = failure_kind(exc)
+    endpoint = hub.constants.ENDPOINT
+    # huggingface_hub's LocalEntryNotFoundError is also an EntryNotFoundError; it means "not
+    # downloaded", not "absent from the repo", and says nothing of why: its causes do.
     not_cached = (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled,
                   getattr(errors, "RevisionResolutionError", errors.LocalEntryNotFoundError))
-    if isinstance(exc, not_cached):
-        msg = (f"{where}{source!r}{rev} is not in the local cache and downloads are off "
-               f"(offline mode or local_files_only=True) or the Hub cannot be reached; "
-               f"download it once while online")
-    elif isinstance(exc, errors.RepositoryNotFoundError):
+    if isinstance(exc, errors.RepositoryNotFoundError):
         msg = f"Hub repo {source!r} does not exist or is private (pass token= if it is yours)"
     elif isinstance(exc, errors.RevisionNotFoundError):
         msg = f"revision {str(revision)!r} does not exist in Hub repo {source!r}"
-    elif isinstance(exc, errors.EntryNotFoundError):
+    elif isinstance(exc, errors.EntryNotFoundError) and not isinstance(exc, not_cached):
         msg = f"{where}Hub repo {source!r}{rev} does not exist"
     elif status in (401, 403):
         msg = (f"the Hub refused to {action} {where}{source!r}{rev} (HTTP {status}): log in "
                f"(`hf auth login` or the HF_TOKEN variable) or pass token= with write access")
-    elif _unreachable(exc):
-        msg = (f"could not {action} {where}{source!r}{rev}: the Hub at "
-               f"{hub.constants.ENDPOINT} cannot be reached or failed ({type(exc).__name__}: "
-               f"{exc}); retry, or set HF_HUB_OFFLINE=1 to use what is cached")
+    elif kind == UNREACHABLE:
+        msg = (f"could not {action} {where}{source!r}{rev}: the Hub at {endpoint} cannot be "
+               f"reached ({_what_failed(exc)}) and the local cache does not have it; check the "
+               f"network connection and HF_ENDPOINT, or set HF_HUB_OFFLINE=1 to work from the "
+               f"cache")
+    elif kind == SERVER:
+        tries = getattr(exc, "hub_attempts", 1)
+        tried = (f"{tries} attempts" if tries > 1 else "after huggingface_hub's own retries"
+                 if isinstance(exc, errors.LocalEntryNotFoundError) else "1 attempt")
+        msg = (f"could not {action} {where}{source!r}{rev}: the Hub at {endpoint} failed with "
+               f"a server error ({_what_failed(exc)}; {tried}) and the local cache does not "
+               f"have it; try again later")
+    elif kind == OFFLINE or isinstance(exc, not_cached):
+        msg = (f"{where}{source!r}{rev} is not in the local cache and downloads are off "
+               f"(HF_HUB_OFFLINE=1 or local_files_only=True); download it once while online")
     else:
         msg = f"could not {action} {where}{source!r}{rev}: {type(exc).__name__}: {exc}"
     return FileAccessError(msg)
@@ -147,9 +205,11 @@ def pin_revision(
 ) -> str | None:
     """For a Hub repo: ``revision`` (branch, tag or commit; default the main branch) pinned to
     the commit it names now, so that every file of one load comes from that commit even if the
-    repo changes meanwhile (offline: the commit the cache recorded for it). Pass the result as
-    ``revision`` to ``list_files``/``fetch``/``resolve_file``. Local folders: ``revision`` as is.
+    repo changes meanwhile (offline, unreachable or failing Hub: the commit the cache recorded
+    for it). Pass the result as ``revision`` to ``list_files``/``fetch``/``resolve_file``.
+    Local folders: ``revision`` as is.
     """
+    recover_interrupted_save(source)  # a load starts here: a folder killed mid-save comes back
     if is_local(source):
         return revision
     source = _validate_repo_id(source)
@@ -157,8 +217,9 @@ def pin_revision(
     if not hasattr(api, "resolve_revision"):  # huggingface_hub < 2: each request resolves anew
         return revision
     try:
-        return api.resolve_revision(source, revision=revision, cache_dir=cache_dir,
-                                    local_files_only=_offline(local_files_only), token=token)
+        return _with_retries(lambda: api.resolve_revision(
+            source, revision=revision, cache_dir=cache_dir,
+            local_files_only=_offline(local_files_only), token=token))
     except Exception as exc:
         raise _hub_error(exc, source, None, revision) from exc
 
@@ -194,21 +255,28 @@ def resolve_file(
     token: str | bool | None = None,
     force_download: bool = False,
 ) -> Path:
-    """The local path of ``subfolder/filename`` in a folder or Hub repo (downloaded if needed)."""
+    """The local path of ``subfolder/filename`` in a folder or Hub repo (downloaded if needed,
+    and then checked against the hash the Hub publishes for it; see ``fetch``)."""
     relative = _join(subfolder, filename)
+    recover_interrupted_save(source)
     if is_local(source):
         path = Path(source) / relative
         if not path.is_file():
             raise FileAccessError(f"{relative!r} not found in folder {os.fspath(source)!r}")
         return path
     source = _validate_repo_id(source)
+    hub = dict(revision=revision, cache_dir=cache_dir, token=token)
+    fresh = force_download or not _is_cached(source, relative, revision, cache_dir)
     try:
-        return Path(_hub().hf_hub_download(
-            source, relative, revision=revision, cache_dir=cache_dir,
-            local_files_only=bool(local_files_only), token=token, force_download=force_download,
-        ))
+        path = Path(_with_retries(lambda: _hub().hf_hub_download(
+            source, relative, local_files_only=bool(local_files_only),
+            force_download=force_download, **hub)))
     except Exception as exc:
         raise _hub_error(exc, source, relative, revision) from exc
+    if fresh:
+        _check_downloads(source, path.parents[len(PurePosixPath(relative).parts) - 1],
+                         [relative], hub, offline=_offline(local_files_only))
+    return path
 
 
 def list_files(
@@ -218,10 +286,13 @@ def list_files(
     local_files_only: bool | None = None,
     token: str | bool | None = None,
 ) -> list[str]:
-    """Every file of a folder or Hub repo, as POSIX paths relative to its root."""
+    """Every file of a folder or Hub repo, as POSIX paths relative to its root (not counting
+    what interrupted saves left in a folder, which is put right first)."""
+    recover_interrupted_save(source)
     if is_local(source):
         root = Path(source)
-        return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+        return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()
+                      and not any(map(interrupted_saves.is_debris, p.relative_to(root).parts)))
     source = _validate_repo_id(source)
     commit = _commit_of(revision)
     if commit is not revision or (commit and re.fullmatch(r"[0-9a-f]{40}", commit)):
@@ -230,10 +301,13 @@ def list_files(
             return cached
     error: Exception | None = None
     if not _offline(local_files_only):
-        try:
-            return sorted(_hub().HfApi().list_repo_files(source, revision=commit, token=token))
+        try:  # the repo info lists every file in one request, which huggingface_hub
+            # does not retry on its own (its tree listing would, for up to 23 s)
+            info = _with_retries(lambda: _hub().HfApi().model_info(
+                source, revision=commit, token=token))
+            return sorted(s.rfilename for s in info.siblings or ())
         except Exception as exc:
-            if not _unreachable(exc):
+            if failure_kind(exc) not in (UNREACHABLE, SERVER):
                 raise _hub_error(exc, source, None, revision) from exc
             error = exc
     cached = _cached_listing(source, revision, cache_dir)
@@ -250,21 +324,83 @@ def fetch(
     cache_dir: str | os.PathLike | None = None,
     local_files_only: bool | None = None,
     token: str | bool | None = None,
+    verify: bool = False,
 ) -> Path:
-    """Make ``filenames`` of a source available locally; returns the root folder that holds them."""
+    """Make ``filenames`` of a source available locally; returns the root folder that holds them.
+
+    Each file downloaded now is checked against the hash the Hub publishes for it (the sha256
+    of an LFS file, the git blob id of another); a mismatch deletes it from the cache and
+    downloads it once more, and a second mismatch is a ``FileAccessError``. ``verify=True``
+    checks every file asked for, cached ones too, and local folders against their
+    ``SHA256SUMS`` (a ``CheckpointError`` if a file differs or has no recorded hash).
+    """
     names = [check_relative_path(n) for n in filenames]
     if is_local(source):
+        if verify:  # SHA256SUMS files are the record itself
+            data = [n for n in names if PurePosixPath(n).name != integrity.MANIFEST]
+            integrity.require_intact(integrity.check_files(Path(source), data),
+                                     f"folder {os.fspath(source)!r}")
         return Path(source)
     source = _validate_repo_id(source)
+    hub = dict(revision=revision, cache_dir=cache_dir, token=token)
+    fresh = [n for n in names if not _is_cached(source, n, revision, cache_dir)]
     try:
-        return Path(_hub().snapshot_download(
-            source, revision=revision, cache_dir=cache_dir,
-            allow_patterns=[_pattern(n) for n in names],
-            local_files_only=_offline(local_files_only), token=token,
-        ))
+        root = Path(_with_retries(lambda: _hub().snapshot_download(
+            source, allow_patterns=[_pattern(n) for n in names],
+            local_files_only=_offline(local_files_only), **hub)))
     except Exception as exc:
         what = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
         raise _hub_error(exc, source, None, revision, action=f"download {what} from") from exc
+    _check_downloads(source, root, names if verify else fresh, hub,
+                     offline=_offline(local_files_only), verify=verify)
+    return root
+
+
+def _is_cached(source: str, filename: str, revision: str | None, cache_dir) -> bool:
+    found = _hub().try_to_load_from_cache(source, filename, cache_dir=cache_dir,
+                                          revision=_commit_of(revision))
+    return isinstance(found, str)
+
+
+def _check_downloads(source: str, root: Path, names: list[str], hub: dict[str, Any],
+                     offline: bool, verify: bool = False) -> None:
+    """Compare files of a cache snapshot with the hashes the Hub published; download a file
+    that differs once more (not offline), then give up with an error that says so."""
+    for check in integrity.check_files(root, names):
+        if check.status == "unrecorded" and verify:
+            integrity.require_intact([check], f"{check.path!r} of Hub repo {source!r}")
+        if check.status != "corrupt":
+            continue
+        _forget(root / check.path)
+        if offline:
+            raise CheckpointError(
+                f"the cached {check.path!r} of Hub repo {source!r} is corrupt ({check.describe()}"
+                f"); it was deleted from the cache: load once more while online to download it "
+                f"again")
+        warnings.warn(f"{check.path!r} of Hub repo {source!r} did not match the hash the Hub "
+                      f"publishes for it ({check.describe()}); deleted, downloading it again",
+                      stacklevel=3)
+        try:
+            _with_retries(lambda name=check.path: _hub().hf_hub_download(source, name, **hub))
+        except Exception as exc:
+            raise _hub_error(exc, source, check.path, hub["revision"]) from exc
+        again = integrity.check_file(root, check.path)
+        if again.status == "corrupt":
+            _forget(root / check.path)
+            raise FileAccessError(
+                f"the Hub at {_hub().constants.ENDPOINT} sent {check.path!r} of {source!r} twice "
+                f"with bytes that do not match the {check.kind} it publishes for the file "
+                f"({again.describe()}); the download was deleted. The copy on the Hub, or a "
+                f"proxy or mirror on the way, is damaged: try again later, or report it")
+
+
+def _forget(snapshot_file: Path) -> None:
+    """Delete a cached file: the snapshot's link and the blob it points to."""
+    blob = snapshot_file.resolve() if snapshot_file.is_symlink() else None
+    for path in (snapshot_file, blob):
+        if path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
 
 # Saving ----------------------------------------------------------------------------------------
@@ -320,40 +456,77 @@ def atomic_directory(
 
     Files already in ``target`` that the save does not write (a README, other components) are kept
     (hard-linked into the new folder), except top-level names for which ``replaces(name)`` is true
-    (stale shards of an older checkpoint, say). If the save raises, ``target`` is untouched and the
-    staging folder removed.
+    (stale shards of an older checkpoint, say). The new folder gets a ``SHA256SUMS`` recording
+    every file's hash (see ``integrity``); files kept from the old folder keep their recorded
+    hash. If the save raises, ``target`` is untouched and the staging folder removed. What an
+    earlier save killed part-way left beside ``target`` is cleaned up first (see
+    ``interrupted_saves``).
     """
     target = Path(target).absolute()
     target.parent.mkdir(parents=True, exist_ok=True)
-    token = uuid.uuid4().hex[:8]
-    staging = target.parent / f".{target.name}.partial-{token}"
-    staging.mkdir()
-    try:
+    interrupted_saves.recover(target)
+    with interrupted_saves.staging_folder(target) as (staging, token):
         yield staging
         mode = default_file_mode()
         for written in staging.rglob("*"):
             if written.is_file() and not written.is_symlink():
                 written.chmod(mode)
-        if target.exists():
-            if not target.is_dir():
-                raise FileAccessError(f"cannot save into {target}: it is a file, not a folder")
-            _link_missing(target, staging, replaces)
+        if target.exists() and not target.is_dir():
+            raise FileAccessError(f"cannot save into {target}: it is a file, not a folder")
+        if not target.exists():
+            _record_hashes(staging, {})
+            os.rename(staging, target)
+            return
+        _link_missing(target, staging, replaces, top=True)
+        _record_hashes(staging, _kept_hashes(target, staging))
+        with interrupted_saves.held(target):  # marks the old copy as in use until it is gone
             old = target.parent / f".{target.name}.old-{token}"
             os.rename(target, old)
-            os.rename(staging, target)
+            try:
+                os.rename(staging, target)
+            except BaseException:
+                os.rename(old, target)
+                raise
             shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
-def _link_missing(src: Path, dst: Path, replaces: Callable[[str], bool] = lambda n: False) -> None:
+def _kept_hashes(old: Path, new: Path) -> dict[str, str]:
+    """The recorded hashes of the old folder's files that the new folder keeps as they are."""
+    try:
+        recorded = integrity.read_manifest(old)
+    except CheckpointError:  # a damaged record: hash the kept files again
+        return {}
+    return {name: digest for name, digest in recorded.items()
+            if (new / name).is_file() and (old / name).is_file()
+            and os.path.samefile(new / name, old / name)}
+
+
+def _record_hashes(folder: Path, known: dict[str, str]) -> None:
+    (folder / integrity.MANIFEST).unlink(missing_ok=True)  # a kept copy of the old record
+    atomic_write_text(folder / integrity.MANIFEST, integrity.manifest_text(folder, known))
+
+
+def record_hashes(folder: str | os.PathLike) -> Path:
+    """Write the ``SHA256SUMS`` of a folder saved by another tool (or copied), as a save would:
+    what ``verify`` later compares with. Returns its path."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileAccessError(f"cannot record hashes of {os.fspath(folder)!r}: not a folder")
+    _record_hashes(folder, {})
+    return folder / integrity.MANIFEST
+
+
+def recover_interrupted_save(folder: str | os.PathLike) -> None:
+    """Clean up (with a warning) what saves of ``folder`` or of its subfolders that were killed
+    part-way left behind, and put back a folder killed between the two renames of its save."""
+    interrupted_saves.recover(folder)
+
+
+def _link_missing(src: Path, dst: Path, replaces: Callable[[str], bool] = lambda n: False,
+                  top: bool = False) -> None:
     for item in src.iterdir():
-        if replaces(item.name) or item.name.startswith(".") and (
-            ".partial-" in item.name or ".old-" in item.name
-        ):
+        if replaces(item.name) or interrupted_saves.is_debris(item.name) or (
+                top and item.name == integrity.MANIFEST):
             continue
         out = dst / item.name
         if item.is_dir() and not item.is_symlink():
@@ -392,7 +565,9 @@ def upload_folder(
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         info = api.upload_folder(repo_id=repo_id, folder_path=os.fspath(folder),
                                  revision=revision, create_pr=create_pr,
-                                 commit_message=commit_message)
+                                 commit_message=commit_message,
+                                 # the Hub keeps its own hashes of what it stores
+                                 ignore_patterns=[integrity.MANIFEST, f"*/{integrity.MANIFEST}"])
     except Exception as exc:
         raise _hub_error(exc, repo_id, None, revision, action="push to") from exc
     return str(info)
@@ -437,3 +612,24 @@ class PushToHubMixin:
         repo_id = options.pop("repo_id", None) or Path(save_directory).absolute().name
         message = options.pop("commit_message", None) or f"Upload {type(self).__name__}"
         return upload_folder(save_directory, repo_id, message, **options)
+
+
+# Verifying ---------------------------------------------------------------------------------------
+def verify(source: str | os.PathLike, revision: str | None = None,
+           cache_dir: str | os.PathLike | None = None) -> list[integrity.FileCheck]:
+    """Check a local folder, or the cached copy of a Hub repo, against its recorded hashes: the
+    ``SHA256SUMS`` files a save wrote, or the hashes the Hub published for what was downloaded.
+    Reads every file once; downloads nothing. Returns one ``FileCheck`` per file."""
+    recover_interrupted_save(source)
+    if is_local(source):
+        return integrity.check_folder(Path(source))
+    source = _validate_repo_id(source)
+    commit = _commit_of(pin_revision(source, revision, cache_dir, local_files_only=True))
+    from huggingface_hub.file_download import repo_folder_name
+
+    cache = Path(cache_dir or _hub().constants.HF_HUB_CACHE)
+    snapshot = cache / repo_folder_name(repo_id=source, repo_type="model") / "snapshots" / commit
+    if not snapshot.is_dir():
+        raise FileAccessError(f"Hub repo {source!r} at commit {commit} is not in the cache "
+                              f"{cache}; nothing to verify")
+    return integrity.check_folder(snapshot)

@@ -191,6 +191,7 @@ class ModelMixin(nn.Module, ConfigMixin, PushToHubMixin):
         use_safetensors: bool | None = None,
         low_cpu_mem_usage: bool = True,
         dtype: torch.dtype | None = None,
+        verify: bool = False,
         **config_overrides: Any,
     ):
         """Load a model from a folder or Hub repo in the diffusers layout.
@@ -202,6 +203,8 @@ class ModelMixin(nn.Module, ConfigMixin, PushToHubMixin):
         Taken for diffusers compatibility (so they do not end up in the config):
         ``use_safetensors=True`` refuses pickles even with ``allow_pickle``; ``low_cpu_mem_usage``
         changes nothing, loading always builds on the meta device.
+        ``verify=True`` checks the config and weight files against their recorded sha256 (the
+        folder's ``SHA256SUMS``, or the hashes the Hub published) before use: one read of each.
         """
         allow_pickle = allow_pickle and not use_safetensors
         torch_dtype = resolve_dtype(dtype, torch_dtype)
@@ -222,7 +225,8 @@ class ModelMixin(nn.Module, ConfigMixin, PushToHubMixin):
                 f"For a pipeline, pass subfolder='unet' (or the component's folder)"
             )
         weights = select_weight_files(available, variant, allow_pickle, source)
-        root = fetch(source, [prefix + f for f in [cls.config_name, *weights]], **hub)
+        root = fetch(source, [prefix + f for f in [cls.config_name, *weights]], verify=verify,
+                     **hub)
         folder = root / prefix if prefix else root
         config = read_json(folder / cls.config_name)
         model_cls = cls._class_for_config(config)
@@ -232,7 +236,7 @@ class ModelMixin(nn.Module, ConfigMixin, PushToHubMixin):
             if missing:
                 raise CheckpointError(f"shard index {weights[0]} names files that are missing: "
                                       f"{missing}")
-            root = fetch(source, [prefix + s for s in shard_names], **hub)
+            root = fetch(source, [prefix + s for s in shard_names], verify=verify, **hub)
             folder = root / prefix if prefix else root
             weights = shard_names
         with gc_paused():
@@ -278,10 +282,11 @@ class ModelMixin(nn.Module, ConfigMixin, PushToHubMixin):
             self._check_keys(expected, sources, files)
             for key, (src, name) in sources.items():
                 stored = src.dtype(name) if isinstance(src, SafetensorsFile) else src[name].dtype
-                if expected[key].is_floating_point() and not stored.is_floating_point:
+                if expected[key].is_floating_point() != stored.is_floating_point:
+                    kind = "floating point" if expected[key].is_floating_point() else "integer"
                     raise CheckpointError(
                         f"tensor {key!r} in {', '.join(str(f) for f in files)} has dtype "
-                        f"{stored} but {type(self).__name__} expects floating point values; "
+                        f"{stored} but {type(self).__name__} expects {kind} values; "
                         f"the checkpoint does not belong to this model or is corrupt")
                 target = self._target_dtype(key, expected[key], stored, dtype)
                 if isinstance(src, SafetensorsFile):  # one tensor at a time, pages released

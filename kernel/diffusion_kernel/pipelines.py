@@ -12,6 +12,7 @@ import inspect
 import json
 import os
 import re
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -30,6 +31,7 @@ from .hub import (
     list_files,
     pin_revision,
 )
+from .integrity import MANIFEST as MANIFEST_NAME
 from .weights import PICKLE_SUFFIXES
 
 MODEL_INDEX = "model_index.json"
@@ -312,6 +314,7 @@ class DiffusionPipeline(PushToHubMixin):
         custom_revision: str | None = None,
         trust_remote_code: bool = False,
         dtype: torch.dtype | None = None,
+        verify: bool = False,
         **overrides: Any,
     ) -> DiffusionPipeline:
         """Load a pipeline folder or Hub repo; keyword arguments named like components replace
@@ -321,7 +324,8 @@ class DiffusionPipeline(PushToHubMixin):
         repo id holding ``pipeline.py`` or a local ``.py`` file, whose class runs the components
         (``custom_revision``: its branch, tag or commit); code from the Hub, this and components
         defined in ``<component>/<module>.py``, runs only with ``trust_remote_code=True``
-        (see ``remote_code.py``)."""
+        (see ``remote_code.py``). ``verify=True`` checks every file the load reads against its
+        recorded sha256 (``SHA256SUMS`` files, or the hashes the Hub published)."""
         from . import remote_code
         from .modeling import resolve_dtype
 
@@ -347,6 +351,8 @@ class DiffusionPipeline(PushToHubMixin):
         if bad:  # a component name is a folder name: "../x" would read outside the pipeline
             raise PipelineError(f"{MODEL_INDEX} in {os.fspath(source)!r} names components "
                                 f"{bad}; component names must be Python identifiers")
+        overrides = {**_check_components(pipeline_cls, specs, files, overrides, source),
+                     **overrides}
         needed = [f for f in files if f.split("/")[0] in specs and f.split("/")[0] not in overrides]
         if variant and not any(_variant_of(f) == variant for f in needed):
             present = sorted({_variant_of(f) for f in needed if f.endswith(_WEIGHT_SUFFIXES)}
@@ -354,7 +360,8 @@ class DiffusionPipeline(PushToHubMixin):
             raise PipelineError(f"no component of {os.fspath(source)!r} has weights for variant "
                                 f"{variant!r} (variants present: {present or 'none'}); drop "
                                 f"variant= or pass one of those")
-        root = fetch(source, [MODEL_INDEX, *select_files(needed, variant, allow_pickle)], **hub)
+        root = fetch(source, [MODEL_INDEX, *select_files(needed, variant, allow_pickle)],
+                     verify=verify, **hub)
 
         expected = pipeline_cls._expected_components()
         # Plain values beside the components ("requires_safety_checker": true) are constructor
@@ -409,6 +416,63 @@ class DiffusionPipeline(PushToHubMixin):
     def __repr__(self) -> str:
         parts = ", ".join(f"{k}={type(v).__name__}" for k, v in self.components.items())
         return f"{type(self).__name__}({parts})"
+
+
+def _check_components(pipeline_cls: type, specs: dict[str, Any], files: list[str],
+                      overrides: dict[str, Any], source: Any) -> dict[str, None]:
+    """Before anything is downloaded: every component the pipeline takes and the caller did not
+    pass must be named in ``model_index.json`` as ``[library, class]`` of a library this project
+    loads from, with a class it can resolve and a folder that holds it. A component the
+    pipeline declares optional is left out (``None``, with a warning) where it is not; any other
+    is a ``PipelineError``. Returns the optional components to leave out."""
+    from .plugins import registry
+
+    left_out: dict[str, None] = {}
+    for name in pipeline_cls._expected_components():
+        if name in overrides or name not in specs:
+            continue  # passed by the caller; or absent, which the load reports with the others
+        spec, problem = specs[name], None
+        optional = name in pipeline_cls._optional_components
+        if spec is None or (isinstance(spec, list | tuple) and list(spec) == [None, None]):
+            if optional:  # how a pipeline saved without this component records it
+                continue
+            problem = "is [null, null] (no component)"
+        elif not (isinstance(spec, list | tuple) and len(spec) == 2
+                  and all(isinstance(s, str) for s in spec)):
+            problem = f"must be [library, class], got {spec!r}"
+        elif not any(f.startswith(f"{name}/") for f in files):
+            problem = f"is {list(spec)} but {os.fspath(source)!r} has no {name}/ folder for it"
+        else:
+            problem = _unresolvable(name, *spec, files, registry)
+        if problem is None:
+            continue
+        message = f"{MODEL_INDEX} entry {name!r} of {os.fspath(source)!r} {problem}"
+        if not optional:
+            raise PipelineError(f"{message}; {pipeline_cls.__name__} needs it: fix the entry, or "
+                                f"pass {name}=... to from_pretrained")
+        warnings.warn(f"{message}; {pipeline_cls.__name__} declares it optional, so it is "
+                      f"left out (None)", stacklevel=3)
+        left_out[name] = None
+    return left_out
+
+
+def _unresolvable(name: str, library: str, class_name: str, files: list[str],
+                  registry: Any) -> str | None:
+    """Why ``[library, class_name]`` cannot be loaded, or None if it can: a transformers class,
+    a class defined in ``<name>/<library>.py`` of the pipeline (remote code), or a class some
+    installed plugin registers, whatever library the file names (a plugin may provide the
+    classes of another library's checkpoints)."""
+    if library == "transformers" or f"{name}/{library}.py" in files:  # checked when imported
+        return None
+    try:
+        registry.find(class_name)
+    except NotRegisteredError as exc:
+        hint = ("" if library in _OWN_LIBRARIES else
+                f"; the class comes from library {library!r}: install the diffusion-kernel "
+                f"plugin that registers it")
+        return (f"names [{library!r}, {class_name!r}], which cannot be loaded "
+                f"({str(exc).rstrip('.')}){hint}")
+    return None
 
 
 def _recommended_steps(index: dict[str, Any], source: Any) -> int | None:
@@ -473,6 +537,8 @@ def select_files(files: list[str], variant: str | None, allow_pickle: bool) -> l
     by_folder: dict[str, list[str]] = {}
     chosen = []
     for f in files:
+        if f.rpartition("/")[2] == MANIFEST_NAME:  # hashes recorded at save: only verify reads
+            continue
         if f.endswith(_WEIGHT_SUFFIXES):
             by_folder.setdefault(f.rpartition("/")[0], []).append(f)
         else:

@@ -25,12 +25,17 @@ DTYPES = {
     "U8": torch.uint8, "BOOL": torch.bool,
     "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
 }
-_MAX_HEADER = 100 * 1024 * 1024
+# The reference reader refuses larger headers (safetensors MAX_HEADER_SIZE).
+MAX_HEADER_BYTES = 100_000_000
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth")
 
 
 class SafetensorsFile:
-    """One safetensors file, its header checked against the file size before any tensor is read.
+    """One safetensors file, its header checked against the whole format before any tensor is
+    read: header length within bounds, a JSON object without repeated names, each tensor's byte
+    length equal to its dtype size times its shape, and the tensors tiling the data section
+    (contiguous from byte 0, no overlap, the last ending exactly at the end of the file). A
+    violation is a ``CheckpointError`` naming the rule.
 
     ``mmap=True`` maps the file copy-on-write: tensors share pages with the page cache and cost no
     copy. ``mmap=False`` reads each tensor on request (for network disks), one at a time.
@@ -50,53 +55,102 @@ class SafetensorsFile:
 
     def _read_header(self):
         self._size = os.fstat(self._file.fileno()).st_size
-        prefix = self._file.read(8)
-        if len(prefix) < 8:
-            raise self._corrupt(f"it is {self._size} bytes long, too short for a header")
-        (length,) = struct.unpack("<Q", prefix)
-        if length > min(_MAX_HEADER, self._size - 8):
-            raise self._corrupt(f"its header claims {length} bytes but the file has "
-                                f"{self._size - 8} after the length field")
-        try:
-            header = json.loads(self._file.read(length))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-            raise self._corrupt(f"its header is not valid JSON ({exc})") from None
-        if not isinstance(header, dict):
-            raise self._corrupt("its header is not a JSON object")
-        metadata = header.pop("__metadata__", None) or {}
-        if not isinstance(metadata, dict):
-            raise self._corrupt("its __metadata__ is not a JSON object")
+        length = self._header_length(self._file.read(8))
+        raw = self._file.read(length)
+        header = self._parse_header(raw)
+        metadata = header.pop("__metadata__", None)
+        metadata = {} if metadata is None else metadata
+        if not (isinstance(metadata, dict)
+                and all(isinstance(v, str) for v in metadata.values())):
+            raise self._corrupt("metadata", "__metadata__ must map strings to strings, got "
+                                f"{_short(metadata)}")
         data_start = 8 + length
         for name, info in header.items():
-            self._check_entry(name, info, self._size - data_start)
+            self._check_entry(name, info)
+        self._check_layout(header, self._size - data_start)
         return header, metadata, data_start
 
-    def _check_entry(self, name, info, data_size) -> None:
-        def ints(value) -> bool:
-            return isinstance(value, list) and all(
-                isinstance(v, int) and not isinstance(v, bool) for v in value)
+    def _header_length(self, prefix: bytes) -> int:
+        """The 8-byte little-endian header length N, bounded by the format and by the file."""
+        if len(prefix) < 8:
+            raise self._corrupt("header size", f"the file is {self._size} bytes long, too short "
+                                f"for the 8-byte header length")
+        (length,) = struct.unpack("<Q", prefix)
+        if not 2 <= length <= MAX_HEADER_BYTES:
+            raise self._corrupt("header size", f"the header length is {length} bytes; it must lie "
+                                f"between 2 (the JSON '{{}}') and {MAX_HEADER_BYTES}")
+        if length > self._size - 8:
+            raise self._corrupt("header size", f"the header claims {length} bytes but the file "
+                                f"has {self._size - 8} after the length field (the file is "
+                                f"truncated: download or save it again)")
+        return length
 
-        if not (isinstance(info, dict) and isinstance(info.get("dtype"), str)
-                and info["dtype"] in DTYPES and ints(info.get("shape"))
-                and ints(info.get("data_offsets")) and len(info["data_offsets"]) == 2):
-            raise self._corrupt(f"its entry for {name!r} is malformed (it needs a known dtype, "
-                                f"a shape and two data offsets, all integers): {info!r}")
-        dtype = DTYPES[info["dtype"]]
-        shape = info["shape"]
-        begin, end = info["data_offsets"]
-        if any(d < 0 for d in shape) or not 0 <= begin <= end:
-            raise self._corrupt(f"its entry for {name!r} has invalid shape or offsets: {info!r}")
-        if end > data_size:
-            raise self._corrupt(
-                f"tensor {name!r} ends at byte {end} of the data but the file holds only "
-                f"{data_size} data bytes (the file is truncated: download or save it again)"
-            )
-        if math.prod(shape) * dtype.itemsize != end - begin:
-            raise self._corrupt(f"tensor {name!r} has {end - begin} bytes, which does not "
-                                f"match its shape {shape} and dtype {info['dtype']}")
+    def _parse_header(self, raw: bytes) -> dict:
+        """The header JSON: an object starting at its first byte (it may end in padding spaces),
+        without repeated names."""
+        if not raw.startswith(b"{"):
+            raise self._corrupt("header JSON", f"the header must begin with '{{', it begins "
+                                f"with {raw[:8]!r}")
+        try:
+            header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+        except _DuplicateName as exc:
+            raise self._corrupt("duplicate names", f"the header names {exc.name!r} twice") \
+                from None
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            raise self._corrupt("header JSON", f"the header is not valid UTF-8 JSON ({exc})") \
+                from None
+        if not isinstance(header, dict):
+            raise self._corrupt("header JSON", "the header is not a JSON object")
+        return header
 
-    def _corrupt(self, why: str) -> CheckpointError:
-        return CheckpointError(f"weights file {self.path} is not a valid safetensors file: {why}")
+    def _check_entry(self, name: str, info) -> None:
+        # ``type(v) is int`` also refuses bools; these checks run for every tensor of every load
+        if not (type(info) is dict and type(info.get("dtype")) is str
+                and type(shape := info.get("shape")) is list
+                and type(offsets := info.get("data_offsets")) is list and len(offsets) == 2
+                and all(type(v) is int for v in shape) and all(type(v) is int for v in offsets)):
+            raise self._corrupt("tensor entry", f"the entry for {name!r} needs a dtype, a shape "
+                                f"and two data offsets, all integers: {_short(info)}")
+        dtype = DTYPES.get(info["dtype"])
+        if dtype is None:
+            raise self._corrupt("tensor entry", f"tensor {name!r} has dtype {info['dtype']!r}; "
+                                f"known dtypes: {', '.join(DTYPES)}")
+        begin, end = offsets
+        if not 0 <= begin <= end or any(d < 0 for d in shape):
+            raise self._corrupt("tensor entry", f"tensor {name!r} has a negative size or "
+                                f"offsets out of order: shape {shape}, offsets {offsets}")
+        expected = math.prod(shape) * dtype.itemsize
+        if expected != end - begin:
+            raise self._corrupt("byte length", f"tensor {name!r} spans {end - begin} bytes but "
+                                f"its shape {shape} and dtype {info['dtype']} make {expected}")
+
+    def _check_layout(self, header: dict, data_size: int) -> None:
+        """The tensors tile the data section: in offset order each begins where the previous
+        ended (the first at 0), and the last ends exactly where the file ends."""
+        position, previous = 0, None
+        for name in sorted(header, key=lambda n: tuple(header[n]["data_offsets"])):
+            begin, end = header[name]["data_offsets"]
+            if begin < position:
+                raise self._corrupt("no overlap", f"tensor {name!r} begins at data byte {begin}, "
+                                    f"inside tensor {previous!r}, which ends at {position}")
+            if begin > position:
+                raise self._corrupt("contiguity", f"tensor {name!r} begins at data byte {begin} "
+                                    f"but the bytes before it end at {position} (a gap of "
+                                    f"{begin - position} bytes)")
+            position, previous = end, name
+        if position > data_size:
+            raise self._corrupt("exact end", f"tensor {previous!r} ends at data byte {position} "
+                                f"but the file holds only {data_size} data bytes (the file is "
+                                f"truncated: download or save it again)")
+        if position < data_size:
+            raise self._corrupt("exact end", f"the tensors end at data byte {position} but the "
+                                f"file holds {data_size} data bytes: {data_size - position} "
+                                f"bytes are unaccounted for (a wrong header length or "
+                                f"appended bytes)")
+
+    def _corrupt(self, rule: str, why: str) -> CheckpointError:
+        return CheckpointError(f"weights file {self.path} is not a valid safetensors file "
+                               f"(rule: {rule}): {why}")
 
     def keys(self) -> list[str]:
         return list(self.header)
@@ -172,7 +226,8 @@ class SafetensorsFile:
         buffer = memoryview(flat.view(torch.uint8).numpy())
         self._file.seek(offset)
         if self._file.readinto(buffer) != len(buffer):
-            raise self._corrupt(f"tensor {name!r} could not be read in full")
+            raise self._corrupt("exact end", f"tensor {name!r} could not be read in full (the "
+                                f"file shrank while it was read)")
 
     def release(self, name: str) -> None:
         """Drop the mapped pages of a tensor that was copied (converted), so they stop counting
@@ -202,6 +257,26 @@ class SafetensorsFile:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class _DuplicateName(Exception):
+    def __init__(self, name: str):
+        self.name = name
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
+    """``json.loads`` keeps the last of two equal names; the format allows each name once."""
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateName(key)
+        out[key] = value
+    return out
+
+
+def _short(value, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def load_pickle(path: str | os.PathLike, allow_pickle: bool) -> dict[str, torch.Tensor]:

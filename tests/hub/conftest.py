@@ -15,6 +15,13 @@ def hub_toys_plugin():
     plugin_manager.unregister_plugin("hub-toys")
 
 
+@pytest.fixture(autouse=True)
+def _quick_retries(monkeypatch):
+    """The kernel's retries after a server error wait 1 s, then 2 s: not in tests (the tests of
+    the waits themselves set their own)."""
+    monkeypatch.setattr("diffusion_kernel.hub.RETRY_BACKOFF_S", 0.001)
+
+
 @pytest.fixture
 def upload(hub):
     """``upload(folder, repo_id, revision=None)``: put a local folder on the test Hub with the

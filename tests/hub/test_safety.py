@@ -106,15 +106,15 @@ def test_safetensors_header_that_is_not_json_is_a_checkpoint_error(hub):
     (length,) = struct.unpack("<Q", data[:8])
     files[WEIGHTS] = data[:8] + b"\xff" * length + data[8 + length:]
     hub.commit(REPO, files)
-    with pytest.raises(CheckpointError, match="header is not valid JSON"):
+    with pytest.raises(CheckpointError, match=r"\(rule: header JSON\): the header must begin"):
         HubToyModel.from_pretrained(REPO)
 
 
 def test_header_claiming_more_bytes_than_the_file_has_is_a_checkpoint_error(hub):
     files = _model_files()
-    files[WEIGHTS] = struct.pack("<Q", 10**9) + files[WEIGHTS][8:]
+    files[WEIGHTS] = struct.pack("<Q", 10**6) + files[WEIGHTS][8:]
     hub.commit(REPO, files)
-    with pytest.raises(CheckpointError, match="header claims 1000000000 bytes"):
+    with pytest.raises(CheckpointError, match=r"\(rule: header size\): the header claims 1000000"):
         HubToyModel.from_pretrained(REPO)
 
 
@@ -147,7 +147,7 @@ def test_config_with_a_wrong_type_is_a_config_error(hub):
     config = json.loads(_model_files()["config.json"])
     config["in_features"] = "four"
     hub.commit(REPO, _model_files(**{"config.json": json.dumps(config).encode()}))
-    with pytest.raises(ConfigError, match="'in_features' should be a number"):
+    with pytest.raises(ConfigError, match="'in_features' must be an int, got str 'four'"):
         HubToyModel.from_pretrained(REPO)
 
 
@@ -276,11 +276,11 @@ def test_local_files_only_with_a_variant_never_downloaded_says_so(hub):
 # The server failing --------------------------------------------------------------------------
 def test_server_error_mid_load_names_the_file_and_leaves_no_partial_file(hub, tmp_path):
     hub.commit(REPO, _model_files())
-    hub.inject_fault("GET", WEIGHTS, status=500)
+    hub.inject_fault("GET", WEIGHTS, status=500, times=3)  # every attempt of the load
     with pytest.raises(FileAccessError, match=f"could not download .*{WEIGHTS}.*500"):
         HubToyModel.from_pretrained(REPO)
     assert WEIGHTS not in _snapshot_files(tmp_path / "hf_home")
-    model = HubToyModel.from_pretrained(REPO)  # the retry works
+    model = HubToyModel.from_pretrained(REPO)  # the next load works
     assert WEIGHTS in _snapshot_files(tmp_path / "hf_home")
     assert isinstance(model, HubToyModel)
 

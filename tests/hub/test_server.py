@@ -2,8 +2,10 @@
 Hub tests rely on behaves like the Hub."""
 
 import hashlib
+import http.client
 import os
 import re
+import urllib.parse
 import urllib.request
 
 import huggingface_hub as hf
@@ -205,14 +207,67 @@ def _raw(method, url, headers=None):
 
 def test_resolve_answers_commit_etag_and_length(api, folder, hub):
     commit = _upload(api, folder).oid
-    status, headers, body = _raw("HEAD", f"{hub.url}/{REPO}/resolve/main/unet/weights.bin")
-    data = (folder / "unet" / "weights.bin").read_bytes()
+    status, headers, body = _raw("HEAD", f"{hub.url}/{REPO}/resolve/main/unet/config.json")
+    data = (folder / "unet" / "config.json").read_bytes()
     assert status == 200 and body == b""
     assert headers["X-Repo-Commit"] == commit
     assert headers["Content-Length"] == str(len(data))
     git_id = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
     assert headers["ETag"] == f'"{git_id}"'
     assert not any(k.lower().startswith("x-xet") for k in headers)
+
+
+def _head_unfollowed(url):
+    parts = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port)
+    connection.request("HEAD", parts.path)
+    response = connection.getresponse()
+    connection.close()
+    return response.status, response.headers
+
+
+def test_an_lfs_file_redirects_to_the_cdn_with_its_sha256_as_the_hub_does(api, folder, hub):
+    commit = _upload(api, folder).oid
+    data = (folder / "unet" / "weights.bin").read_bytes()
+    status, headers = _head_unfollowed(f"{hub.url}/{REPO}/resolve/main/unet/weights.bin")
+    assert status == 302
+    assert headers["X-Linked-Etag"] == f'"{hashlib.sha256(data).hexdigest()}"'
+    assert headers["X-Linked-Size"] == str(len(data))
+    assert headers["X-Repo-Commit"] == commit
+    assert headers["Location"] == f"http://localhost:{hub.port}/cdn/{REPO}/{commit}/unet/weights.bin"
+    assert _raw("GET", headers["Location"])[2] == data
+
+
+def test_the_client_names_an_lfs_blob_after_its_sha256(api, folder):
+    _upload(api, folder)
+    path = hf.hf_hub_download(REPO, "unet/weights.bin")
+    data = (folder / "unet" / "weights.bin").read_bytes()
+    assert os.path.basename(os.path.realpath(path)) == hashlib.sha256(data).hexdigest()
+
+
+def test_the_tree_and_the_repo_info_give_an_lfs_files_sha256(api, folder):
+    _upload(api, folder)
+    sha = hashlib.sha256((folder / "unet" / "weights.bin").read_bytes()).hexdigest()
+    tree = {f.path: f for f in api.list_repo_tree(REPO, recursive=True) if hasattr(f, "lfs")}
+    assert tree["unet/weights.bin"].lfs.sha256 == sha and tree["unet/config.json"].lfs is None
+    siblings = {s.rfilename: s for s in api.model_info(REPO, files_metadata=True).siblings}
+    assert siblings["unet/weights.bin"].lfs.sha256 == sha
+
+
+def test_a_corrupt_fault_changes_one_byte_and_keeps_the_length(api, folder, hub):
+    commit = _upload(api, folder).oid
+    hub.inject_fault("GET", "weights.bin", corrupt=True)
+    got = _raw("GET", f"http://localhost:{hub.port}/cdn/{REPO}/{commit}/unet/weights.bin")[2]
+    data = (folder / "unet" / "weights.bin").read_bytes()
+    assert len(got) == len(data) and sum(a != b for a, b in zip(got, data)) == 1
+
+
+def test_a_drop_fault_closes_the_connection_without_an_answer(api, folder, hub):
+    _upload(api, folder)
+    hub.inject_fault("GET", "/api/", drop=True)
+    with pytest.raises(http.client.RemoteDisconnected):
+        _raw("GET", f"{hub.url}/api/models/{REPO}")
+    assert _raw("GET", f"{hub.url}/api/models/{REPO}")[0] == 200
 
 
 def test_range_requests_return_part_of_the_file(api, folder, hub):

@@ -83,15 +83,27 @@ def test_replacing_the_config_attribute_raises():
     assert w.config.size == 3 and m.config.hidden == 8
 
 
-def test_subclass_records_its_own_constructor_only():
-    assert dict(WidgetWithDefaultsOnly().config) == {"size": 5}
+def test_subclass_forwarding_kwargs_records_its_parents_fields_too(caplog):
+    # As diffusers records both constructors: the subclass's own default wins, the parent's
+    # fields come with theirs, and a forwarded keyword is a known field, not an unknown key.
+    assert dict(WidgetWithDefaultsOnly().config) == {
+        "size": 5, "name": "w", "ratios": (1.0, 2.0), "nested": None, "flag": False}
+    with caplog.at_level(logging.INFO, logger="diffusion_kernel.configuration"):
+        w = WidgetWithDefaultsOnly(name="x")
+    assert caplog.records == []
+    assert w.config.name == "x" and w.config.size == 5
+    assert WidgetWithDefaultsOnly.from_config(w.config).config == w.config
 
 
 def test_extra_keyword_arguments_are_kept_in_the_config_and_logged(caplog):
+    class Loose(ConfigMixin):
+        def __init__(self, size: int = 5, **kwargs):
+            pass
+
     with caplog.at_level(logging.INFO, logger="diffusion_kernel.configuration"):
-        w = WidgetWithDefaultsOnly(name="x")
+        w = Loose(name="x")
     assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
-        ("WARNING", "WidgetWithDefaultsOnly does not use config keys ['name']; they are kept in "
+        ("WARNING", "Loose does not use config keys ['name']; they are kept in "
                     "the config (and saved again) but have no effect.")]
     assert dict(w.config) == {"name": "x", "size": 5}
 
@@ -193,9 +205,9 @@ def test_a_value_of_the_wrong_kind_is_rejected_with_the_fix():
     with pytest.raises(ConfigError) as exc:
         Widget.from_config({"size": "big"})
     message = str(exc.value)
-    assert "Widget config field 'size' should be a number like its default 3" in message
-    assert "got str 'big'" in message and "fix the config file" in message
-    with pytest.raises(ConfigError, match="'flag' should be a bool"):
+    assert "Widget config field 'size' must be an int, got str 'big'" in message
+    assert "fix 'size' in the config file" in message
+    with pytest.raises(ConfigError, match="'flag' must be true or false, got int 1"):
         Widget.from_config({"flag": 1})
 
 

@@ -42,7 +42,8 @@ def saved(tmp_path):
 
 def test_save_writes_config_and_safetensors_weights(saved):
     model, folder = saved
-    assert sorted(os.listdir(folder)) == ["config.json", "diffusion_pytorch_model.safetensors"]
+    assert sorted(os.listdir(folder)) == ["SHA256SUMS", "config.json",
+                                          "diffusion_pytorch_model.safetensors"]
     config = json.loads((folder / "config.json").read_text())
     assert config["_class_name"] == "ToyModel" and config["hidden"] == 6
     tensors = load_file(folder / "diffusion_pytorch_model.safetensors")
@@ -254,7 +255,7 @@ def test_resaving_unsharded_removes_stale_shards(tmp_path):
     model.save_pretrained(tmp_path, max_shard_size=300)
     (tmp_path / "README.md").write_text("kept")
     model.save_pretrained(tmp_path)
-    assert sorted(os.listdir(tmp_path)) == ["README.md", "config.json",
+    assert sorted(os.listdir(tmp_path)) == ["README.md", "SHA256SUMS", "config.json",
                                             "diffusion_pytorch_model.safetensors"]
     assert (tmp_path / "README.md").read_text() == "kept"
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from diffusion_kernel.config_checks import PositiveInt
 from diffusion_kernel.modeling import ModelMixin
 from diffusion_kernel.nn import AttentionSlicingMixin, ModelOutput
 from torch import nn
@@ -39,15 +40,15 @@ class AutoencoderKL(ModelMixin, AttentionSlicingMixin, FromOriginalModelMixin):
 
     def __init__(
         self,
-        in_channels: int = 3,
-        out_channels: int = 3,
+        in_channels: PositiveInt = 3,
+        out_channels: PositiveInt = 3,
         down_block_types: tuple[str, ...] = ("DownEncoderBlock2D",),
         up_block_types: tuple[str, ...] = ("UpDecoderBlock2D",),
-        block_out_channels: tuple[int, ...] = (64,),
-        layers_per_block: int = 1,
+        block_out_channels: tuple[PositiveInt, ...] = (64,),
+        layers_per_block: PositiveInt = 1,
         act_fn: str = "silu",
-        latent_channels: int = 4,
-        norm_num_groups: int = 32,
+        latent_channels: PositiveInt = 4,
+        norm_num_groups: PositiveInt = 32,
         sample_size: int = 32,
         scaling_factor: float = 0.18215,
         shift_factor: float | None = None,

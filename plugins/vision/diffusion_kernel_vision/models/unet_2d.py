@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from diffusion_kernel.config_checks import Annotated, PositiveFloat, PositiveInt, Range
 from diffusion_kernel.errors import ConfigError, ModelInputError
 from diffusion_kernel.modeling import ModelMixin
 from diffusion_kernel.nn import (
@@ -43,8 +44,8 @@ class UNet2DModel(ModelMixin, AttentionSlicingMixin):
     def __init__(
         self,
         sample_size: int | tuple[int, int] | None = None,
-        in_channels: int = 3,
-        out_channels: int = 3,
+        in_channels: PositiveInt = 3,
+        out_channels: PositiveInt = 3,
         center_input_sample: bool = False,
         time_embedding_type: str = "positional",
         time_embedding_dim: int | None = None,
@@ -55,23 +56,23 @@ class UNet2DModel(ModelMixin, AttentionSlicingMixin):
         mid_block_type: str | None = "UNetMidBlock2D",
         up_block_types: tuple[str, ...] = ("AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D",
                                            "UpBlock2D"),
-        block_out_channels: tuple[int, ...] = (224, 448, 672, 896),
-        layers_per_block: int = 2,
+        block_out_channels: tuple[PositiveInt, ...] = (224, 448, 672, 896),
+        layers_per_block: PositiveInt = 2,
         mid_block_scale_factor: float = 1,
         downsample_padding: int = 1,
         downsample_type: str = "conv",
         upsample_type: str = "conv",
-        dropout: float = 0.0,
+        dropout: Annotated[float, Range(ge=0, lt=1)] = 0.0,
         act_fn: str = "silu",
-        attention_head_dim: int | None = 8,
-        norm_num_groups: int = 32,
+        attention_head_dim: PositiveInt | None = 8,
+        norm_num_groups: PositiveInt | None = 32,
         attn_norm_num_groups: int | None = None,
-        norm_eps: float = 1e-5,
+        norm_eps: PositiveFloat = 1e-5,
         resnet_time_scale_shift: str = "default",
         add_attention: bool = True,
         class_embed_type: str | None = None,
         num_class_embeds: int | None = None,
-        num_train_timesteps: int | None = None,
+        num_train_timesteps: PositiveInt | None = None,
     ):
         super().__init__()
         n_blocks = len(down_block_types)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from diffusion_kernel.config_checks import Annotated, PositiveFloat, PositiveInt, Range
 from diffusion_kernel.errors import ConfigError, ModelInputError
 from diffusion_kernel.modeling import ModelMixin
 from diffusion_kernel.nn import (
@@ -59,8 +60,8 @@ class UNet2DConditionModel(ModelMixin, AttentionSlicingMixin, FromOriginalModelM
     def __init__(
         self,
         sample_size: int | tuple[int, int] | None = None,
-        in_channels: int = 4,
-        out_channels: int = 4,
+        in_channels: PositiveInt = 4,
+        out_channels: PositiveInt = 4,
         center_input_sample: bool = False,
         flip_sin_to_cos: bool = True,
         freq_shift: int = 0,
@@ -70,14 +71,14 @@ class UNet2DConditionModel(ModelMixin, AttentionSlicingMixin, FromOriginalModelM
         up_block_types: tuple[str, ...] = ("UpBlock2D", "CrossAttnUpBlock2D",
                                            "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         only_cross_attention: bool | tuple[bool, ...] = False,
-        block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280),
-        layers_per_block: int | tuple[int, ...] = 2,
+        block_out_channels: tuple[PositiveInt, ...] = (320, 640, 1280, 1280),
+        layers_per_block: PositiveInt | tuple[PositiveInt, ...] = 2,
         downsample_padding: int = 1,
         mid_block_scale_factor: float = 1,
-        dropout: float = 0.0,
+        dropout: Annotated[float, Range(ge=0, lt=1)] = 0.0,
         act_fn: str = "silu",
-        norm_num_groups: int | None = 32,
-        norm_eps: float = 1e-5,
+        norm_num_groups: PositiveInt | None = 32,
+        norm_eps: PositiveFloat = 1e-5,
         cross_attention_dim: int | tuple[int, ...] = 1280,
         transformer_layers_per_block: int | tuple = 1,
         reverse_transformer_layers_per_block: tuple | None = None,
