@@ -40,6 +40,7 @@ OURS = {
     "diffusion-kernel-vision": REPO / "plugins/vision/diffusion_kernel_vision",
     "diffusion-kernel-audio": REPO / "plugins/audio/diffusion_kernel_audio",
     "diffusion-kernel-sequence": REPO / "plugins/sequence/diffusion_kernel_sequence",
+    "diffusion-kernel-text2image": REPO / "plugins/text2image/diffusion_kernel_text2image",
 }
 FULL_INSTALL = os.environ.get("DK_PACKAGING_FULL_INSTALL") == "1"
 
@@ -201,7 +202,7 @@ def test_kernel_wheel_extras_name_the_plugin_distributions(wheelhouse):
     stem = wheel_of(wheelhouse, "diffusion-kernel").name.split("-py3")[0]
     with zipfile.ZipFile(wheel_of(wheelhouse, "diffusion-kernel")) as wheel:
         requires = wheel.read(f"{stem}.dist-info/METADATA").decode().splitlines()
-    for extra in ("schedulers", "vision", "audio", "sequence"):
+    for extra in ("schedulers", "vision", "audio", "sequence", "text2image"):
         assert (f'Requires-Dist: diffusion-kernel-{extra}==0.1.0; extra == "{extra}"'
                 in requires)
         assert f'Requires-Dist: diffusion-kernel-{extra}==0.1.0; extra == "all"' in requires
@@ -213,7 +214,8 @@ def test_the_venv_uses_its_own_copies_of_our_distributions(venv):
         import importlib, json
         from importlib import metadata
         names = ["diffusion-kernel", "diffusion-kernel-schedulers", "diffusion-kernel-vision",
-                 "diffusion-kernel-audio", "diffusion-kernel-sequence"]
+                 "diffusion-kernel-audio", "diffusion-kernel-sequence",
+                 "diffusion-kernel-text2image"]
         dists = {n: str(metadata.distribution(n)._path) for n in names}
         modules = {n: importlib.import_module(n.replace("-", "_")).__file__ for n in names}
         print(json.dumps({"dists": dists, "modules": modules}))
@@ -242,7 +244,7 @@ def test_every_requirement_of_our_distributions_is_satisfied(venv):
 # Discovery -----------------------------------------------------------------------------------
 def test_plugins_command_lists_each_plugin_with_its_distribution_and_version(venv):
     out = venv.run("diffusion-kernel", "plugins").stdout
-    for plugin in ("schedulers", "vision", "audio", "sequence"):
+    for plugin in ("schedulers", "vision", "audio", "sequence", "text2image"):
         assert f"{plugin}: diffusion-kernel-{plugin} 0.1.0 [loaded]" in out.splitlines()
 
 
@@ -363,7 +365,7 @@ class TestAPluginThatRaisesOnImport:
 
     def test_does_not_stop_the_other_plugins(self, venv):
         out = venv.run("diffusion-kernel", "plugins").stdout.splitlines()
-        for plugin in ("schedulers", "vision", "audio", "sequence"):
+        for plugin in ("schedulers", "vision", "audio", "sequence", "text2image"):
             assert f"{plugin}: diffusion-kernel-{plugin} 0.1.0 [loaded]" in out
 
     def test_leaves_the_registry_working(self, venv):
@@ -381,7 +383,8 @@ def plugin_statuses(venv: Venv, allowlist: str) -> dict[str, str]:
 
 def test_allowlist_of_plugin_names_loads_only_those(venv):
     assert plugin_statuses(venv, "schedulers,audio") == {
-        "schedulers": "loaded", "audio": "loaded", "vision": "disabled", "sequence": "disabled"}
+        "schedulers": "loaded", "audio": "loaded", "vision": "disabled", "sequence": "disabled",
+        "text2image": "disabled"}
     out = venv.run("diffusion-kernel", "registry", "models",
                    DIFFUSION_KERNEL_PLUGINS="schedulers,audio").stdout
     assert out.splitlines() == ["models:", "  (none)"]
@@ -389,7 +392,8 @@ def test_allowlist_of_plugin_names_loads_only_those(venv):
 
 def test_allowlist_accepts_distribution_names(venv):
     assert plugin_statuses(venv, "diffusion-kernel-vision") == {
-        "schedulers": "disabled", "audio": "disabled", "vision": "loaded", "sequence": "disabled"}
+        "schedulers": "disabled", "audio": "disabled", "vision": "loaded", "sequence": "disabled",
+        "text2image": "disabled"}
 
 
 def test_empty_allowlist_loads_no_plugin(venv):

@@ -21,6 +21,7 @@ PIPELINES = [
     ("DDIMPipeline", "pipelines.ddim", ("ddim-pipeline",)),
     ("PNDMPipeline", "pipelines.pndm", ("pndm-pipeline",)),
     ("LDMPipeline", "pipelines.ldm", ("ldm",)),
+    ("ScoreSdeVePipeline", "pipelines.score_sde_ve", ("score-sde-ve-pipeline",)),
     ("StableDiffusionPipeline", "pipelines.stable_diffusion", ("sd", "text2img")),
     ("StableDiffusionImg2ImgPipeline", "pipelines.stable_diffusion_img2img", ("img2img",)),
     ("StableDiffusionInpaintPipeline", "pipelines.stable_diffusion_inpaint", ("inpaint",)),
