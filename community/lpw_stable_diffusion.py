@@ -23,6 +23,7 @@ import re
 
 import torch
 from diffusion_kernel import StableDiffusionPipeline
+from diffusion_kernel.nn.lora import lora_call_scale
 
 _EMPHASIS = 1.1
 # One match per syntax element: an escaped bracket, "(", "[", ":<number>)" closing a weighted
@@ -134,13 +135,15 @@ class LongPromptWeightingPipeline(StableDiffusionPipeline):
 
     def encode_prompt(self, prompt, device, num_images_per_prompt, do_classifier_free_guidance,
                       negative_prompt=None, prompt_embeds=None, negative_prompt_embeds=None,
-                      clip_skip=None):
+                      clip_skip=None, lora_scale=None):
         """As ``StableDiffusionPipeline.encode_prompt``, with weights and long prompts: prompt
-        and negative prompt are cut into the same number of windows."""
+        and negative prompt are cut into the same number of windows; ``lora_scale`` multiplies
+        the text encoder's LoRA adapters for this call."""
         if prompt_embeds is not None or prompt is None:
             return super().encode_prompt(prompt, device, num_images_per_prompt,
                                          do_classifier_free_guidance, negative_prompt,
-                                         prompt_embeds, negative_prompt_embeds, clip_skip)
+                                         prompt_embeds, negative_prompt_embeds, clip_skip,
+                                         lora_scale)
         texts = [prompt] if isinstance(prompt, str) else list(prompt)
         negatives = ([""] * len(texts) if negative_prompt is None else
                      [negative_prompt] * len(texts) if isinstance(negative_prompt, str)
@@ -149,7 +152,8 @@ class LongPromptWeightingPipeline(StableDiffusionPipeline):
         counted = texts + (negatives if do_classifier_free_guidance else [])
         windows = max(1, *(math.ceil(len(self.tokens_and_weights(t)[0]) / span)
                            for t in counted))
-        with torch.no_grad():
+        scale = 1.0 if lora_scale is None or self.text_encoder is None else lora_scale
+        with torch.no_grad(), lora_call_scale(self.text_encoder, scale):
             embeds = self.weighted_embeddings(texts, device, windows, clip_skip)
             negative = (self.weighted_embeddings(negatives, device, windows)
                         if do_classifier_free_guidance and negative_prompt_embeds is None

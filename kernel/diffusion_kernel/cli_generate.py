@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from .cli_extensions import positive_int as _positive
 from .errors import ConfigError, PipelineError
@@ -78,7 +79,7 @@ def _generate(args: argparse.Namespace, source: str, text: str | None, threads: 
 
     device = _check_device(args.device)
     pipe = DiffusionPipeline.from_pretrained(source)
-    field, writer = _writer_for(type(pipe), cli_extensions.writers())
+    field, writer = _writer_for(type(pipe), cli_extensions.writers(), args.out)
     plan = plan_output(writer, args.out, args.overwrite)
     if args.scheduler:
         from .scheduling import scheduler_from_name
@@ -95,7 +96,7 @@ def _generate(args: argparse.Namespace, source: str, text: str | None, threads: 
           f"{kwargs.get('num_inference_steps', 'default')} steps{sampler} on {device}, "
           f"{threads}", file=sys.stderr)
     output = pipe(**kwargs)
-    print(write_output(writer, getattr(output, field), plan)
+    print(write_output(writer, writer.select(output, field), plan)
           + f" in {time.perf_counter() - started:.1f} s")
     return 0
 
@@ -125,12 +126,18 @@ def _check_device(name: str):
     return device
 
 
-def _writer_for(pipeline_cls, writers):
-    """The first output field of the pipeline that a plugin registered a writer for."""
+def _writer_for(pipeline_cls, writers, out: str = ""):
+    """The output field to save: the one whose writer writes ``out``'s suffix (a pipeline that
+    returns audios and mel images saves the images for ``--out mels.png``), else the first
+    field of the pipeline that a plugin registered a writer for."""
     fields = pipeline_cls.generate_output_fields()
-    for field in fields:
-        if field in writers:
-            return field, writers[field].load()
+    found = [(field, writers[field].load()) for field in fields if field in writers]
+    suffix = Path(out).suffix.lower()
+    for field, writer in found:
+        if suffix and suffix in writer.suffixes:
+            return field, writer
+    if found:
+        return found[0]
     raise PipelineError(
         f"{pipeline_cls.__name__} returns {list(fields) or 'an output of unknown fields'}, and no "
         f"installed plugin registered a writer for {'any of them' if fields else 'it'} "

@@ -145,7 +145,10 @@ class ModelMixin(nn.Module, ConfigMixin, PushToHubMixin):
             self._push_saved_folder(save_directory, **push_kwargs)
 
     def _save_weights(self, folder: Path, variant: str | None, max_shard_size: int) -> None:
-        state = self.state_dict()
+        from .nn.lora import lora_excluded_from_state_dict
+
+        with lora_excluded_from_state_dict(self):  # LoRA adapters are not the model's weights
+            state = self.state_dict()
         shards: list[dict[str, torch.Tensor]] = [{}]
         size = 0
         seen: set[int] = set()  # storages already written (tied weights share one)

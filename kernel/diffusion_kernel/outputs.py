@@ -36,6 +36,11 @@ class OutputWriter:
     extras: tuple[str, ...] = ()
     description: str = "samples"
 
+    def select(self, output: Any, field: str) -> Any:
+        """What this writer takes from the pipeline's output (default: the field ``field``); a
+        writer that needs more than its field overrides it (WAV files need the sample rate)."""
+        return getattr(output, field)
+
     def samples(self, value: Any) -> Sequence[Any]:
         """The pipeline output field as a sequence of samples (default: as is)."""
         return value

@@ -60,7 +60,12 @@ class ImagePipelineOutput(PipelineOutput):
 
 
 def library_of(component: Any) -> str:
-    """The library name ``model_index.json`` records for a component."""
+    """The library name ``model_index.json`` records for a component: a class of ours may name
+    the one the format gives it (``_library_name``, e.g. ``"latent_diffusion"`` for classes the
+    format keeps beside one pipeline), else ``"diffusers"``."""
+    named = getattr(type(component), "_library_name", None)
+    if named:
+        return named
     module = type(component).__module__.split(".")[0]
     return "diffusers" if module.startswith("diffusion_kernel") else module
 

@@ -249,6 +249,6 @@ def test_installed_console_script_runs_the_cli():
     assert "  DDIMScheduler  (aliases: ddim)  [schedulers]" in result.stdout
     plugins = subprocess.run([exe, "plugins"], capture_output=True, text=True, env=env,
                              timeout=120).stdout
-    assert re.search(r"^audio: diffusion-kernel-audio \S+ \[loaded\]\n  registers nothing$",
-                     plugins, flags=re.M)
+    assert re.search(r"^audio: diffusion-kernel-audio \S+ \[loaded\]\n  pipelines \(2\): "
+                     r"AudioDiffusionPipeline, DanceDiffusionPipeline$", plugins, flags=re.M)
     assert re.search(r"^vision: diffusion-kernel-vision \S+ \[disabled\]$", plugins, flags=re.M)

@@ -40,6 +40,9 @@ OURS = {
     "diffusion-kernel-vision": REPO / "plugins/vision/diffusion_kernel_vision",
     "diffusion-kernel-audio": REPO / "plugins/audio/diffusion_kernel_audio",
     "diffusion-kernel-sequence": REPO / "plugins/sequence/diffusion_kernel_sequence",
+    "diffusion-kernel-text2image": REPO / "plugins/text2image/diffusion_kernel_text2image",
+    "diffusion-kernel-rl": REPO / "plugins/rl/diffusion_kernel_rl",
+    "diffusion-kernel-molecules": REPO / "plugins/molecules/diffusion_kernel_molecules",
 }
 FULL_INSTALL = os.environ.get("DK_PACKAGING_FULL_INSTALL") == "1"
 
@@ -201,7 +204,7 @@ def test_kernel_wheel_extras_name_the_plugin_distributions(wheelhouse):
     stem = wheel_of(wheelhouse, "diffusion-kernel").name.split("-py3")[0]
     with zipfile.ZipFile(wheel_of(wheelhouse, "diffusion-kernel")) as wheel:
         requires = wheel.read(f"{stem}.dist-info/METADATA").decode().splitlines()
-    for extra in ("schedulers", "vision", "audio", "sequence"):
+    for extra in ("schedulers", "vision", "audio", "sequence", "text2image", "rl", "molecules"):
         assert (f'Requires-Dist: diffusion-kernel-{extra}==0.1.0; extra == "{extra}"'
                 in requires)
         assert f'Requires-Dist: diffusion-kernel-{extra}==0.1.0; extra == "all"' in requires
@@ -213,7 +216,9 @@ def test_the_venv_uses_its_own_copies_of_our_distributions(venv):
         import importlib, json
         from importlib import metadata
         names = ["diffusion-kernel", "diffusion-kernel-schedulers", "diffusion-kernel-vision",
-                 "diffusion-kernel-audio", "diffusion-kernel-sequence"]
+                 "diffusion-kernel-audio", "diffusion-kernel-sequence",
+                 "diffusion-kernel-text2image", "diffusion-kernel-rl",
+                 "diffusion-kernel-molecules"]
         dists = {n: str(metadata.distribution(n)._path) for n in names}
         modules = {n: importlib.import_module(n.replace("-", "_")).__file__ for n in names}
         print(json.dumps({"dists": dists, "modules": modules}))
@@ -242,14 +247,18 @@ def test_every_requirement_of_our_distributions_is_satisfied(venv):
 # Discovery -----------------------------------------------------------------------------------
 def test_plugins_command_lists_each_plugin_with_its_distribution_and_version(venv):
     out = venv.run("diffusion-kernel", "plugins").stdout
-    for plugin in ("schedulers", "vision", "audio", "sequence"):
+    for plugin in ("schedulers", "vision", "audio", "sequence", "text2image", "rl", "molecules"):
         assert f"{plugin}: diffusion-kernel-{plugin} 0.1.0 [loaded]" in out.splitlines()
 
 
-def test_plugins_command_says_the_audio_plugin_registers_nothing(venv):
+def test_plugins_command_says_what_the_audio_and_sequence_plugins_register(venv):
     lines = venv.run("diffusion-kernel", "plugins").stdout.splitlines()
     audio = lines.index("audio: diffusion-kernel-audio 0.1.0 [loaded]")
-    assert lines[audio + 1] == "  registers nothing"
+    assert lines[audio + 1:audio + 3] == [
+        "  pipelines (2): AudioDiffusionPipeline, DanceDiffusionPipeline",
+        "  processors (1): Mel"]
+    sequence = lines.index("sequence: diffusion-kernel-sequence 0.1.0 [loaded]")
+    assert lines[sequence + 1] == "  models (1): UNet1DModel"
 
 
 def test_registry_command_lists_names_from_the_installed_plugins(venv):
@@ -363,7 +372,7 @@ class TestAPluginThatRaisesOnImport:
 
     def test_does_not_stop_the_other_plugins(self, venv):
         out = venv.run("diffusion-kernel", "plugins").stdout.splitlines()
-        for plugin in ("schedulers", "vision", "audio", "sequence"):
+        for plugin in ("schedulers", "vision", "audio", "sequence", "text2image", "rl", "molecules"):
             assert f"{plugin}: diffusion-kernel-{plugin} 0.1.0 [loaded]" in out
 
     def test_leaves_the_registry_working(self, venv):
@@ -382,7 +391,7 @@ def plugin_statuses(venv: Venv, allowlist: str) -> dict[str, str]:
 def test_allowlist_of_plugin_names_loads_only_those(venv):
     assert plugin_statuses(venv, "schedulers,audio") == {
         "schedulers": "loaded", "audio": "loaded", "vision": "disabled", "sequence": "disabled",
-        "molecules": "disabled"}
+        "text2image": "disabled", "rl": "disabled", "molecules": "disabled"}
     out = venv.run("diffusion-kernel", "registry", "models",
                    DIFFUSION_KERNEL_PLUGINS="schedulers,audio").stdout
     assert out.splitlines() == ["models:", "  (none)"]
@@ -391,7 +400,7 @@ def test_allowlist_of_plugin_names_loads_only_those(venv):
 def test_allowlist_accepts_distribution_names(venv):
     assert plugin_statuses(venv, "diffusion-kernel-vision") == {
         "schedulers": "disabled", "audio": "disabled", "vision": "loaded", "sequence": "disabled",
-        "molecules": "disabled"}
+        "text2image": "disabled", "rl": "disabled", "molecules": "disabled"}
 
 
 def test_empty_allowlist_loads_no_plugin(venv):

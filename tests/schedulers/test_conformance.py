@@ -65,7 +65,7 @@ def _call_step(scheduler, model_output, t, sample):
 
 
 def test_every_scheduler_of_the_format_is_registered():
-    assert len(NAMES) == 20, NAMES
+    assert len(NAMES) == 21, NAMES
 
 
 # --------------------------------------------------------------------------- format and config
@@ -87,7 +87,7 @@ def test_config_has_the_reference_fields_and_defaults(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_order_and_compatibles_follow_the_format(name):
     ours, reference = _make(name), diffusers_scheduler_class(name)()
-    assert ours.order == reference.order
+    assert ours.order == getattr(reference, "order", 1)  # the reference's unCLIP has none: 1
     expected = {n for n in getattr(reference, "_compatibles", ()) if n in NAMES}
     assert expected <= set(ours._compatibles)
     assert type(ours) in ours.compatibles
@@ -352,6 +352,9 @@ HOLD_A_RUN = ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "EDME
 
 @pytest.mark.parametrize("name", [n for n in NAMES if n not in HOLD_A_RUN])
 def test_step_before_set_timesteps_raises(name):
+    if name == "UnCLIPScheduler":
+        pytest.skip("its step names both of its timesteps (prev_timestep, default t - 1), so it "
+                    "needs no run, as in the reference")
     scheduler = _make(name)
     x = torch.randn(SHAPE)
     with pytest.raises(SchedulerError, match="set_timesteps"):

@@ -231,3 +231,24 @@ def test_wrong_inputs_are_model_input_errors():
 
 def test_found_through_the_registry_by_alias():
     assert registry.models.get("unet1d") is UNet1DModel
+
+
+def test_mish_in_closed_form_equals_torchs_with_its_gradient():
+    import importlib
+
+    activations = importlib.import_module(UNet1DModel.__module__.rsplit(".", 1)[0]
+                                          + ".activations")
+    x = torch.cat([torch.linspace(-100, 100, 2001), torch.randn(1000) * 3])
+    mish = activations.get_activation("mish")
+    with torch.no_grad():
+        torch.testing.assert_close(mish(x.clone()), torch.nn.functional.mish(x), atol=2e-6,
+                                   rtol=1e-6)
+        half = x.clamp(-10, 10).half()
+        torch.testing.assert_close(mish(half.clone()), torch.nn.functional.mish(half),
+                                   atol=2e-3, rtol=2e-3)
+    leaf = x.clone().requires_grad_()
+    mish(leaf).sum().backward()
+    reference = x.clone().requires_grad_()
+    torch.nn.functional.mish(reference).sum().backward()
+    torch.testing.assert_close(leaf.grad, reference.grad, atol=1e-5, rtol=1e-5)
+    assert type(activations.get_activation("silu")) is torch.nn.SiLU

@@ -16,7 +16,9 @@ from PIL import Image
 # the EDM preconditioning (c_noise = ln(sigma)/4 instead of the timestep); DDIM inversion runs
 # towards noise; IPNDM samples the continuous v-diffusion process with a velocity model.
 NOT_FOR_DDPM = {"ScoreSdeVeScheduler", "ScoreSdeVpScheduler", "FlowMatchEulerDiscreteScheduler",
-                "EDMEulerScheduler", "DDIMInverseScheduler", "IPNDMScheduler"}
+                "EDMEulerScheduler", "DDIMInverseScheduler", "IPNDMScheduler",
+                # unCLIP's fixed cosine schedule, stepped by a caller that names the next timestep
+                "UnCLIPScheduler"}
 
 
 @pytest.fixture(scope="module")

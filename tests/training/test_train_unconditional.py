@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -95,8 +96,11 @@ def test_two_processes_equal_one_process_on_the_whole_batch(tmp_path):
     _train(tmp_path / "one", "--max-steps", "4", "--checkpointing-steps", "0", "--no-ema",
            "--threads", "1")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with socket.socket() as s:  # a free port: a fixed one collides with another run's test
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", "29533", "-m", "diffusion_kernel.cli", "train", "unconditional",
+           "--master_port", str(port), "-m", "diffusion_kernel.cli", "train", "unconditional",
            *TINY, "--output-dir", str(tmp_path / "two"), "--max-steps", "4",
            "--checkpointing-steps", "0", "--no-ema"]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

@@ -307,8 +307,8 @@ def test_config_that_does_not_match_weights_raises_checkpoint_error(tmp_path):
 
 
 def test_unsupported_block_type_is_a_config_error_listing_supported_ones():
-    with pytest.raises(ConfigError, match="SimpleCrossAttnDownBlock2D.*CrossAttnDownBlock2D"):
-        UNet2DConditionModel(**dict(SD1_TINY, down_block_types=("SimpleCrossAttnDownBlock2D",
+    with pytest.raises(ConfigError, match="KCrossAttnDownBlock2D.*CrossAttnDownBlock2D"):
+        UNet2DConditionModel(**dict(SD1_TINY, down_block_types=("KCrossAttnDownBlock2D",
                                                                   "DownBlock2D")))
 
 

@@ -84,7 +84,7 @@ class Attention(nn.Module):
         # Parts of the diffusers layer that processors written for it look at; absent here.
         self.spatial_norm = self.norm_cross = self.norm_q = self.norm_k = None
         self._init_fused_projections()
-        self.set_processor(processor if processor is not None else AttnProcessor())
+        self.set_processor(processor if processor is not None else self.default_processor())
 
     @property
     def sliceable_head_dim(self) -> int:
@@ -119,6 +119,11 @@ class Attention(nn.Module):
 
     def get_processor(self) -> Callable[..., torch.Tensor]:
         return self.processor
+
+    def default_processor(self) -> Callable[..., torch.Tensor]:
+        """The processor this kind of layer starts with (subclasses with other projections
+        name their own; ``set_default_attn_processor`` goes back to it)."""
+        return AttnProcessor()
 
     # Fused projections --------------------------------------------------------------------
     def _init_fused_projections(self) -> None:
@@ -276,9 +281,9 @@ class AttentionMixin:
             layer.set_processor(processor[name])
 
     def set_default_attn_processor(self) -> None:
-        """Back to the default processor (SDPA) on every layer."""
+        """Every layer back to its default processor (SDPA for the plain layers)."""
         for layer in self._attention_layers().values():
-            layer.set_processor(AttnProcessor())
+            layer.set_processor(layer.default_processor())
 
     def fuse_qkv_projections(self) -> None:
         """Fuse the q/k/v (self-attention) and k/v (cross-attention) projections of every layer

@@ -101,8 +101,9 @@ def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
         return F.scaled_dot_product_attention(query, key, value, attn_mask=bias)
     batch, heads, tokens, dim = query.shape
     q, k, v = (t.reshape(batch * heads, t.shape[2], t.shape[3]) for t in (query, key, value))
-    if bias is not None:
-        bias = bias.expand(batch, heads, 1, bias.shape[-1]).reshape(batch * heads, 1, -1)
+    if bias is not None:  # (B or 1, heads or 1, 1 or N, M): one row per (batch, head)
+        rows = bias.shape[2]
+        bias = bias.expand(batch, heads, rows, bias.shape[-1]).reshape(batch * heads, rows, -1)
     out = torch.empty_like(q)
     for start in range(0, batch * heads, slice_size):
         rows = slice(start, start + slice_size)

@@ -17,7 +17,6 @@ Dhariwal eq. 15). No noise is added on the last step (Algorithm 2: z = 0 when go
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -39,6 +38,19 @@ from .sigma_schedule import KARRAS_DIFFUSION_SCHEDULERS
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log",
                   "learned", "learned_range")
 LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
+
+
+def _sqrt32(x: float) -> float:
+    """sqrt(x) in torch's float32 arithmetic, as the reference computes its coefficients: torch's
+    pow(x, 0.5) is one ulp off the correctly rounded value for about a fifth of the cosine
+    schedule's alpha_bar (numpy's is not), and thresholded runs magnify that (see
+    ``_thresholded_step``)."""
+    return float(torch.tensor(float(x), dtype=torch.float32) ** 0.5)
+
+
+def _log32(x: float) -> float:
+    """log(x) in torch's float32 arithmetic (the reference's learned-range variances)."""
+    return float(torch.log(torch.tensor(float(x), dtype=torch.float32)))
 
 
 class DDPMScheduler(AlphaSchedulerMixin):
@@ -122,14 +134,14 @@ class DDPMScheduler(AlphaSchedulerMixin):
         alpha_t = a_t / a_prev  # alpha_t and beta_t of the (possibly skipping) step
         beta_t = 1 - alpha_t
         beta_tilde = max((1 - a_prev) / (1 - a_t) * beta_t, np.float32(1e-20))  # eq. 7, floored
-        fixed_std = {"fixed_small": beta_tilde**0.5, "fixed_small_log": beta_tilde**0.5,
-                     "fixed_large": beta_t**0.5, "fixed_large_log": beta_t**0.5}
+        fixed_std = {"fixed_small": _sqrt32(beta_tilde), "fixed_small_log": _sqrt32(beta_tilde),
+                     "fixed_large": _sqrt32(beta_t), "fixed_large_log": _sqrt32(beta_t)}
         coefficients = {
-            "sqrt_a_t": a_t**0.5, "sqrt_1m_a_t": (1 - a_t) ** 0.5,
-            "x0_coeff": a_prev**0.5 * beta_t / (1 - a_t),  # eq. 7, mu_tilde's x0 coefficient
-            "xt_coeff": alpha_t**0.5 * (1 - a_prev) / (1 - a_t),  # eq. 7, mu_tilde's x_t one
+            "sqrt_a_t": _sqrt32(a_t), "sqrt_1m_a_t": _sqrt32(1 - a_t),
+            "x0_coeff": _sqrt32(a_prev) * beta_t / (1 - a_t),  # eq. 7, mu_tilde's x0 coefficient
+            "xt_coeff": _sqrt32(alpha_t) * (1 - a_prev) / (1 - a_t),  # eq. 7, mu_tilde's x_t one
             "std": fixed_std.get(self.variance_type, 0.0),
-            "log_beta": math.log(beta_t), "log_beta_tilde": math.log(beta_tilde),
+            "log_beta": _log32(beta_t), "log_beta_tilde": _log32(beta_tilde),
         }
         coefficients = {k: float(v) for k, v in coefficients.items()}
         coefficients["noise"] = not last  # Algorithm 2: z = 0 on the step that lands on x_0
@@ -164,6 +176,12 @@ class DDPMScheduler(AlphaSchedulerMixin):
         self._check_model_output(model_output, sample)
         c = self._step_coefficients(i)
 
+        if self.config.thresholding:
+            prev_sample, x0 = self._thresholded_step(c, model_output, sample, predicted_variance,
+                                                     generator)
+            return (prev_sample, x0) if not return_dict else \
+                SchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
+
         # 1. x0_hat from the model output (eq. 15 for eps), then clip / threshold
         x0, _ = x0_and_eps(model_output, sample, c["sqrt_a_t"], c["sqrt_1m_a_t"],
                            self.config.prediction_type)
@@ -179,6 +197,27 @@ class DDPMScheduler(AlphaSchedulerMixin):
         if not return_dict:
             return prev_sample, x0
         return SchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
+
+    def _thresholded_step(self, c, model_output, sample, predicted_variance, generator):
+        """The step under dynamic thresholding (Saharia et al. 2022, sec. 2.3), in the
+        reference's order of operations: s is a quantile of |x0_hat| per image, so a one-ulp
+        change in x0_hat can move s and the whole image with it, and over a run (DeepFloyd IF)
+        the fused passes' round-off grows to 1e-3. Written this way, runs equal the reference's
+        bit for bit (the fused path is kept for every other mode)."""
+        a, b = c["sqrt_a_t"], c["sqrt_1m_a_t"]
+        prediction = self.config.prediction_type
+        if prediction == "epsilon":  # eq. 15
+            x0 = (sample - b * model_output) / a
+        elif prediction == "sample":
+            x0 = model_output
+        else:  # v-prediction
+            x0 = a * sample - b * model_output
+        x0 = limit_x0(x0, self)
+        prev_sample = c["x0_coeff"] * x0 + c["xt_coeff"] * sample  # eq. 7
+        if c["noise"]:
+            noise = gaussian_noise(model_output, generator)
+            prev_sample = prev_sample + self._std(c, predicted_variance) * noise
+        return prev_sample, x0
 
     def _std(self, c: dict[str, float], predicted_variance: torch.Tensor | None):
         if self.variance_type == "learned":  # the model predicts Sigma itself

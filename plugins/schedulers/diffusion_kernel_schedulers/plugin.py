@@ -45,6 +45,7 @@ SCHEDULERS = [
     ("LCMScheduler", "lcm", ("lcm",), {}),
     ("FlowMatchEulerDiscreteScheduler", "flow_match_euler", ("flow-match-euler",), {}),
     ("IPNDMScheduler", "ipndm", ("ipndm",), {}),
+    ("UnCLIPScheduler", "unclip", ("unclip",), {}),
 ]
 
 

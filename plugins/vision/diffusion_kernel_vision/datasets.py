@@ -76,7 +76,7 @@ def load_image_folder(folder: str | os.PathLike, resolution: int | None = None,
         if mode is not None:
             image = image.convert(mode)
         if resolution is not None:
-            image = _resize_and_crop(image, resolution)
+            image = resize_and_crop(image, resolution)
         sizes.setdefault(image.size, path)
         modes.setdefault(image.mode, path)
         images.append(image)
@@ -96,7 +96,9 @@ def load_image_folder(folder: str | os.PathLike, resolution: int | None = None,
     return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous() * 2 - 1
 
 
-def _resize_and_crop(image, resolution: int):
+def resize_and_crop(image, resolution: int):
+    """A PIL image resized (bicubic) so its shorter side is ``resolution``, then centre-cropped
+    to ``resolution`` x ``resolution``."""
     from PIL import Image
 
     scale = resolution / min(image.size)

@@ -1,7 +1,8 @@
 """Entry point of the vision plugin: registers image models, pipelines and the image processor by
-module path (imported on first use), and adds to the kernel's command verbs: the ``unconditional``
-kind of ``train``, the ``digits`` kind of ``evaluate``, the PNG writer of ``images`` for
-``generate``, and the shipped ``digits`` model."""
+module path (imported on first use), and adds to the kernel's command verbs: the
+``unconditional``, ``text-to-image``, ``textual-inversion`` and ``dreambooth`` kinds of
+``train``, the ``digits`` kind of ``evaluate``, the PNG writer of ``images`` for ``generate``,
+and the shipped ``digits`` model."""
 
 from pathlib import Path
 
@@ -20,9 +21,19 @@ PIPELINES = [
     ("DDIMPipeline", "pipelines.ddim", ("ddim-pipeline",)),
     ("PNDMPipeline", "pipelines.pndm", ("pndm-pipeline",)),
     ("LDMPipeline", "pipelines.ldm", ("ldm",)),
+    ("ScoreSdeVePipeline", "pipelines.score_sde_ve", ("score-sde-ve-pipeline",)),
     ("StableDiffusionPipeline", "pipelines.stable_diffusion", ("sd", "text2img")),
     ("StableDiffusionImg2ImgPipeline", "pipelines.stable_diffusion_img2img", ("img2img",)),
     ("StableDiffusionInpaintPipeline", "pipelines.stable_diffusion_inpaint", ("inpaint",)),
+]
+TRAIN_KINDS = [
+    ("text-to-image", "text_to_image",
+     "fine-tune Stable Diffusion's U-Net (or LoRA adapters) on captioned images"),
+    ("textual-inversion", "textual_inversion",
+     "learn a new token's embedding for Stable Diffusion from a few images"),
+    ("dreambooth", "dreambooth",
+     "DreamBooth: fine-tune Stable Diffusion (or LoRA adapters) on a subject, with optional "
+     "prior preservation"),
 ]
 PROCESSORS = [
     ("VaeImageProcessor", "processing.image_processor", ("image",)),
@@ -54,6 +65,9 @@ def register_train_kinds(register):
     register("unconditional", f"{_PKG}.commands:run_train_unconditional",
              arguments=f"{_PKG}.commands:add_train_unconditional_arguments",
              help="an unconditional image DDPM (UNet2DModel) on a folder of images or digits")
+    for name, run, help_text in TRAIN_KINDS:
+        register(name, f"{_PKG}.training.arguments:run_{run}",
+                 arguments=f"{_PKG}.training.arguments:add_{run}_arguments", help=help_text)
 
 
 @hookimpl

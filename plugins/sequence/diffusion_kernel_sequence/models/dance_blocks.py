@@ -39,7 +39,9 @@ class ResConvBlock(nn.Module):
         hidden_states = self.conv_2(F.gelu(self.group_norm_1(self.conv_1(hidden_states))))
         if not self.is_last:
             hidden_states = F.gelu(self.group_norm_2(hidden_states))
-        return hidden_states + residual
+        if torch.is_grad_enabled():
+            return hidden_states + residual
+        return hidden_states.add_(residual)  # inference: into the fresh activation
 
 
 class SelfAttention1d(nn.Module):

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 from diffusion_kernel.errors import ModelInputError
-from diffusion_kernel.nn import get_activation
 from torch import nn
 
+from .activations import get_activation
 from .resampling import ConvDownsample1d, ConvTransposeUpsample1d
 
 NORM_GROUPS = 8  # GroupNorm groups of every temporal residual block (fixed by the format)
@@ -50,7 +50,11 @@ class ResidualTemporalBlock1D(nn.Module):
     def forward(self, inputs: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """``inputs`` (B, C_in, T), ``t`` (B, embed_dim) -> (B, C_out, T)."""
         time = self.time_emb(self.time_emb_act(t))[:, :, None]
-        return self.conv_out(self.conv_in(inputs) + time) + self.residual_conv(inputs)
+        hidden = self.conv_in(inputs)
+        hidden = hidden + time if torch.is_grad_enabled() else hidden.add_(time)
+        hidden = self.conv_out(hidden)
+        residual = self.residual_conv(inputs)
+        return hidden + residual if torch.is_grad_enabled() else hidden.add_(residual)
 
 
 def _resnets(in_channels: int, out_channels: int, embed_dim: int, num_layers: int):

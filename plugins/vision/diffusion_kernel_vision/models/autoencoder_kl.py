@@ -16,6 +16,7 @@ from diffusion_kernel.modeling import ModelMixin
 from diffusion_kernel.nn import AttentionSlicingMixin, ModelOutput
 from torch import nn
 
+from ..loaders.single_file import FromOriginalModelMixin
 from .checks import check_feature_map
 from .tiling import tiled
 from .unet_keys import rename_legacy_attention_keys
@@ -29,12 +30,13 @@ class AutoencoderKLOutput(ModelOutput):
     latent_dist: DiagonalGaussianDistribution
 
 
-class AutoencoderKL(ModelMixin, AttentionSlicingMixin):
+class AutoencoderKL(ModelMixin, AttentionSlicingMixin, FromOriginalModelMixin):
     """``vae.encode(images).latent_dist.sample(generator)`` -> latents (multiply by
     ``vae.config.scaling_factor`` for diffusion); ``vae.decode(latents).sample`` -> images in
     [-1, 1] (divide the diffusion latents by ``scaling_factor`` first)."""
 
     _supports_gradient_checkpointing = True
+    _single_file_component = "vae"  # from_single_file reads this part of a checkpoint
 
     def __init__(
         self,

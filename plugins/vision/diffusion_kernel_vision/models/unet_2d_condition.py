@@ -5,7 +5,9 @@ sec. 3.3): predicts the noise (or velocity) in a latent from the timestep and co
 Config fields and weight keys are those of the diffusers ``UNet2DConditionModel``, so its
 checkpoints load unchanged. Note the format's naming quirk: ``attention_head_dim`` holds the
 number of attention heads per block (SD 1.x: 8; SD 2.x: ``[5, 10, 20, 20]``); the head size is
-``channels // heads``.
+``channels // heads``. The GLIDE-style levels (``ResnetDownsampleBlock2D``,
+``SimpleCrossAttn*Block2D``, ``UNetMidBlock2DSimpleCrossAttn``: DeepFloyd IF, the unCLIP decoder)
+read it as the head size, as the format does.
 """
 
 from __future__ import annotations
@@ -25,20 +27,25 @@ from diffusion_kernel.nn import (
     Timesteps,
     get_activation,
 )
+from diffusion_kernel.nn.lora import scales_lora
 from torch import nn
 
+from ..loaders.single_file import FromOriginalModelMixin
+from .attention_added_kv import CROSS_ATTENTION_NORMS
 from .checks import check_feature_map, check_tokens
+from .text_time_embedding import TextTimeEmbedding
 from .unet_blocks import get_down_block, get_mid_block, get_up_block
 from .unet_embeddings import class_embedding, timestep_batch
 from .unet_keys import rename_legacy_attention_keys
 
 _SUPPORTED = {
     "time_embedding_type": ("positional",),
-    "addition_embed_type": (None, "text_time"),
+    "addition_embed_type": (None, "text_time", "text"),
     "encoder_hid_dim_type": (None, "text_proj"),
     "attention_type": ("default",),
     "resnet_time_scale_shift": ("default", "scale_shift"),
     "class_embed_type": (None, "timestep", "identity", "projection", "simple_projection"),
+    "cross_attention_norm": CROSS_ATTENTION_NORMS,
 }
 
 
@@ -49,10 +56,11 @@ class UNet2DConditionOutput(ModelOutput):
     sample: torch.Tensor
 
 
-class UNet2DConditionModel(ModelMixin, AttentionSlicingMixin):
+class UNet2DConditionModel(ModelMixin, AttentionSlicingMixin, FromOriginalModelMixin):
     """Conditional 2D U-Net. Call ``unet(sample, timestep, encoder_hidden_states).sample``."""
 
     _supports_gradient_checkpointing = True
+    _single_file_component = "unet"  # from_single_file reads this part of a checkpoint
 
     def __init__(
         self,
@@ -141,6 +149,9 @@ class UNet2DConditionModel(ModelMixin, AttentionSlicingMixin):
             self.add_time_proj = Timesteps(addition_time_embed_dim, flip_sin_to_cos, freq_shift)
             self.add_embedding = TimestepEmbedding(projection_class_embeddings_input_dim,
                                                    time_embed_dim)
+        elif addition_embed_type == "text":  # DeepFloyd IF: attention-pooled text states
+            self.add_embedding = TextTimeEmbedding(encoder_hid_dim or cross_attention_dim,
+                                                   time_embed_dim, addition_embed_type_num_heads)
         self.time_embed_act = (get_activation(time_embedding_act_fn)
                                if time_embedding_act_fn is not None else None)
         blocks_temb = time_embed_dim * 2 if class_embeddings_concat else time_embed_dim
@@ -149,7 +160,11 @@ class UNet2DConditionModel(ModelMixin, AttentionSlicingMixin):
                       resnet_groups=norm_num_groups, dropout=dropout,
                       use_linear_projection=use_linear_projection,
                       upcast_attention=upcast_attention,
-                      resnet_time_scale_shift=resnet_time_scale_shift)
+                      resnet_time_scale_shift=resnet_time_scale_shift,
+                      # read by the GLIDE-style levels only, as in the format
+                      resnet_skip_time_act=resnet_skip_time_act,
+                      resnet_out_scale_factor=resnet_out_scale_factor,
+                      cross_attention_norm=cross_attention_norm)
         self.down_blocks = nn.ModuleList()
         out_channel = block_out_channels[0]
         for i, block_type in enumerate(down_block_types):
@@ -170,6 +185,10 @@ class UNet2DConditionModel(ModelMixin, AttentionSlicingMixin):
                                num_attention_heads=heads[-1], cross_attention_dim=cross_dims[-1])
         elif mid_block_type == "UNetMidBlock2D":  # a single resnet in this model
             mid_options.update(num_layers=0, add_attention=False)
+        elif mid_block_type == "UNetMidBlock2DSimpleCrossAttn":  # head size, not head count
+            mid_options.update(cross_attention_dim=cross_dims[-1],
+                               attention_head_dim=head_dims[-1],
+                               only_cross_attention=mid_block_only_cross_attention)
         self.mid_block = get_mid_block(mid_block_type, **mid_options)
 
         self.up_blocks = nn.ModuleList()
@@ -233,6 +252,10 @@ class UNet2DConditionModel(ModelMixin, AttentionSlicingMixin):
                 c.projection_class_embeddings_input_dim is None:
             raise ConfigError(f"UNet2DConditionModel: class_embed_type={c.class_embed_type!r} "
                               f"needs projection_class_embeddings_input_dim")
+        if c.addition_embed_type == "text" and c.encoder_hid_dim is None and \
+                not isinstance(c.cross_attention_dim, int):
+            raise ConfigError("UNet2DConditionModel: addition_embed_type='text' pools the text "
+                              "states: give one cross_attention_dim (or encoder_hid_dim)")
         if c.addition_embed_type == "text_time" and (
                 c.addition_time_embed_dim is None or
                 c.projection_class_embeddings_input_dim is None):
@@ -274,6 +297,7 @@ class UNet2DConditionModel(ModelMixin, AttentionSlicingMixin):
             if hasattr(block, "freeu"):
                 block.freeu = None
 
+    @scales_lora
     def forward(
         self,
         sample: torch.Tensor,
@@ -297,8 +321,8 @@ class UNet2DConditionModel(ModelMixin, AttentionSlicingMixin):
         ``down_block_additional_residuals`` + ``mid_block_additional_residual``: ControlNet
         residuals added to the skip connections and the mid block output.
         ``down_intrablock_additional_residuals``: T2I-adapter features added inside the down
-        blocks. ``cross_attention_kwargs`` is accepted for interface compatibility and not used
-        (there are no attention processors or LoRA layers here).
+        blocks. ``cross_attention_kwargs={"scale": s}`` (by keyword) multiplies the loaded LoRA
+        adapters by ``s`` for this call; its other entries are not used.
         Returns ``UNet2DConditionOutput(sample)`` (or ``(sample,)``).
         """
         c = self.config
@@ -321,7 +345,7 @@ class UNet2DConditionModel(ModelMixin, AttentionSlicingMixin):
             sample = 2 * sample - 1.0
 
         emb = self._embed_time(sample, timestep, timestep_cond, class_labels,
-                               added_cond_kwargs or {})
+                               added_cond_kwargs or {}, encoder_hidden_states)
         if self.encoder_hid_proj is not None:
             encoder_hidden_states = self.encoder_hid_proj(encoder_hidden_states)
         context = dict(encoder_hidden_states=encoder_hidden_states,
@@ -365,7 +389,8 @@ class UNet2DConditionModel(ModelMixin, AttentionSlicingMixin):
             return (sample,)
         return UNet2DConditionOutput(sample=sample)
 
-    def _embed_time(self, sample, timestep, timestep_cond, class_labels, added_cond_kwargs):
+    def _embed_time(self, sample, timestep, timestep_cond, class_labels, added_cond_kwargs,
+                    encoder_hidden_states):
         c = self.config
         t_emb = self.time_proj(timestep_batch(timestep, sample)).to(sample.dtype)
         emb = self.time_embedding(t_emb, timestep_cond)
@@ -387,6 +412,8 @@ class UNet2DConditionModel(ModelMixin, AttentionSlicingMixin):
             time_embeds = time_embeds.reshape(text_embeds.shape[0], -1)
             emb = emb + self.add_embedding(
                 torch.cat([text_embeds, time_embeds], dim=-1).to(emb.dtype))
+        elif c.addition_embed_type == "text":  # the text states before encoder_hid_proj
+            emb = emb + self.add_embedding(encoder_hidden_states)
         if self.time_embed_act is not None:
             emb = self.time_embed_act(emb)
         return emb

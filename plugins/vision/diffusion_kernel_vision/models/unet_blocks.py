@@ -12,7 +12,8 @@ attention exist in published checkpoints:
 
 The block type names of the diffusers format map to these three classes with the right options
 (``get_down_block`` / ``get_up_block`` / ``get_mid_block``); the weight keys are the format's.
-The NCSN++ "skip" block types build the blocks of ``unet_skip_blocks``.
+The NCSN++ "skip" block types build the blocks of ``unet_skip_blocks``; the GLIDE / unCLIP / IF
+block types (resnet resampling, added key/value attention) those of ``unet_glide_blocks``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,14 @@ from torch import nn
 from .freeu import freeu_concat
 from .resnet import Downsample2D, ResnetBlock2D, Upsample2D
 from .transformer_2d import Transformer2DModel
+from .unet_glide_blocks import (
+    GLIDE_DOWN_BLOCK_TYPES,
+    GLIDE_MID_BLOCK_TYPES,
+    GLIDE_UP_BLOCK_TYPES,
+    glide_down_block,
+    glide_mid_block,
+    glide_up_block,
+)
 from .unet_skip_blocks import SKIP_DOWN_BLOCK_TYPES, SKIP_UP_BLOCK_TYPES, SkipDownBlock, SkipUpBlock
 
 # Block type -> (attention kind, U-Net level: takes a time embedding and, going up, the skip
@@ -251,12 +260,13 @@ class UNetMidBlock(_AttentionLevel):
         return hidden_states
 
 
-def _block_kind(block_type: str, table: dict, role: str, skip_table: dict
+def _block_kind(block_type: str, table: dict, role: str, *other_tables: dict
                 ) -> tuple[str | None, bool]:
     name = block_type[len("UNetRes"):] if block_type.startswith("UNetRes") else block_type
     if name not in table:
+        supported = sorted(name for t in (table, *other_tables) for name in t)
         raise ConfigError(f"unsupported {role} block type {block_type!r}; supported: "
-                          f"{sorted([*table, *skip_table])}")
+                          f"{supported}")
     return table[name]
 
 
@@ -276,7 +286,11 @@ def get_down_block(block_type: str, *, in_channels: int, out_channels: int,
     if block_type in SKIP_DOWN_BLOCK_TYPES:
         return SkipDownBlock(SKIP_DOWN_BLOCK_TYPES[block_type], in_channels, out_channels,
                              temb_channels, num_layers, add_downsample, **_skip_options(options))
-    kind, timed = _block_kind(block_type, DOWN_BLOCK_TYPES, "down", SKIP_DOWN_BLOCK_TYPES)
+    if block_type in GLIDE_DOWN_BLOCK_TYPES:
+        return glide_down_block(block_type, in_channels, out_channels, temb_channels,
+                                num_layers, add_downsample, **options)
+    kind, timed = _block_kind(block_type, DOWN_BLOCK_TYPES, "down", SKIP_DOWN_BLOCK_TYPES,
+                              GLIDE_DOWN_BLOCK_TYPES)
     if kind == "cross" and options.get("cross_attention_dim") is None:
         raise ConfigError(f"{block_type} needs cross_attention_dim in the config")
     # Only the self-attention block of the format offers a resnet downsampler.
@@ -295,7 +309,11 @@ def get_up_block(block_type: str, *, in_channels: int, out_channels: int,
         return SkipUpBlock(SKIP_UP_BLOCK_TYPES[block_type], in_channels, prev_output_channel,
                            out_channels, temb_channels, num_layers, add_upsample,
                            **_skip_options(options))
-    kind, timed = _block_kind(block_type, UP_BLOCK_TYPES, "up", SKIP_UP_BLOCK_TYPES)
+    if block_type in GLIDE_UP_BLOCK_TYPES:
+        return glide_up_block(block_type, in_channels, out_channels, prev_output_channel,
+                              temb_channels, num_layers, add_upsample, **options)
+    kind, timed = _block_kind(block_type, UP_BLOCK_TYPES, "up", SKIP_UP_BLOCK_TYPES,
+                              GLIDE_UP_BLOCK_TYPES)
     if kind == "cross" and options.get("cross_attention_dim") is None:
         raise ConfigError(f"{block_type} needs cross_attention_dim in the config")
     upsample_type = (upsample_type or "conv") if kind == "self" and timed else "conv"
@@ -313,8 +331,10 @@ def get_mid_block(block_type: str | None, *, in_channels: int, temb_channels: in
     a single resnet."""
     if block_type is None:
         return None
+    if block_type in GLIDE_MID_BLOCK_TYPES:
+        return glide_mid_block(block_type, in_channels, temb_channels, **options)
     if block_type not in MID_BLOCK_TYPES:
         raise ConfigError(f"unsupported mid block type {block_type!r}; supported: "
-                          f"{list(MID_BLOCK_TYPES)} or null")
+                          f"{[*MID_BLOCK_TYPES, *GLIDE_MID_BLOCK_TYPES]} or null")
     kind = "cross" if block_type == "UNetMidBlock2DCrossAttn" else "self"
     return UNetMidBlock(kind if add_attention else None, in_channels, temb_channels, **options)

@@ -39,6 +39,7 @@ class StableDiffusionPipeline(StableDiffusionBase):
         negative_prompt_embeds: torch.Tensor | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        cross_attention_kwargs: dict[str, Any] | None = None,
         guidance_rescale: float = 0.0,
         clip_skip: int | None = None,
         callback_on_step_end: Callable | None = None,
@@ -71,13 +72,15 @@ class StableDiffusionPipeline(StableDiffusionBase):
         device = self._execution_device
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(
             prompt, device, num_images_per_prompt, self._do_cfg(guidance_scale), negative_prompt,
-            prompt_embeds, negative_prompt_embeds, clip_skip)
+            prompt_embeds, negative_prompt_embeds, clip_skip,
+            lora_scale=(cross_attention_kwargs or {}).get("scale"))
         steps, _ = self._set_timesteps(num_inference_steps, device, timesteps, sigmas)
         latents = self.prepare_latents(batch, self.unet.config.in_channels, height, width,
                                        prompt_embeds.dtype, device, generator, latents)
         latents = self.denoise(latents, steps, prompt_embeds, negative_prompt_embeds,
                                guidance_scale, self.step_kwargs(generator, eta),
                                callback_on_step_end, callback_on_step_end_tensor_inputs,
+                               cross_attention_kwargs=cross_attention_kwargs,
                                guidance_rescale=guidance_rescale)
         return self.finish(latents, output_type, return_dict)
 

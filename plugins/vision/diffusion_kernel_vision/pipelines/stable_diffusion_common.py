@@ -19,8 +19,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from diffusion_kernel.errors import PipelineError
+from diffusion_kernel.nn.lora import lora_call_scale
 from diffusion_kernel.pipelines import DiffusionPipeline, ImagePipelineOutput
 
+from ..loaders.lora_pipeline import StableDiffusionLoraLoaderMixin
+from ..loaders.single_file import FromSingleFileMixin
+from ..loaders.textual_inversion import TextualInversionLoaderMixin
 from ..processing.image_processor import VaeImageProcessor, check_output_type
 from .common import Generators, check_generators, randn, sample_of, step_kwargs
 
@@ -34,11 +38,13 @@ class StableDiffusionPipelineOutput(ImagePipelineOutput):
     nsfw_content_detected: Any = None
 
 
-class StableDiffusionBase(DiffusionPipeline):
+class StableDiffusionBase(StableDiffusionLoraLoaderMixin, TextualInversionLoaderMixin,
+                          FromSingleFileMixin, DiffusionPipeline):
     """Components: ``vae`` (AutoencoderKL), ``text_encoder`` (transformers CLIPTextModel),
     ``tokenizer`` (CLIPTokenizer), ``unet`` (UNet2DConditionModel), ``scheduler`` (any compatible
     scheduler). ``safety_checker``, ``feature_extractor`` and ``image_encoder`` are accepted for
-    compatibility with diffusers folders and are neither loaded nor run."""
+    compatibility with diffusers folders and are neither loaded nor run. LoRA, textual
+    inversion and single-file checkpoints: see ``loaders/``."""
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
     _optional_components = ("safety_checker", "feature_extractor", "image_encoder")
@@ -171,6 +177,7 @@ class StableDiffusionBase(DiffusionPipeline):
 
     def _text_embeddings(self, texts: list[str], device: torch.device, length: int,
                          clip_skip: int | None = None) -> torch.Tensor:
+        texts = self.maybe_convert_prompt(texts, self.tokenizer)  # multi-vector embeddings
         tokens = self.tokenizer(texts, padding="max_length", max_length=length, truncation=True,
                                 return_tensors="pt")
         mask = None
@@ -191,10 +198,13 @@ class StableDiffusionBase(DiffusionPipeline):
                       negative_prompt: str | list[str] | None = None,
                       prompt_embeds: torch.Tensor | None = None,
                       negative_prompt_embeds: torch.Tensor | None = None,
-                      clip_skip: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                      clip_skip: int | None = None, lora_scale: float | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Text -> CLIP embeddings, each repeated ``num_images_per_prompt`` times; the negative
-        embeddings (the empty prompt unless given) only with classifier-free guidance."""
-        with torch.no_grad():
+        embeddings (the empty prompt unless given) only with classifier-free guidance.
+        ``lora_scale`` multiplies the text encoder's LoRA adapters for this call."""
+        scale = 1.0 if lora_scale is None or self.text_encoder is None else lora_scale
+        with torch.no_grad(), lora_call_scale(self.text_encoder, scale):
             if prompt_embeds is None:
                 texts = [prompt] if isinstance(prompt, str) else list(prompt)
                 prompt_embeds = self._text_embeddings(texts, device,
@@ -289,11 +299,12 @@ class StableDiffusionBase(DiffusionPipeline):
                 conditioning: torch.Tensor | None = None,
                 after_step: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
                 callback_values: dict[str, Any] | None = None,
-                guidance_rescale: float = 0.0) -> torch.Tensor:
+                guidance_rescale: float = 0.0,
+                cross_attention_kwargs: dict[str, Any] | None = None) -> torch.Tensor:
         """Run the scheduler over ``timesteps``. ``conditioning`` is concatenated to the UNet
         input along channels (inpainting UNets); ``after_step(i, latents)`` may change the
         latents after each step (legacy inpainting's blend); ``guidance_rescale`` see
-        ``rescale_guidance``."""
+        ``rescale_guidance``; ``cross_attention_kwargs`` go to the U-Net (``"scale"``: LoRA)."""
         cfg = negative_prompt_embeds is not None
         embeds = torch.cat([negative_prompt_embeds, prompt_embeds]) if cfg else prompt_embeds
         for i, t in enumerate(self.progress_bar(timesteps)):
@@ -302,7 +313,8 @@ class StableDiffusionBase(DiffusionPipeline):
             if conditioning is not None:
                 model_input = torch.cat([model_input, conditioning], dim=1)
             with torch.no_grad():
-                noise_pred = sample_of(self.unet(model_input, t, encoder_hidden_states=embeds))
+                noise_pred = sample_of(self.unet(model_input, t, encoder_hidden_states=embeds,
+                                                 cross_attention_kwargs=cross_attention_kwargs))
             if cfg:
                 uncond, cond = noise_pred.chunk(2)
                 noise_pred = uncond + guidance_scale * (cond - uncond)

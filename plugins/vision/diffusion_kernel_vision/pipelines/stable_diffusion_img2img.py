@@ -38,6 +38,7 @@ class StableDiffusionImg2ImgPipeline(StableDiffusionBase):
         negative_prompt_embeds: torch.Tensor | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        cross_attention_kwargs: dict[str, Any] | None = None,
         clip_skip: int | None = None,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: TensorInputs = ("latents",),
@@ -59,7 +60,8 @@ class StableDiffusionImg2ImgPipeline(StableDiffusionBase):
         device = self._execution_device
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(
             prompt, device, num_images_per_prompt, self._do_cfg(guidance_scale), negative_prompt,
-            prompt_embeds, negative_prompt_embeds, clip_skip)
+            prompt_embeds, negative_prompt_embeds, clip_skip,
+            lora_scale=(cross_attention_kwargs or {}).get("scale"))
         pixels = self.image_processor.preprocess(image)
         all_steps, count = self._set_timesteps(num_inference_steps, device, timesteps, sigmas)
         steps = self._strength_timesteps(count, strength)
@@ -69,5 +71,6 @@ class StableDiffusionImg2ImgPipeline(StableDiffusionBase):
         latents = self.scheduler.add_noise(clean, noise, steps[:1].repeat(batch))
         latents = self.denoise(latents, steps, prompt_embeds, negative_prompt_embeds,
                                guidance_scale, self.step_kwargs(generator, eta),
-                               callback_on_step_end, callback_on_step_end_tensor_inputs)
+                               callback_on_step_end, callback_on_step_end_tensor_inputs,
+                               cross_attention_kwargs=cross_attention_kwargs)
         return self.finish(latents, output_type, return_dict)

@@ -66,6 +66,7 @@ class StableDiffusionInpaintPipeline(StableDiffusionBase):
         negative_prompt_embeds: torch.Tensor | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        cross_attention_kwargs: dict[str, Any] | None = None,
         clip_skip: int | None = None,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: TensorInputs = ("latents",),
@@ -99,7 +100,8 @@ class StableDiffusionInpaintPipeline(StableDiffusionBase):
         cfg = self._do_cfg(guidance_scale)
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(
             prompt, device, num_images_per_prompt, cfg, negative_prompt, prompt_embeds,
-            negative_prompt_embeds, clip_skip)
+            negative_prompt_embeds, clip_skip,
+            lora_scale=(cross_attention_kwargs or {}).get("scale"))
         _, count = self._set_timesteps(num_inference_steps, device, timesteps, sigmas)
         steps = self._strength_timesteps(count, strength)
         dtype = prompt_embeds.dtype
@@ -145,6 +147,7 @@ class StableDiffusionInpaintPipeline(StableDiffusionBase):
         latents = self.denoise(latents, steps, prompt_embeds, negative_prompt_embeds,
                                guidance_scale, self.step_kwargs(generator, eta),
                                callback_on_step_end, callback_on_step_end_tensor_inputs,
+                               cross_attention_kwargs=cross_attention_kwargs,
                                conditioning=conditioning,
                                after_step=blend_known_region if legacy else None,
                                callback_values={"mask": mask,

@@ -1,0 +1,1 @@
+"""Training data the audio plugin can make offline."""

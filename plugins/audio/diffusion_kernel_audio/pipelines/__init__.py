@@ -1,0 +1,1 @@
+"""Audio pipelines: Dance Diffusion (waveforms) and Audio Diffusion (mel-spectrogram images)."""

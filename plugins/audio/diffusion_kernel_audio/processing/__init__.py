@@ -1,0 +1,1 @@
+"""Audio processors: mel-spectrogram images (``Mel``) and the spectral arithmetic under them."""

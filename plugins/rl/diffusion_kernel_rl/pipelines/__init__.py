@@ -1,0 +1,2 @@
+"""The planning pipelines: value-guided (diffusers' ValueGuidedRLPipeline) and goal-conditioned
+(Diffuser's Maze2D planner)."""
