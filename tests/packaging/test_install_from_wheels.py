@@ -372,7 +372,8 @@ class TestAPluginThatRaisesOnImport:
 
     def test_does_not_stop_the_other_plugins(self, venv):
         out = venv.run("diffusion-kernel", "plugins").stdout.splitlines()
-        for plugin in ("schedulers", "vision", "audio", "sequence", "text2image", "rl", "molecules"):
+        for plugin in ("schedulers", "vision", "audio", "sequence", "text2image", "rl",
+                       "molecules"):
             assert f"{plugin}: diffusion-kernel-{plugin} 0.1.0 [loaded]" in out
 
     def test_leaves_the_registry_working(self, venv):
