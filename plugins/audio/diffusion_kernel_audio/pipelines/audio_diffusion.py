@@ -12,7 +12,6 @@ out-painting keep the noised input's first and last seconds (``mask_start_secs``
 
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Any
 
@@ -23,6 +22,7 @@ from diffusion_kernel.errors import NotRegisteredError, PipelineError
 from diffusion_kernel.noise import Generators
 from diffusion_kernel.noise import randn as draw_noise
 from diffusion_kernel.pipelines import DiffusionPipeline
+from diffusion_kernel.sampling_loop import step_kwargs
 
 from .outputs import AudioDiffusionPipelineOutput
 
@@ -134,7 +134,7 @@ class AudioDiffusionPipeline(DiffusionPipeline):
             mask_start = int(mask_start_secs * pixels_per_second)
             mask_end = int(mask_end_secs * pixels_per_second)
 
-        extra = self._step_kwargs(eta, step_generator)
+        extra = step_kwargs(self.scheduler, step_generator, eta)
         for step, t in enumerate(self.progress_bar(self.scheduler.timesteps[start_step:])):
             if encoding is not None:
                 model_output = self.unet(images, t, encoding).sample
@@ -149,11 +149,6 @@ class AudioDiffusionPipeline(DiffusionPipeline):
         pixels = self._to_bytes(images)
         self.maybe_free_model_hooks()
         return self._outputs(pixels, return_dict)
-
-    def _step_kwargs(self, eta: float, generator: Generators) -> dict[str, Any]:
-        params = inspect.signature(self.scheduler.step).parameters
-        wanted = {"eta": eta, "generator": generator}
-        return {k: v for k, v in wanted.items() if k in params and v is not None}
 
     def _encode_input(self, audio_file, raw_audio, slice: int, noise: torch.Tensor,
                       start_step: int, generator: Generators):

@@ -14,7 +14,6 @@ term's at ``clip_local``; positions are clamped to [-clip_pos, clip_pos].
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +23,7 @@ import torch
 from diffusion_kernel.errors import PipelineError
 from diffusion_kernel.noise import Generators, randn
 from diffusion_kernel.pipelines import DiffusionPipeline, PipelineOutput
+from diffusion_kernel.sampling_loop import step_kwargs
 from rdkit import Chem
 
 from ..processing.molecule_processor import MoleculeLike, MoleculeProcessor, with_conformers
@@ -176,7 +176,7 @@ class MoleculeConformerPipeline(DiffusionPipeline):
         for i, (t, sigma) in enumerate(zip(self.progress_bar(scheduler.timesteps), sigmas)):
             model_input = scheduler.scale_model_input(x, t) * (1.0 + sigma**2) ** 0.5
             eps = self._noise_estimate(model_input.reshape(-1, 3), graph, sigma, options)
-            x = scheduler.step(eps.reshape(x.shape), t, x, **_step_kwargs(scheduler, generator))
+            x = scheduler.step(eps.reshape(x.shape), t, x, **step_kwargs(scheduler, generator))
             x = x.prev_sample
             x = x - x.mean(dim=1, keepdim=True)
             if options["clip_pos"] is not None:
@@ -206,8 +206,3 @@ def _split_generators(generator: Generators, num_molecules: int, num_conformers:
         return [list(generator[k * num_conformers:(k + 1) * num_conformers])
                 for k in range(num_molecules)]
     return [generator] * num_molecules
-
-
-def _step_kwargs(scheduler, generator) -> dict[str, Any]:
-    takes = inspect.signature(scheduler.step).parameters
-    return {"generator": generator} if "generator" in takes and generator is not None else {}

@@ -22,6 +22,7 @@ from diffusion_kernel.configuration import FrozenConfig
 from diffusion_kernel.errors import PipelineError
 from diffusion_kernel.noise import randn
 from diffusion_kernel.pipelines import DiffusionPipeline, PipelineOutput
+from diffusion_kernel.sampling_loop import step_kwargs
 
 from .trajectory import apply_conditions, check_horizon, model_sample
 
@@ -150,7 +151,7 @@ class DiffuserPlanningPipeline(DiffusionPipeline):
         for t in self.progress_bar(self.scheduler.timesteps):
             model_input = self.scheduler.scale_model_input(x, t)
             model_output = model_sample(self.unet, model_input, t).permute(0, 2, 1)
-            x = self.scheduler.step(model_output, t, x, **self._step_kwargs(generator))
+            x = self.scheduler.step(model_output, t, x, **step_kwargs(self.scheduler, generator))
             x = apply_conditions(x.prev_sample, conditions, action_dim)
         if self.normalizer is not None:
             x = self.normalizer.unnormalize(x)
@@ -210,12 +211,6 @@ class DiffuserPlanningPipeline(DiffusionPipeline):
             maze.check_free(start[:2], "start")
         for goal in goals if goals is not None else ():
             maze.check_free(goal[:2], "goal")
-
-    def _step_kwargs(self, generator) -> dict[str, Any]:
-        import inspect
-
-        takes = inspect.signature(self.scheduler.step).parameters
-        return {"generator": generator} if "generator" in takes and generator is not None else {}
 
 
 def _start_and_goal(text: str) -> tuple[np.ndarray, np.ndarray]:

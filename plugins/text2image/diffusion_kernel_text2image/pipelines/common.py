@@ -8,7 +8,6 @@ conditional batch in one call; the prediction is ``uncond + w (cond - uncond)``.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -16,6 +15,7 @@ import torch
 from diffusion_kernel.errors import PipelineError
 from diffusion_kernel.noise import Generators
 from diffusion_kernel.noise import randn as _draw
+from diffusion_kernel.sampling_loop import sample_of, step_kwargs  # noqa: F401 (re-exported)
 
 IMAGE_OUTPUT_TYPES = ("pil", "np", "pt")
 
@@ -88,21 +88,6 @@ def check_callbacks(pipe: Any, callback: Callable | None, callback_steps: int,
     pipe.check_callback_inputs(tensor_inputs)
 
 
-def step_kwargs(scheduler: Any, generator: Generators, eta: float | None = None,
-                **extra: Any) -> dict[str, Any]:
-    """The optional ``step`` arguments this scheduler takes: ``generator`` for stochastic
-    samplers, ``eta`` for DDIM, and any ``extra`` it knows (others ignore them)."""
-    params = inspect.signature(scheduler.step).parameters
-    wanted = {"generator": generator, "eta": eta, **extra}
-    return {k: v for k, v in wanted.items() if k in params and v is not None}
-
-
-def sample_of(output: Any) -> torch.Tensor:
-    """The tensor a model call returns: ``output.sample`` or the first element of a tuple."""
-    if isinstance(output, torch.Tensor):
-        return output
-    sample = getattr(output, "sample", None)
-    return sample if sample is not None else output[0]
 
 
 def guided(prediction: torch.Tensor, scale: float, channels: int | None = None) -> torch.Tensor:

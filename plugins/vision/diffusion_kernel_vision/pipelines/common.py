@@ -3,7 +3,6 @@ optional step arguments, model outputs, and the check of ``output_type``."""
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,6 +10,7 @@ import torch
 from diffusion_kernel.errors import PipelineError
 from diffusion_kernel.noise import Generators
 from diffusion_kernel.noise import randn as _draw
+from diffusion_kernel.sampling_loop import sample_of, step_kwargs  # noqa: F401 (re-exported)
 
 
 def check_generators(generator: Generators, batch_size: int) -> None:
@@ -28,18 +28,3 @@ def randn(shape: Sequence[int], generator: Generators = None, device: Any = None
     return _draw(shape, generator, device, dtype)
 
 
-def step_kwargs(scheduler: Any, generator: Generators, eta: float | None = None,
-                **extra: Any) -> dict[str, Any]:
-    """The optional ``step`` arguments this scheduler takes: ``generator`` for stochastic
-    samplers, ``eta`` for DDIM (others ignore it), and any ``extra`` it knows."""
-    params = inspect.signature(scheduler.step).parameters
-    wanted = {"generator": generator, "eta": eta, **extra}
-    return {k: v for k, v in wanted.items() if k in params and v is not None}
-
-
-def sample_of(output: Any) -> torch.Tensor:
-    """The tensor a model call returns: ``output.sample`` or the first element of a tuple."""
-    if isinstance(output, torch.Tensor):
-        return output
-    sample = getattr(output, "sample", None)
-    return sample if sample is not None else output[0]
