@@ -4,7 +4,7 @@ steps) well above the straight-line controller, and the value function steers va
 planning to its goal clearly more often than unguided planning on the same seeds.
 
 The bounds are the figures measured for docs/rl.md less two points (another thread count may move
-a borderline plan): 91 % success and a normalised score of 87.4. The issue asks for a score of
+a borderline plan): 92 % success and a normalised score of 89.1. The issue asks for a score of
 90; that is not reached yet (docs/rl.md says by how much and why)."""
 
 import json
@@ -53,8 +53,8 @@ def test_the_planner_solves_the_medium_maze(planner):
     refs = references(maze, starts, goals)
     planned = summary(plan_and_follow(planner, maze, starts, goals)[0], refs)
     straight = summary(rollout(maze, StraightLinePolicy(), starts, goals), refs)
-    assert planned["success_rate"] >= 89, planned
-    assert planned["normalized_score"] >= 85, planned
+    assert planned["success_rate"] >= 90, planned
+    assert planned["normalized_score"] >= 87, planned
     assert planned["success_rate"] >= straight["success_rate"] + 20, (planned, straight)
 
 
