@@ -71,6 +71,53 @@ def test_the_global_term_options_change_the_result(tiny_pipeline):
     assert clipped.abs().max() <= 0.5 + 1e-6
 
 
+def test_refine_steps_continue_from_the_last_scheduler_step(tiny_pipeline):
+    """refine_steps=k is the chain without them followed by k steps x <- x - s * eps(x, s) at the
+    schedule's smallest noise level s, each conformer re-centred."""
+    from diffusion_kernel_molecules.pipelines.conformer import sigmas_at
+
+    def run(refine_steps):
+        return tiny_pipeline("CCO", num_conformers=2, num_inference_steps=STEPS,
+                             output_type="pos", generator=seeded(0, 1),
+                             refine_steps=refine_steps)[0][0]
+
+    x = run(0)
+    s = sigmas_at(tiny_pipeline.scheduler.alphas_cumprod, torch.zeros(1))[0]
+    graph = tiny_pipeline.processor.graph(tiny_pipeline.processor.molecule("CCO")).repeat(2)
+    for _ in range(2):
+        eps = tiny_pipeline.model(x.reshape(-1, 3), graph, s).sample.reshape(x.shape)
+        x = x - s * eps
+        x = x - x.mean(dim=1, keepdim=True)
+    assert (run(2) - x).abs().max() < 1e-5
+    assert not torch.allclose(run(2), run(0))
+
+
+def test_a_refine_step_lands_a_model_that_knows_the_clean_positions_on_them(tiny_pipeline):
+    """With a stand-in model whose noise estimate is exact for one clean geometry,
+    eps = (x - x_0) / sigma, one refine step returns x_0 wherever the chain ended."""
+    from types import SimpleNamespace
+
+    clean = torch.randn(9, 3, generator=torch.Generator().manual_seed(2))
+    clean = clean - clean.mean(dim=0)
+
+    class Oracle(torch.nn.Module):
+        config = tiny_pipeline.model.config
+
+        def check_elements(self, atom_type):
+            pass
+
+        def forward(self, pos, graph, sigma, global_branch=None):
+            return SimpleNamespace(local_sample=(pos - clean.repeat(2, 1)) / sigma,
+                                   global_sample=None)
+
+    pipe = registry.pipelines.get("MoleculeConformerPipeline")(
+        model=Oracle(), scheduler=tiny_pipeline.scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    (pos,) = pipe("CCO", num_conformers=2, num_inference_steps=3, output_type="pos",
+                  generator=seeded(0, 1), refine_steps=1).molecules
+    assert (pos - clean).abs().max() < 1e-5
+
+
 @pytest.mark.parametrize("name", ["ddim", "dpm++2m", "euler"])
 def test_other_schedulers_swap_in(tiny_pipeline, name):
     tiny_pipeline.scheduler = scheduler_from_name(name, tiny_pipeline.scheduler.config)
@@ -115,10 +162,11 @@ class CountingModel(torch.nn.Module):
     ("CCO", {"num_conformers": 0}, PipelineError, "num_conformers must be a positive integer"),
     ("CCO", {"num_inference_steps": 0}, PipelineError, "num_inference_steps must be"),
     ("CCO", {"output_type": "pil"}, PipelineError, "unknown output_type 'pil'"),
+    ("CCO", {"refine_steps": -1}, PipelineError, "refine_steps must be a non-negative integer"),
     ("CCO", {"generator": seeded(1, 2, 3)}, PipelineError, "3 generators for 1 molecule"),
     ([], {}, PipelineError, "no molecule given"),
 ], ids=["unparsable", "element", "disconnected", "zero-conformers", "zero-steps", "output-type",
-        "generators", "empty"])
+        "refine-steps", "generators", "empty"])
 def test_bad_input_is_refused_before_any_sampling(tiny_pipeline, molecules, kwargs, error,
                                                   message):
     counting = CountingModel(tiny_pipeline.model)

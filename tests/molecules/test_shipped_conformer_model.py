@@ -66,7 +66,7 @@ def test_generate_on_the_shipped_model_writes_molecules_with_real_bonds(tmp_path
     assert main(["generate", "CCO", "--model", "conformers", "--num", "2", "--out", str(out),
                  "--threads", "1", "--seed", "0"]) == 0
     printed = capsys.readouterr()
-    assert "wrote 2 conformers" in printed.out and "200 steps" in printed.err
+    assert "wrote 2 conformers" in printed.out and "100 steps" in printed.err
     records = list(Chem.SDMolSupplier(str(out), removeHs=False))
     assert len(records) == 2
     expected = {(6, 6): 1.51, (6, 8): 1.42, (1, 6): 1.09, (1, 8): 0.97}

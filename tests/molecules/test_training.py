@@ -9,6 +9,7 @@ from diffusion_kernel_molecules.training import (
     antithetic_timesteps,
     centred,
     denoising_loss,
+    low_noise_timesteps,
     train,
 )
 
@@ -17,6 +18,22 @@ def test_timesteps_come_in_antithetic_pairs():
     t = antithetic_timesteps(6, 5000, torch.Generator().manual_seed(0))
     assert t.shape == (6,)
     assert torch.equal(t[4:6], 4999 - t[:2])  # 4 drawn, then their mirror images, cut to 6
+
+
+def test_a_low_noise_fraction_redraws_the_last_timesteps_below_the_noise_level(
+        geodiff_scheduler):
+    abar = geodiff_scheduler.alphas_cumprod.double()
+    sigma = ((1 - abar) / abar).sqrt()
+    t = antithetic_timesteps(8, 5000, torch.Generator().manual_seed(0))
+    assert torch.equal(low_noise_timesteps(t, abar, 0.0, 0.2), t)
+    mixed = low_noise_timesteps(t, abar, 0.25, 0.2, torch.Generator().manual_seed(1))
+    assert torch.equal(mixed[:6], t[:6])  # round(0.25 * 8) = 2 redrawn, the rest kept
+    assert (sigma[mixed[6:]] < 0.2).all()
+    draws = low_noise_timesteps(torch.zeros(4000, dtype=torch.long), abar, 1.0, 0.2,
+                                torch.Generator().manual_seed(2))
+    assert (sigma[draws] < 0.2).all() and sigma[draws].max() > 0.19  # the whole range below
+    with pytest.raises(ConfigError, match="no training timestep has sigma below 0.001"):
+        low_noise_timesteps(t, abar, 0.5, 0.001)
 
 
 def test_centring_moves_each_molecule_to_its_centroid(processor_batch):
@@ -86,6 +103,8 @@ def test_train_saves_a_loadable_pipeline_with_the_data_elements(small_references
 def test_bad_training_settings_are_refused(small_references, tmp_path):
     with pytest.raises(ConfigError, match="positive"):
         train(TrainConfig(data="x.npz", output_dir=str(tmp_path), max_steps=0))
+    with pytest.raises(ConfigError, match="low_noise_fraction must be in"):
+        train(TrainConfig(data="x.npz", output_dir=str(tmp_path), low_noise_fraction=1.5))
 
 
 @pytest.fixture

@@ -27,6 +27,9 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--w-global", type=float, help="weight of the global term (GeoDiff)")
     p.add_argument("--global-start-sigma", type=float,
                    help="add the global term only below this noise level (Å)")
+    p.add_argument("--refine-steps", type=int,
+                   help="noise-free denoising steps after the last scheduler step (default: "
+                        "the pipeline's, 0: none)")
     p.add_argument("--json", help="also write the summary and per-molecule rows to this file")
 
 
@@ -46,6 +49,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-convs-local", type=int, default=3, help="GIN convolutions (local)")
     p.add_argument("--cutoff", type=float, default=10.0, help="global radius graph, Å")
     p.add_argument("--save-steps", type=int, default=500)
+    p.add_argument("--low-noise-fraction", type=float, default=0.0,
+                   help="share of each batch whose timestep is drawn among the low-noise ones "
+                        "(sigma below --low-noise-sigma), where bond lengths are decided")
+    p.add_argument("--low-noise-sigma", type=float, default=0.2,
+                   help="noise level (Å) below which --low-noise-fraction draws")
     p.add_argument("--init-from", help="start from the weights of this pipeline folder "
                                        "(same architecture flags; a fresh optimizer)")
     p.add_argument("--resume", action="store_true",
@@ -89,7 +97,8 @@ def _model_generator(args: argparse.Namespace):
         pipe.scheduler = scheduler_from_name(args.scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     options = {k: v for k, v in (("w_global", args.w_global),
-                                 ("global_start_sigma", args.global_start_sigma)) if v is not None}
+                                 ("global_start_sigma", args.global_start_sigma),
+                                 ("refine_steps", args.refine_steps)) if v is not None}
     return pipeline_generator(pipe, args.steps, **options)
 
 

@@ -10,6 +10,10 @@ summed over coordinates and averaged over atoms. The model adds its global term 
 ``global_start_sigma`` (GeoDiff samples that way; 0.5 Å by default), so the local term alone
 learns the noisier levels and the global branch costs nothing there. Timesteps are drawn in
 antithetic pairs (t, T - 1 - t), as GeoDiff does, so each batch covers both ends of the schedule.
+Optionally (``low_noise_fraction`` > 0) that share of each batch instead draws its timestep
+uniformly among those with sigma_t below ``low_noise_sigma``: the last, low-noise steps of
+sampling decide bond lengths, and this spends more of the training on them (used to fine-tune
+the shipped model; docs/molecules.md).
 """
 
 from __future__ import annotations
@@ -40,13 +44,34 @@ def antithetic_timesteps(num_graphs: int, num_train_timesteps: int,
     return torch.cat([half, num_train_timesteps - 1 - half])[:num_graphs]
 
 
+def low_noise_timesteps(timesteps: torch.Tensor, alphas_cumprod: torch.Tensor, fraction: float,
+                        max_sigma: float,
+                        generator: torch.Generator | None = None) -> torch.Tensor:
+    """``timesteps`` with its last round(fraction * len) entries redrawn uniformly among the
+    timesteps whose sigma = sqrt((1 - abar) / abar) is below ``max_sigma`` Å."""
+    count = round(fraction * len(timesteps))
+    if count == 0:
+        return timesteps
+    abar = alphas_cumprod.double()
+    low = int((((1 - abar) / abar).sqrt() < max_sigma).sum())  # sigma grows with t
+    if low == 0:
+        raise ConfigError(f"no training timestep has sigma below {max_sigma} Å; the smallest is "
+                          f"{float(((1 - abar[0]) / abar[0]).sqrt()):.4f} Å")
+    drawn = torch.randint(0, low, (count,), generator=generator)
+    return torch.cat([timesteps[:len(timesteps) - count], drawn])
+
+
 def denoising_loss(model, graph: MoleculeGraph, pos: torch.Tensor,
                    alphas_cumprod: torch.Tensor, generator: torch.Generator | None = None,
-                   timesteps: torch.Tensor | None = None) -> torch.Tensor:
+                   timesteps: torch.Tensor | None = None, low_noise_fraction: float = 0.0,
+                   low_noise_sigma: float = 0.2) -> torch.Tensor:
     """The objective of the module docstring for one batch: reference positions ``pos`` (N, 3)
-    of the molecules of ``graph``."""
+    of the molecules of ``graph``. Without ``timesteps``, they are drawn in antithetic pairs,
+    ``low_noise_fraction`` of them below ``low_noise_sigma`` (module docstring)."""
     if timesteps is None:
         timesteps = antithetic_timesteps(graph.num_graphs, len(alphas_cumprod), generator)
+        timesteps = low_noise_timesteps(timesteps, alphas_cumprod, low_noise_fraction,
+                                        low_noise_sigma, generator)
     abar = alphas_cumprod[timesteps].to(pos.dtype)
     sigma = ((1 - abar) / abar).sqrt()
     noise = centred(torch.randn(pos.shape, generator=generator, dtype=pos.dtype), graph)
@@ -77,6 +102,8 @@ class TrainConfig:
     beta_start: float = 1e-7
     beta_end: float = 2e-3
     global_start_sigma: float | None = 0.5
+    low_noise_fraction: float = 0.0
+    low_noise_sigma: float = 0.2
     save_steps: int = 500
     log_steps: int = 100
     init_from: str | None = None
@@ -140,6 +167,9 @@ def train(config: TrainConfig, log=print) -> Path:
 
     if config.max_steps < 1 or config.batch_size < 1:
         raise ConfigError("max_steps and batch_size must be positive")
+    if not 0.0 <= config.low_noise_fraction <= 1.0 or config.low_noise_sigma <= 0:
+        raise ConfigError(f"low_noise_fraction must be in [0, 1] and low_noise_sigma positive, "
+                          f"got {config.low_noise_fraction} and {config.low_noise_sigma}")
     data = ConformerSet.load(config.data)
     if not len(data):
         raise ConfigError(f"{config.data} holds no molecules")
@@ -162,7 +192,9 @@ def train(config: TrainConfig, log=print) -> Path:
         for group in optimizer.param_groups:
             group["lr"] = _cosine(step, config)
         graph, pos = batches.sample(config.batch_size)
-        loss = denoising_loss(model, graph, pos, alphas_cumprod, generator)
+        loss = denoising_loss(model, graph, pos, alphas_cumprod, generator,
+                              low_noise_fraction=config.low_noise_fraction,
+                              low_noise_sigma=config.low_noise_sigma)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
