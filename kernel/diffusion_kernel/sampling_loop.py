@@ -1,9 +1,12 @@
 """Pieces of a pipeline's sampling loop that do not depend on the modality: which optional
-arguments the scheduler's ``step`` takes, and the tensor inside a model's output."""
+arguments the scheduler's ``step`` takes, the tensor inside a model's output, and the context
+the loop runs in."""
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -26,3 +29,23 @@ def sample_of(output: Any) -> torch.Tensor:
         return output
     sample = getattr(output, "sample", None)
     return sample if sample is not None else output[0]
+
+
+@contextlib.contextmanager
+def sampling(*models: Any) -> Iterator[None]:
+    """The context of a denoising loop: inference mode (no autograd bookkeeping on the loop's
+    thousands of small tensor operations), and each model that offers ``reuse_conditioning()``
+    inside it (its conditioning, the same at every step, is processed once). Tensors made inside
+    are inference tensors: pass what leaves the loop through ``ordinary``."""
+    with torch.inference_mode(), contextlib.ExitStack() as stack:
+        for model in models:
+            reuse = getattr(model, "reuse_conditioning", None)
+            if reuse is not None:
+                stack.enter_context(reuse())
+        yield
+
+
+def ordinary(tensor: torch.Tensor) -> torch.Tensor:
+    """A tensor made under ``sampling`` as an ordinary one (a copy), which callers may modify in
+    place or use in autograd; other tensors as they are."""
+    return tensor.clone() if tensor.is_inference() else tensor

@@ -24,6 +24,7 @@ import torch
 from diffusion_kernel.configuration import config_parameters
 from diffusion_kernel.errors import PipelineError
 from diffusion_kernel.pipelines import DiffusionPipeline, ImagePipelineOutput
+from diffusion_kernel.sampling_loop import ordinary, sampling
 
 from .common import guided, sample_of, to_output
 
@@ -124,28 +125,30 @@ class IFPipelineBase(DiffusionPipeline):
         guidance), guidance on the noise channels, then the scheduler step. ``condition`` (the
         noised low-resolution image of stage II) is concatenated to the U-Net input."""
         cfg = negative_prompt_embeds is not None
-        embeds = torch.cat([negative_prompt_embeds, prompt_embeds]) if cfg else prompt_embeds
         learned_variance = _uses_learned_variance(self.scheduler)
         channels = images.shape[1]
-        for i, t in enumerate(self.progress_bar(timesteps)):
-            model_input = images if condition is None else torch.cat([images, condition], dim=1)
-            model_input = torch.cat([model_input] * 2) if cfg else model_input
-            model_input = self.scheduler.scale_model_input(model_input, t)
-            with torch.no_grad():
+        # The text states and class labels are the same objects at every step: the U-Net
+        # processes them once (sampling_loop.sampling).
+        with sampling(self.unet):
+            embeds = torch.cat([negative_prompt_embeds, prompt_embeds]) if cfg else prompt_embeds
+            for i, t in enumerate(self.progress_bar(timesteps)):
+                model_input = images if condition is None else torch.cat([images, condition], 1)
+                model_input = torch.cat([model_input] * 2) if cfg else model_input
+                model_input = self.scheduler.scale_model_input(model_input, t)
                 prediction = sample_of(self.unet(model_input, t, encoder_hidden_states=embeds,
                                                  class_labels=class_labels))
-            if cfg:
-                prediction = guided(prediction, guidance_scale, channels)
-            if not learned_variance:
-                prediction = prediction[:, :channels]
-            images = self.scheduler.step(prediction, t, images, **extra_step).prev_sample
-            if callback is not None and i % callback_steps == 0:
-                callback(i, t, images)
-            values = {"intermediate_images": images, "prompt_embeds": prompt_embeds,
-                      "negative_prompt_embeds": negative_prompt_embeds}
-            replaced = self.step_end(callback_on_step_end, i, t, tensor_inputs, values)
-            images = replaced.get("intermediate_images", images)
-        return images
+                if cfg:
+                    prediction = guided(prediction, guidance_scale, channels)
+                if not learned_variance:
+                    prediction = prediction[:, :channels]
+                images = self.scheduler.step(prediction, t, images, **extra_step).prev_sample
+                if callback is not None and i % callback_steps == 0:
+                    callback(i, t, images)
+                values = {"intermediate_images": images, "prompt_embeds": prompt_embeds,
+                          "negative_prompt_embeds": negative_prompt_embeds}
+                replaced = self.step_end(callback_on_step_end, i, t, tensor_inputs, values)
+                images = replaced.get("intermediate_images", images)
+        return ordinary(images)
 
     # Output ------------------------------------------------------------------------------------
     def _finish(self, images: torch.Tensor, output_type: str,
