@@ -5,6 +5,7 @@ the loop runs in."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 from collections.abc import Iterator
 from typing import Any
@@ -17,9 +18,20 @@ def step_kwargs(scheduler: Any, generator: Any = None, eta: float | None = None,
     """The optional ``step`` arguments this scheduler takes: ``generator`` for stochastic
     samplers, ``eta`` for DDIM, and any ``extra`` it knows; ``None`` values and arguments its
     ``step`` does not name are left out (deterministic samplers take no generator)."""
-    params = inspect.signature(scheduler.step).parameters
+    step = scheduler.step
+    try:
+        params = _parameters(getattr(step, "__func__", step))
+    except TypeError:  # an unhashable callable
+        params = frozenset(inspect.signature(step).parameters)
     wanted = {"generator": generator, "eta": eta, **extra}
     return {k: v for k, v in wanted.items() if k in params and v is not None}
+
+
+@functools.lru_cache(maxsize=256)
+def _parameters(function: Any) -> frozenset[str]:
+    # inspect.signature costs ~0.1 ms: pipelines that ask at every step (a per-step argument
+    # such as unCLIP's prev_timestep) would pay it hundreds of times per call.
+    return frozenset(inspect.signature(function).parameters)
 
 
 def sample_of(output: Any) -> torch.Tensor:
