@@ -27,6 +27,7 @@ from diffusion_kernel.nn import (
     ModelOutput,
     TimestepEmbedding,
     Timesteps,
+    activate_fresh,
     get_activation,
 )
 from diffusion_kernel.nn.lora import scales_lora
@@ -411,7 +412,7 @@ class UNet2DConditionModel(ModelMixin, AttentionSlicingMixin, FromOriginalModelM
             sample = block(sample, block_skips, emb, upsample_size, **context)
 
         if self.conv_norm_out is not None:
-            sample = self.conv_act(self.conv_norm_out(sample))
+            sample = activate_fresh(self.conv_act, self.conv_norm_out(sample))
         sample = self.conv_out(sample)
         if not return_dict:
             return (sample,)
