@@ -116,7 +116,13 @@ class DDPMScheduler(AlphaSchedulerMixin):
     def _set_run(self, timesteps: np.ndarray, device=None) -> None:
         super()._set_run(timesteps, device)
         self._run = [int(t) for t in timesteps]
-        self._coefficients: dict[int, dict[str, float]] = {}  # filled as steps are taken
+        # Filled as steps are taken; kept per run, so a pipeline called again with the same
+        # steps (the usual case) finds its coefficients computed (the same float32 numbers).
+        runs = self.__dict__.setdefault("_coefficients_of_run", {})
+        key = (getattr(self, "variance_type", None), tuple(self._run))
+        if len(runs) >= 8 and key not in runs:
+            runs.clear()
+        self._coefficients: dict[int, dict[str, float]] = runs.setdefault(key, {})
 
     def _require_timesteps(self) -> None:
         pass  # there is always a run: the training chain until set_timesteps picks another

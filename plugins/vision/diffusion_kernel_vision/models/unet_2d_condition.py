@@ -225,6 +225,7 @@ class UNet2DConditionModel(ModelMixin, AttentionSlicingMixin, FromOriginalModelM
         self.conv_out = nn.Conv2d(block_out_channels[0], out_channels, conv_out_kernel,
                                   padding=(conv_out_kernel - 1) // 2)
         self._conditioning_cache: ConditioningCache | None = None
+        self._added_kv_layer_list: list[AddedKVAttention] | None = None
 
     @contextlib.contextmanager
     def reuse_conditioning(self) -> Iterator[None]:
@@ -236,7 +237,7 @@ class UNet2DConditionModel(ModelMixin, AttentionSlicingMixin, FromOriginalModelM
         their loops); the outputs are the ones a fresh call gives."""
         previous = self._conditioning_cache
         cache = ConditioningCache()
-        layers = [m for m in self.modules() if isinstance(m, AddedKVAttention)]
+        layers = self._added_kv_layers()
         self._conditioning_cache = cache
         for layer in layers:
             layer.conditioning_cache = cache
@@ -246,6 +247,14 @@ class UNet2DConditionModel(ModelMixin, AttentionSlicingMixin, FromOriginalModelM
             self._conditioning_cache = previous
             for layer in layers:
                 layer.conditioning_cache = previous
+
+    def _added_kv_layers(self) -> list[AddedKVAttention]:
+        # Walking every module costs ~1 ms: a loop enters this block twice per pipeline call.
+        # A layer swapped in later is missed (it then computes its text keys at every step).
+        if self._added_kv_layer_list is None:
+            self._added_kv_layer_list = [m for m in self.modules()
+                                         if isinstance(m, AddedKVAttention)]
+        return self._added_kv_layer_list
 
     def _check_config(self) -> None:
         c = self.config
