@@ -14,8 +14,8 @@ from .common import (
     check_callbacks,
     check_generators,
     check_output_type,
+    check_prompts,
     check_steps,
-    prompt_batch,
     randn,
     step_kwargs,
 )
@@ -81,7 +81,7 @@ class IFPipeline(IFPipelineBase):
         ``callback_on_step_end_tensor_inputs``; it may return replacements);
         ``cross_attention_kwargs`` is accepted and not used. Returns
         ``IFPipelineOutput(images, nsfw_detected=None, watermark_detected=None)``."""
-        batch = prompt_batch(prompt, prompt_embeds, negative_prompt, negative_prompt_embeds)
+        batch = check_prompts(prompt, prompt_embeds, negative_prompt, negative_prompt_embeds)
         check_steps("num_images_per_prompt", num_images_per_prompt)
         if timesteps is None:
             check_steps("num_inference_steps", num_inference_steps)

@@ -25,8 +25,8 @@ from .common import (
     check_callbacks,
     check_generators,
     check_output_type,
+    check_prompts,
     check_steps,
-    prompt_batch,
     randn,
     step_kwargs,
 )
@@ -90,7 +90,7 @@ class IFSuperResolutionPipeline(IFPipelineBase):
         ``noise_level``: the augmentation noise timestep of ``image_noising_scheduler`` (0 <=
         level < its num_train_timesteps); the other arguments are ``IFPipeline``'s. Returns
         ``IFPipelineOutput(images, nsfw_detected=None, watermark_detected=None)``."""
-        batch = prompt_batch(prompt, prompt_embeds, negative_prompt, negative_prompt_embeds)
+        batch = check_prompts(prompt, prompt_embeds, negative_prompt, negative_prompt_embeds)
         check_steps("num_images_per_prompt", num_images_per_prompt)
         if timesteps is None:
             check_steps("num_inference_steps", num_inference_steps)

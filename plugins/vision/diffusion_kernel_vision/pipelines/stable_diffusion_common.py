@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from diffusion_kernel.errors import PipelineError
 from diffusion_kernel.nn.lora import lora_call_scale
 from diffusion_kernel.pipelines import DiffusionPipeline, ImagePipelineOutput
+from diffusion_kernel.prompts import check_prompts
 
 from ..loaders.lora_pipeline import StableDiffusionLoraLoaderMixin
 from ..loaders.single_file import FromSingleFileMixin
@@ -114,43 +115,13 @@ class StableDiffusionBase(StableDiffusionLoraLoaderMixin, TextualInversionLoader
         """Nothing to switch off (see ``enable_xformers_memory_efficient_attention``)."""
 
     # Argument checks -------------------------------------------------------------------------
-    def _check_prompts(self, prompt: Any, negative_prompt: Any, prompt_embeds: Any,
-                       negative_prompt_embeds: Any) -> int:
-        """Validate the prompt arguments; return the number of prompts."""
-        if (prompt is None) == (prompt_embeds is None):
-            raise PipelineError("pass exactly one of prompt and prompt_embeds (got "
-                                f"{'both' if prompt is not None else 'neither'})")
-        if prompt is not None and not _is_prompt(prompt):
-            raise PipelineError(f"prompt must be a str or a list of str, got "
-                                f"{type(prompt).__name__}")
-        if negative_prompt is not None and negative_prompt_embeds is not None:
-            raise PipelineError("pass at most one of negative_prompt and negative_prompt_embeds")
-        batch = (1 if isinstance(prompt, str) else len(prompt)) if prompt is not None \
-            else prompt_embeds.shape[0]
-        if negative_prompt is not None:
-            if not _is_prompt(negative_prompt) or (
-                    prompt is not None and isinstance(prompt, str) != isinstance(negative_prompt,
-                                                                                 str)):
-                raise PipelineError(
-                    f"negative_prompt must be of the same kind as prompt (a str for a str, a "
-                    f"list of {batch} str for a list), got {type(negative_prompt).__name__}")
-            if not isinstance(negative_prompt, str) and len(negative_prompt) != batch:
-                raise PipelineError(f"negative_prompt has {len(negative_prompt)} entries but "
-                                    f"there are {batch} prompts; give one negative per prompt")
-        if (prompt_embeds is not None and negative_prompt_embeds is not None
-                and prompt_embeds.shape != negative_prompt_embeds.shape):
-            raise PipelineError(f"prompt_embeds {tuple(prompt_embeds.shape)} and "
-                                f"negative_prompt_embeds {tuple(negative_prompt_embeds.shape)} "
-                                f"must have the same shape")
-        return batch
-
     def _check_common(self, prompt: Any, negative_prompt: Any, prompt_embeds: Any,
                       negative_prompt_embeds: Any, num_images_per_prompt: int, generator: Any,
                       output_type: str, tensor_inputs: TensorInputs) -> int:
         """Checks every SD pipeline makes; returns the number of images (prompts x images per
         prompt)."""
-        batch = self._check_prompts(prompt, negative_prompt, prompt_embeds,
-                                    negative_prompt_embeds)
+        batch = check_prompts(prompt, prompt_embeds, negative_prompt, negative_prompt_embeds,
+                              negative_of_same_kind=True)
         if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
             raise PipelineError(f"num_images_per_prompt must be a positive int, got "
                                 f"{num_images_per_prompt!r}")
@@ -357,11 +328,6 @@ def rescale_guidance(guided: torch.Tensor, cond: torch.Tensor, phi: float) -> to
     dims = list(range(1, guided.ndim))
     ratio = cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True)
     return guided * (phi * ratio + (1.0 - phi))
-
-
-def _is_prompt(value: Any) -> bool:
-    return isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str)
-                                                                      for v in value))
 
 
 def _repeat_to(tensor: torch.Tensor, batch_size: int, what: str) -> torch.Tensor:
