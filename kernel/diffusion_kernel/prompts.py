@@ -1,6 +1,7 @@
 """The checks every text-conditioned pipeline makes on its prompt arguments, whatever it makes
 (images, sound...): one of ``prompt`` / ``prompt_embeds``, prompts of the right type, negative
-prompts that match them, embeddings of one shape. Imports no torch."""
+prompts that match them, embeddings of one shape; and the texts of the unconditional prompts of
+classifier-free guidance. Imports no torch."""
 
 from __future__ import annotations
 
@@ -60,3 +61,11 @@ def _check_negative_prompt(negative_prompt: Any, prompt: Any, batch: int,
         raise PipelineError(f"negative_prompt has {len(negative_prompt)} entries but there are "
                             f"{batch} prompts; give one negative prompt per prompt"
                             + ("" if same_kind else " (or a single str for all)"))
+
+
+def negative_texts(negative_prompt: str | list[str] | None, batch: int) -> list[str]:
+    """The unconditional prompts of classifier-free guidance for ``batch`` prompts: the empty
+    prompt for each without a ``negative_prompt``, a str repeated, a list as given."""
+    if negative_prompt is None:
+        return [""] * batch
+    return [negative_prompt] * batch if isinstance(negative_prompt, str) else list(negative_prompt)

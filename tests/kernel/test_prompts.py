@@ -4,7 +4,7 @@ with the messages that tell the caller what to pass."""
 import pytest
 import torch
 from diffusion_kernel.errors import PipelineError
-from diffusion_kernel.prompts import check_prompts, is_prompt
+from diffusion_kernel.prompts import check_prompts, is_prompt, negative_texts
 
 
 @pytest.mark.parametrize("value,expected", [
@@ -62,3 +62,10 @@ def test_negative_of_same_kind_still_counts_the_negatives():
                                             r"negative prompt per prompt$"):
         check_prompts(["a", "b"], None, ["c"], negative_of_same_kind=True)
     assert check_prompts(["a", "b"], None, ["c", "d"], negative_of_same_kind=True) == 2
+
+
+@pytest.mark.parametrize("negative,expected", [
+    (None, ["", "", ""]), ("blurry", ["blurry", "blurry", "blurry"]),
+    (["a", "b", "c"], ["a", "b", "c"])])
+def test_negative_texts_are_empty_repeated_or_as_given(negative, expected):
+    assert negative_texts(negative, 3) == expected

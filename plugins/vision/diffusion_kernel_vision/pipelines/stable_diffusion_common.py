@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from diffusion_kernel.errors import PipelineError
 from diffusion_kernel.nn.lora import lora_call_scale
 from diffusion_kernel.pipelines import DiffusionPipeline, ImagePipelineOutput
-from diffusion_kernel.prompts import check_prompts
+from diffusion_kernel.prompts import check_prompts, negative_texts
 
 from ..loaders.lora_pipeline import StableDiffusionLoraLoaderMixin
 from ..loaders.single_file import FromSingleFileMixin
@@ -184,11 +184,8 @@ class StableDiffusionBase(StableDiffusionLoraLoaderMixin, TextualInversionLoader
             prompt_embeds = prompt_embeds.to(dtype=dtype, device=device)
             batch = prompt_embeds.shape[0]
             if do_classifier_free_guidance and negative_prompt_embeds is None:
-                negatives = ([""] * batch if negative_prompt is None else
-                             [negative_prompt] * batch if isinstance(negative_prompt, str)
-                             else list(negative_prompt))
-                negative_prompt_embeds = self._text_embeddings(negatives, device,
-                                                               prompt_embeds.shape[1])
+                negative_prompt_embeds = self._text_embeddings(
+                    negative_texts(negative_prompt, batch), device, prompt_embeds.shape[1])
         prompt_embeds = prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
         if do_classifier_free_guidance:
             negative_prompt_embeds = negative_prompt_embeds.to(dtype=dtype, device=device)
