@@ -11,8 +11,9 @@ There is no safety checker: a ``safety_checker`` / ``feature_extractor`` named i
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -164,6 +165,14 @@ class StableDiffusionBase(StableDiffusionLoraLoaderMixin, TextualInversionLoader
         text_model = getattr(self.text_encoder, "text_model", self.text_encoder)
         return text_model.final_layer_norm(hidden)
 
+    @contextlib.contextmanager
+    def _prompt_encoding(self, lora_scale: float | None) -> Iterator[None]:
+        """What prompts are encoded in: no gradients, and the text encoder's LoRA adapters times
+        ``lora_scale`` (``None``: as they are)."""
+        scale = 1.0 if lora_scale is None or self.text_encoder is None else lora_scale
+        with torch.no_grad(), lora_call_scale(self.text_encoder, scale):
+            yield
+
     def encode_prompt(self, prompt: str | list[str] | None, device: torch.device,
                       num_images_per_prompt: int, do_classifier_free_guidance: bool,
                       negative_prompt: str | list[str] | None = None,
@@ -174,8 +183,7 @@ class StableDiffusionBase(StableDiffusionLoraLoaderMixin, TextualInversionLoader
         """Text -> CLIP embeddings, each repeated ``num_images_per_prompt`` times; the negative
         embeddings (the empty prompt unless given) only with classifier-free guidance.
         ``lora_scale`` multiplies the text encoder's LoRA adapters for this call."""
-        scale = 1.0 if lora_scale is None or self.text_encoder is None else lora_scale
-        with torch.no_grad(), lora_call_scale(self.text_encoder, scale):
+        with self._prompt_encoding(lora_scale):
             if prompt_embeds is None:
                 texts = [prompt] if isinstance(prompt, str) else list(prompt)
                 prompt_embeds = self._text_embeddings(texts, device,
