@@ -31,11 +31,11 @@ from .schedules import (
     BETA_SCHEDULES,
     PREDICTION_TYPES,
     TIMESTEP_SPACINGS,
+    RunIndexMixin,
     alphas_cumprod_for,
     beta_sigmas,
     betas_for,
     broadcast_to,
-    checked_begin_index,
     exp_betas,
     exponential_sigmas,
     karras_sigmas,
@@ -163,7 +163,7 @@ def euler_step(x: torch.Tensor, model_output: torch.Tensor, sigma_hat: float, si
 # ------------------------------------------------------------------------------ scheduler state
 
 
-class SigmaSchedulerMixin(SchedulerMixin):
+class SigmaSchedulerMixin(RunIndexMixin, SchedulerMixin):
     """State shared by the sigma-space schedulers.
 
     Subclasses call ``_init_training_schedule`` in ``__init__`` and ``_set_run`` at the end of
@@ -282,20 +282,6 @@ class SigmaSchedulerMixin(SchedulerMixin):
         if self.config.timestep_spacing in ("linspace", "trailing"):
             return sigma_max
         return (sigma_max**2 + 1) ** 0.5
-
-    # -- step index -----------------------------------------------------------------------------
-    @property
-    def step_index(self) -> int | None:
-        """Index of the next entry of ``timesteps`` to step (None before the first step)."""
-        return self._step_index
-
-    @property
-    def begin_index(self) -> int | None:
-        return self._begin_index
-
-    def set_begin_index(self, begin_index: int = 0) -> None:
-        """Start the run at ``timesteps[begin_index]`` (img2img: call after set_timesteps)."""
-        self._begin_index = checked_begin_index(self, begin_index)
 
     def index_for_timestep(self, timestep: Any, schedule_timesteps: torch.Tensor | None = None
                            ) -> int:
