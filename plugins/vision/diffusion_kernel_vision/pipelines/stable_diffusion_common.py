@@ -201,6 +201,26 @@ class StableDiffusionBase(StableDiffusionLoraLoaderMixin, TextualInversionLoader
                 num_images_per_prompt, dim=0)
         return prompt_embeds, negative_prompt_embeds
 
+    def _call_embeddings(self, prompt: Any, negative_prompt: Any, prompt_embeds: Any,
+                         negative_prompt_embeds: Any, num_images_per_prompt: int,
+                         guidance_scale: float, clip_skip: int | None,
+                         cross_attention_kwargs: dict[str, Any] | None
+                         ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``encode_prompt`` as a pipeline call runs it: on the execution device, with the
+        negative embeddings when ``guidance_scale`` > 1, the text encoder's LoRA adapters times
+        ``cross_attention_kwargs["scale"]``."""
+        return self.encode_prompt(
+            prompt, self._execution_device, num_images_per_prompt, self._do_cfg(guidance_scale),
+            negative_prompt, prompt_embeds, negative_prompt_embeds, clip_skip,
+            lora_scale=(cross_attention_kwargs or {}).get("scale"))
+
+    def _default_size(self, axis: int) -> int:
+        """The default height (axis 0) or width (1): the UNet's sample size times the VAE
+        factor."""
+        size = self.unet.config.sample_size
+        size = size if isinstance(size, int) else size[axis]
+        return size * self.vae_scale_factor
+
     # Latents -----------------------------------------------------------------------------------
     def prepare_latents(self, batch_size: int, num_channels: int, height: int, width: int,
                         dtype: torch.dtype, device: torch.device, generator: Generators,
