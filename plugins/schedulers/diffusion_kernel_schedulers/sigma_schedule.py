@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 from diffusion_kernel.errors import ConfigError, SchedulerError
-from diffusion_kernel.scheduling import SchedulerMixin, check_option
+from diffusion_kernel.scheduling import SchedulerMixin, SchedulerOutput, check_option
 
 from .schedules import (
     BETA_SCHEDULES,
@@ -323,6 +323,15 @@ class SigmaSchedulerMixin(RunIndexMixin, SchedulerMixin):
         return i
 
     # -- the contract -----------------------------------------------------------------------------
+    def _step_output(self, i: int, prev_sample: torch.Tensor, denoised: torch.Tensor,
+                     return_dict: bool) -> SchedulerOutput | tuple:
+        """The end of step ``i``: the next step is i + 1; ``SchedulerOutput(prev_sample,
+        pred_original_sample)``, or the pair as a tuple."""
+        self._step_index = i + 1
+        if not return_dict:
+            return prev_sample, denoised
+        return SchedulerOutput(prev_sample=prev_sample, pred_original_sample=denoised)
+
     def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:
         """The model's input x_sigma / sqrt(sigma^2 + 1) at this step."""
         self._require_timesteps()
