@@ -4,30 +4,25 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import fields
 
+from diffusion_kernel.cli_extensions import config_from_args
 from diffusion_kernel.errors import ConfigError
 
 COLUMNS = (("success_rate", "success %"), ("normalized_score", "score"),
            ("mean_return", "return"), ("mean_arrival_step", "arrival"))
 
 
-def _config(cls, args: argparse.Namespace):
-    names = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in vars(args).items() if k in names})
-
-
 def run_train_planner(args: argparse.Namespace) -> int:
     from .training import PlannerTrainConfig, train_planner
 
-    train_planner(_config(PlannerTrainConfig, args))
+    train_planner(config_from_args(PlannerTrainConfig, args))
     return 0
 
 
 def run_train_value(args: argparse.Namespace) -> int:
     from .training import ValueTrainConfig, train_value_function
 
-    train_value_function(_config(ValueTrainConfig, args))
+    train_value_function(config_from_args(ValueTrainConfig, args))
     return 0
 
 
