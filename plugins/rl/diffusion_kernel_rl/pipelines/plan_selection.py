@@ -34,9 +34,11 @@ LIKELIHOOD_LEVELS = (0.125, 0.375, 0.625, 0.875)
 NOISE_SEED = 0
 
 
-def likelihood_timesteps(scheduler: Any, levels=LIKELIHOOD_LEVELS) -> list[int]:
-    """The training timesteps of ``levels`` (shares of the chain) for this scheduler."""
+def likelihood_timesteps(scheduler: Any, levels=None) -> list[int]:
+    """The training timesteps of ``levels`` (shares of the chain; default
+    ``LIKELIHOOD_LEVELS``) for this scheduler."""
     steps = scheduler.config.num_train_timesteps
+    levels = LIKELIHOOD_LEVELS if levels is None else levels
     return sorted({min(steps - 1, int(level * steps)) for level in levels})
 
 
