@@ -63,16 +63,21 @@ def run_evaluate_planner(args: argparse.Namespace) -> int:
 
     if args.pairs < 1 or args.max_steps < 1:
         raise ConfigError("--pairs and --max-steps must be positive")
+    if args.num_candidates is not None and args.num_candidates < 1:
+        raise ConfigError(f"--candidates must be at least 1, got {args.num_candidates}")
     pipe, maze = _planner(args.model)
     data = maze_data(maze.name, None, 400_000, 0) if args.baselines and \
         args.behaviour_cloning_steps > 0 else None
     report = planner_report(pipe, maze, args.pairs, args.seed, args.max_steps, args.steps,
-                            args.baselines, args.behaviour_cloning_steps, data)
+                            args.baselines, args.behaviour_cloning_steps, data,
+                            args.num_candidates, args.selection)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
+    chosen = "one plan per pair" if report["num_candidates"] == 1 else \
+        f"the best of {report['num_candidates']} plans per pair by {report['selection']}"
     print(f"{args.pairs} start/goal pairs of the {maze.name} maze (>= 3 cells apart), "
-          f"{args.max_steps} steps each; R_random {report['R_random']:.1f}, "
+          f"{args.max_steps} steps each, {chosen}; R_random {report['R_random']:.1f}, "
           f"R_expert {report['R_expert']:.1f}")
     print(f"{'policy':<22}" + "".join(f"{title:>11}" for _, title in COLUMNS))
     for name, row in report["policies"].items():
