@@ -24,9 +24,19 @@ import torch
 from diffusion_kernel.configuration import config_parameters
 from diffusion_kernel.errors import PipelineError
 from diffusion_kernel.pipelines import DiffusionPipeline, ImagePipelineOutput
+from diffusion_kernel.prompts import negative_texts
 from diffusion_kernel.sampling_loop import ordinary, sampling
 
-from .common import guided, sample_of, to_output
+from .common import (
+    check_callbacks,
+    check_generators,
+    check_output_type,
+    check_prompts,
+    check_steps,
+    guided,
+    sample_of,
+    to_output,
+)
 
 MAX_TOKENS = 77  # the format's fixed T5 length for IF
 
@@ -54,6 +64,22 @@ class IFPipelineBase(DiffusionPipeline):
     _components_not_loaded = ("safety_checker", "feature_extractor")
     _callback_tensor_inputs = ("intermediate_images", "prompt_embeds", "negative_prompt_embeds")
 
+    # Arguments ---------------------------------------------------------------------------------
+    def _check_call(self, prompt: Any, prompt_embeds: Any, negative_prompt: Any,
+                    negative_prompt_embeds: Any, num_images_per_prompt: int,
+                    num_inference_steps: int, timesteps: Sequence[int] | None, generator: Any,
+                    output_type: str, callback: Callable | None, callback_steps: int,
+                    tensor_inputs: Sequence[str]) -> int:
+        """The checks both stages make before any work; returns the number of prompts."""
+        batch = check_prompts(prompt, prompt_embeds, negative_prompt, negative_prompt_embeds)
+        check_steps("num_images_per_prompt", num_images_per_prompt)
+        if timesteps is None:
+            check_steps("num_inference_steps", num_inference_steps)
+        check_generators(generator, batch * num_images_per_prompt)
+        check_output_type(output_type)
+        check_callbacks(self, callback, callback_steps, tensor_inputs)
+        return batch
+
     # Prompts -----------------------------------------------------------------------------------
     @torch.no_grad()
     def encode_prompt(self, prompt: str | list[str] | None,
@@ -72,9 +98,7 @@ class IFPipelineBase(DiffusionPipeline):
         prompt_embeds = prompt_embeds.to(dtype=dtype, device=device)
         batch = prompt_embeds.shape[0]
         if do_classifier_free_guidance and negative_prompt_embeds is None:
-            negatives = ([""] * batch if negative_prompt is None else
-                         [negative_prompt] * batch if isinstance(negative_prompt, str)
-                         else list(negative_prompt))
+            negatives = negative_texts(negative_prompt, batch)
             negative_prompt_embeds = self._t5_states(self._normalised(negatives, clean_caption),
                                                      device, prompt_embeds.shape[1])
         prompt_embeds = prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
