@@ -12,6 +12,7 @@ import torch
 from diffusion_kernel.errors import ModelInputError
 from torch import nn
 
+from . import layout
 from .activations import get_activation
 from .resampling import ConvDownsample1d, ConvTransposeUpsample1d
 
@@ -30,7 +31,7 @@ class Conv1dBlock(nn.Module):
         self.mish = get_activation(activation)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.mish(self.group_norm(self.conv1d(inputs)))
+        return self.mish(layout.group_norm(self.group_norm, layout.conv(self.conv1d, inputs)))
 
 
 class ResidualTemporalBlock1D(nn.Module):
@@ -48,12 +49,14 @@ class ResidualTemporalBlock1D(nn.Module):
                               if inp_channels != out_channels else nn.Identity())
 
     def forward(self, inputs: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """``inputs`` (B, C_in, T), ``t`` (B, embed_dim) -> (B, C_out, T)."""
+        """``inputs`` (B, C_in, T), ``t`` (B or 1, embed_dim) -> (B, C_out, T), channels-last
+        (``layout``)."""
         time = self.time_emb(self.time_emb_act(t))[:, :, None]
         hidden = self.conv_in(inputs)
         hidden = hidden + time if torch.is_grad_enabled() else hidden.add_(time)
         hidden = self.conv_out(hidden)
-        residual = self.residual_conv(inputs)
+        residual = (inputs if isinstance(self.residual_conv, nn.Identity)
+                    else layout.conv(self.residual_conv, inputs))
         return hidden + residual if torch.is_grad_enabled() else hidden.add_(residual)
 
 
@@ -105,7 +108,7 @@ class UpResnetBlock1D(nn.Module):
                 res_hidden_states_tuple: tuple[torch.Tensor, ...] | None = None,
                 temb: torch.Tensor | None = None) -> torch.Tensor:
         if res_hidden_states_tuple is not None:
-            hidden_states = torch.cat((hidden_states, res_hidden_states_tuple[-1]), dim=1)
+            hidden_states = layout.cat_channels(hidden_states, res_hidden_states_tuple[-1])
         hidden_states = _run(self.resnets, hidden_states, temb)
         if self.upsample is not None:
             hidden_states = self.upsample(hidden_states)
@@ -155,8 +158,9 @@ class OutConv1DBlock(nn.Module):
         self.final_conv1d_2 = nn.Conv1d(embed_dim, out_channels, 1)
 
     def forward(self, hidden_states: torch.Tensor, temb: torch.Tensor | None = None):
-        hidden_states = self.final_conv1d_gn(self.final_conv1d_1(hidden_states))
-        return self.final_conv1d_2(self.final_conv1d_act(hidden_states))
+        hidden_states = layout.group_norm(self.final_conv1d_gn,
+                                          layout.conv(self.final_conv1d_1, hidden_states))
+        return layout.conv(self.final_conv1d_2, self.final_conv1d_act(hidden_states))
 
 
 class OutValueFunctionBlock(nn.Module):
@@ -174,7 +178,8 @@ class OutValueFunctionBlock(nn.Module):
             raise ModelInputError(
                 f"the value function's bottleneck left {hidden_states.shape[2]} positions but its "
                 f"head reads exactly 1; use a shorter sample (each level halves the length)")
-        hidden_states = torch.cat((hidden_states.flatten(1), temb), dim=-1)
+        hidden_states = torch.cat((hidden_states.flatten(1),
+                                   temb.expand(hidden_states.shape[0], -1)), dim=-1)
         for layer in self.final_block:
             hidden_states = layer(hidden_states)
         return hidden_states
