@@ -27,26 +27,36 @@ from diffusion_kernel.nn import get_activation as kernel_activation
 from torch import nn
 
 
-def _tanh_softplus(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sigmoid(x), tanh(softplus(x))) by the identity of the module docstring."""
+def tanh_softplus(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sigmoid(x), tanh(softplus(x))) by the identity of the module docstring (float32)."""
     s = torch.sigmoid(x)
     t = torch.addcmul(s, s, s, value=-0.5)
     return s, t.div_(torch.rsub(t, 1))
 
 
+def mish_(x: torch.Tensor) -> torch.Tensor:
+    """Mish of a float32 tensor that nothing else needs, computed in its place (no autograd)."""
+    return x.mul_(tanh_softplus(x)[1])
+
+
+def mish_grad(grad: torch.Tensor, x: torch.Tensor, s: torch.Tensor,
+              tanh_sp: torch.Tensor) -> torch.Tensor:
+    """grad * Mish'(x) from the forward pass's ``tanh_softplus(x)`` (module docstring)."""
+    slope = torch.mul(tanh_sp, tanh_sp).neg_().add_(1)
+    return slope.mul_(s).mul_(x).add_(tanh_sp).mul_(grad)
+
+
 class _MishFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        s, tanh_sp = _tanh_softplus(x)
+        s, tanh_sp = tanh_softplus(x)
         ctx.save_for_backward(x, s, tanh_sp)
         return x * tanh_sp
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        x, s, tanh_sp = ctx.saved_tensors
-        slope = torch.addcmul(torch.ones_like(tanh_sp), tanh_sp, tanh_sp, value=-1)
-        return slope.mul_(s).mul_(x).add_(tanh_sp).mul_(grad)
+        return mish_grad(grad, *ctx.saved_tensors)
 
 
 class Mish(nn.Module):
@@ -55,7 +65,7 @@ class Mish(nn.Module):
             return self(x.float()).to(x.dtype)
         if torch.is_grad_enabled() and x.requires_grad:
             return _MishFunction.apply(x)
-        return _tanh_softplus(x)[1].mul_(x)  # inference: in place on the fresh factor
+        return tanh_softplus(x)[1].mul_(x)  # inference: in place on the fresh factor
 
 
 def get_activation(name: str) -> nn.Module:

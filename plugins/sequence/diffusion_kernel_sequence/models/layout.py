@@ -27,6 +27,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .activations import mish_, mish_grad, tanh_softplus
+
 
 def channels_last(x: torch.Tensor) -> torch.Tensor:
     """``x`` (B, C, T) with channels-last strides, copied only when it is not so already."""
@@ -35,25 +37,41 @@ def channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.unsqueeze(2).contiguous(memory_format=torch.channels_last).squeeze(2)
 
 
-def conv(module: nn.Conv1d | nn.ConvTranspose1d, x: torch.Tensor) -> torch.Tensor:
-    """``module`` (a ``Conv1d`` or ``ConvTranspose1d``, groups 1, dilation 1) on ``x``
-    (B, C, T); the result is channels-last."""
-    x = channels_last(x).unsqueeze(2)
+def as_map(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (B, C, T) as the channels-last (B, C, 1, T) map (a view when it lies so)."""
+    return channels_last(x).unsqueeze(2)
+
+
+def conv_weight(module: nn.Conv1d | nn.ConvTranspose1d) -> torch.Tensor:
+    """The module's weight as a channels-last (O, C, 1, K) view, laid out so (in place of its
+    data, same values) at the first call."""
     weight = module.weight
     if weight.stride(1) != 1 and weight.shape[1] > 1:
-        with torch.no_grad():  # once per weight: the same values, channels-last
+        with torch.no_grad():
             weight.data = channels_last(weight.data)
-    weight = weight.unsqueeze(2)
+    return weight.unsqueeze(2)
+
+
+def _needs_grad(x: torch.Tensor, *params: torch.Tensor | None) -> bool:
+    return torch.is_grad_enabled() and (
+        x.requires_grad or any(p is not None and p.requires_grad for p in params))
+
+
+def conv_map(module: nn.Conv1d | nn.ConvTranspose1d, x: torch.Tensor) -> torch.Tensor:
+    """``module`` (a ``Conv1d`` or ``ConvTranspose1d``, groups 1, dilation 1) on a map."""
+    weight = conv_weight(module)
     if isinstance(module, nn.ConvTranspose1d):
-        out = F.conv_transpose2d(x, weight, module.bias, (1, module.stride[0]),
-                                 (0, module.padding[0]), (0, module.output_padding[0]))
-    elif module.stride[0] == 1 and torch.is_grad_enabled() and (
-            x.requires_grad or weight.requires_grad):
+        return F.conv_transpose2d(x, weight, module.bias, (1, module.stride[0]),
+                                  (0, module.padding[0]), (0, module.output_padding[0]))
+    if module.stride[0] == 1 and _needs_grad(x, weight, module.bias):
         flipped = _flipped(module, weight) if x.requires_grad else None
-        out = _SameConv.apply(x, weight, module.bias, module.padding[0], flipped)
-    else:
-        out = F.conv2d(x, weight, module.bias, (1, module.stride[0]), (0, module.padding[0]))
-    return out.squeeze(2)
+        return _SameConv.apply(x, weight, module.bias, module.padding[0], flipped)
+    return F.conv2d(x, weight, module.bias, (1, module.stride[0]), (0, module.padding[0]))
+
+
+def conv(module: nn.Conv1d | nn.ConvTranspose1d, x: torch.Tensor) -> torch.Tensor:
+    """``module`` on ``x`` (B, C, T); the result is channels-last."""
+    return conv_map(module, as_map(x)).squeeze(2)
 
 
 def _flipped(module: nn.Conv1d, weight: torch.Tensor) -> torch.Tensor:
@@ -98,10 +116,67 @@ class _SameConv(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias, None, None
 
 
+def conv_norm_mish(conv: nn.Conv1d, norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+    """Mish(GroupNorm(conv(x))) on a map, with one autograd node (``_ConvNormMish``) when a
+    gradient is needed."""
+    weight = conv_weight(conv)
+    padding = conv.padding[0]
+    if not _needs_grad(x, weight, conv.bias, norm.weight, norm.bias):
+        hidden = F.group_norm(F.conv2d(x, weight, conv.bias, 1, (0, padding)),
+                              norm.num_groups, norm.weight, norm.bias, norm.eps)
+        return mish_(hidden)
+    flipped = _flipped(conv, weight) if x.requires_grad else None
+    return _ConvNormMish.apply(x, weight, conv.bias, norm.weight, norm.bias, flipped, padding,
+                               norm.num_groups, norm.eps)
+
+
+class _ConvNormMish(torch.autograd.Function):
+    """conv (stride 1) -> GroupNorm -> Mish on channels-last maps, its backward written out:
+    Mish' (``activations``), torch's GroupNorm backward, the input gradient as the forward
+    convolution with ``flipped`` (module docstring). One node where autograd would record
+    about ten (the views of the 4-D layout included): at batch 64 and horizon 64 that
+    bookkeeping costs as much as the arithmetic."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, gamma, beta, flipped, padding: int, groups: int,
+                eps: float):
+        hidden = F.conv2d(x, weight, bias, 1, (0, padding))
+        batch, channels, _, length = hidden.shape
+        normed, mean, rstd = torch.ops.aten.native_group_norm(
+            hidden, gamma, beta, batch, channels, length, groups, eps)
+        # Saved: what torch's own nodes would save (Mish's factors are recomputed in the
+        # backward pass: more saved maps mean more memory returned to the system and faulted
+        # in again at every call, which costs more than the four elementwise passes).
+        ctx.save_for_backward(x, weight, flipped, hidden, mean, rstd, gamma, normed)
+        ctx.padding, ctx.groups, ctx.has_bias = padding, groups, bias is not None
+        return tanh_softplus(normed)[1].mul_(normed)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, weight, flipped, hidden, mean, rstd, gamma, normed = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        grad = mish_grad(grad, normed, *tanh_softplus(normed)).contiguous(
+            memory_format=torch.channels_last)
+        batch, channels, _, length = hidden.shape
+        grad, grad_gamma, grad_beta = torch.ops.aten.native_group_norm_backward(
+            grad, hidden, mean, rstd, gamma, batch, channels, length, ctx.groups,
+            [True, need[3], need[4]])
+        grad = grad.contiguous(memory_format=torch.channels_last)
+        grad_x = grad_weight = grad_bias = None
+        if need[0]:
+            grad_x = F.conv2d(grad, flipped, None, 1, (0, weight.shape[-1] - 1 - ctx.padding))
+        if need[1] or need[2]:
+            _, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+                grad, x, weight, [weight.shape[0]] if ctx.has_bias else None, [1, 1],
+                [0, ctx.padding], [1, 1], False, [0, 0], 1, [False, need[1], need[2]])
+        return (grad_x, grad_weight, grad_bias, grad_gamma, grad_beta, None, None, None,
+                None)
+
+
 def group_norm(module: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
-    """``module`` on a channels-last ``x`` (B, C, T), keeping the layout."""
-    return F.group_norm(x.unsqueeze(2), module.num_groups, module.weight, module.bias,
-                        module.eps).squeeze(2)
+    """``module`` on a map, keeping the layout."""
+    return F.group_norm(x, module.num_groups, module.weight, module.bias, module.eps)
 
 
 def cat_channels(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
