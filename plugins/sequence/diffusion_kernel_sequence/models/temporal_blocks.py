@@ -35,7 +35,8 @@ class Conv1dBlock(nn.Module):
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
         """On a (B, C, 1, T) channels-last map (``layout``)."""
-        if isinstance(self.mish, Mish) and x.dtype == torch.float32:
+        if isinstance(self.mish, Mish) and x.dtype == torch.float32 \
+                and self.conv1d.padding[0] < self.conv1d.kernel_size[0]:
             return layout.conv_norm_mish(self.conv1d, self.group_norm, x)
         return self.mish(layout.group_norm(self.group_norm, layout.conv_map(self.conv1d, x)))
 
@@ -55,7 +56,7 @@ class ResidualTemporalBlock1D(nn.Module):
                               if inp_channels != out_channels else nn.Identity())
 
     def forward(self, inputs: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """``inputs`` (B, C_in, T), ``t`` (B or 1, embed_dim) -> (B, C_out, T), channels-last
+        """``inputs`` (B, C_in, T), ``t`` (B, embed_dim) -> (B, C_out, T), channels-last
         (``layout``)."""
         x = layout.as_map(inputs)
         time = self.time_emb(self.time_emb_act(t))[:, :, None, None]
@@ -186,8 +187,7 @@ class OutValueFunctionBlock(nn.Module):
             raise ModelInputError(
                 f"the value function's bottleneck left {hidden_states.shape[2]} positions but its "
                 f"head reads exactly 1; use a shorter sample (each level halves the length)")
-        hidden_states = torch.cat((hidden_states.flatten(1),
-                                   temb.expand(hidden_states.shape[0], -1)), dim=-1)
+        hidden_states = torch.cat((hidden_states.flatten(1), temb), dim=-1)
         for layer in self.final_block:
             hidden_states = layer(hidden_states)
         return hidden_states

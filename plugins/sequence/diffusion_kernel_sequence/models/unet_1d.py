@@ -181,7 +181,7 @@ class UNet1DModel(ModelMixin):
         return UNet1DOutput(sample=sample)
 
     def _time_embedding(self, sample: torch.Tensor, timestep) -> torch.Tensor:
-        """(1 or B, C0) through the MLP with ``use_timestep_embedding``; otherwise the projection
+        """(B, C0) through the MLP with ``use_timestep_embedding``; otherwise the projection
         repeated along time: a (B, channels, T) map that the first level concatenates."""
         if not torch.is_tensor(timestep):
             dtype = torch.float32 if isinstance(timestep, float) else torch.long
@@ -192,16 +192,11 @@ class UNet1DModel(ModelMixin):
             raise ModelInputError(f"UNet1DModel: timestep must be a number or hold 1 or "
                                   f"{sample.shape[0]} (batch size) values, got shape "
                                   f"{tuple(timestep.shape)}")
-        if timestep.shape[0] > 1 and timestep.device.type == "cpu" \
-                and bool((timestep == timestep[0]).all()):
-            # One timestep for the whole batch (as a planner passes it): embed it once. (Not on
-            # an accelerator, where the test would wait for the device.)
-            timestep = timestep[:1]
         embedding = self.time_proj(timestep)
         batch = sample.shape[0]
         if self.config.use_timestep_embedding:
-            # (1 or B, C0): the temporal levels broadcast it over the batch
-            return self.time_mlp(embedding.to(sample.dtype))
+            embedding = self.time_mlp(embedding.to(sample.dtype))
+            return embedding.expand(batch, -1)
         embedding = embedding.to(sample.dtype)[:, :, None]
         return embedding.expand(batch, -1, sample.shape[2])
 
