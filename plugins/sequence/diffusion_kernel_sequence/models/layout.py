@@ -185,12 +185,11 @@ class _ConvNormMish(torch.autograd.Function):
 def _centre(x: torch.Tensor, groups: int, in_place: bool = False) -> torch.Tensor:
     """A map less each sample's and group's first value (module docstring); the shift carries
     no gradient (GroupNorm's output does not depend on it)."""
-    grouped = x.unflatten(1, (groups, x.shape[1] // groups))
-    first = grouped[:, :, :1, :, :1].detach()
-    if in_place:
-        grouped.sub_(first.clone())
-        return x
-    return (grouped - first).flatten(1, 2)
+    batch, channels = x.shape[:2]
+    first = x.detach()[:, ::channels // groups, 0, 0]  # (B, G)
+    # one value per channel: the subtraction then runs along the channels, contiguous here
+    shift = first.repeat_interleave(channels // groups, dim=1)[:, :, None, None]
+    return x.sub_(shift) if in_place else x - shift
 
 
 def group_norm(module: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
