@@ -15,9 +15,11 @@ The derivative (for the value guidance's input gradient and for training) is
 
     Mish'(x) = T + x s (1 - T^2),   T = tanh(softplus(x)) = t / (1 - t),
 
-(d tanh(u) = 1 - tanh^2 u, d softplus = sigmoid) from the s and T saved by the forward pass:
-six elementwise passes, where the autograd graph of the closed form above would take about
-twenty and torch's fused ``mish_backward`` evaluates tanh and softplus again.
+(d tanh(u) = 1 - tanh^2 u, d softplus = sigmoid): six elementwise passes from s and T, where
+the autograd graph of the closed form above would take about twenty and torch's fused
+``mish_backward`` evaluates tanh and softplus again. ``Mish`` saves s and T for it; the fused
+conv -> GroupNorm -> Mish of ``layout`` recomputes them rather than keep two more maps alive.
+Half and bfloat16 inputs are computed in float32 and rounded.
 """
 
 from __future__ import annotations
