@@ -134,7 +134,7 @@ def conv_norm_mish(conv: nn.Conv1d, norm: nn.GroupNorm, x: torch.Tensor) -> torc
     if not _needs_grad(x, weight, conv.bias, norm.weight, norm.bias):
         hidden = _centre(F.conv2d(x, weight, conv.bias, 1, (0, padding)), norm.num_groups,
                          in_place=True)
-        return mish_(F.group_norm(hidden, norm.num_groups, norm.weight, norm.bias, norm.eps))
+        return mish_(torch.group_norm(hidden, norm.num_groups, norm.weight, norm.bias, norm.eps))
     flipped = _flipped(conv, weight) if x.requires_grad else None
     return _ConvNormMish.apply(x, weight, conv.bias, norm.weight, norm.bias, flipped, padding,
                                norm.num_groups, norm.eps)
@@ -190,6 +190,7 @@ def _centre(x: torch.Tensor, groups: int, in_place: bool = False) -> torch.Tenso
     batch, channels = x.shape[:2]
     first = x.detach()[:, ::channels // groups, 0, 0]  # (B, G)
     # one value per channel: the subtraction then runs along the channels, contiguous here
+    # (repeat_interleave copies: with one channel per group a view of x would change under sub_)
     shift = first.repeat_interleave(channels // groups, dim=1)[:, :, None, None]
     return x.sub_(shift) if in_place else x - shift
 
