@@ -154,18 +154,23 @@ class _ConvNormMish(torch.autograd.Function):
         batch, channels, _, length = hidden.shape
         normed, mean, rstd = torch.ops.aten.native_group_norm(
             hidden, gamma, beta, batch, channels, length, groups, eps)
-        # Saved: what torch's own nodes would save (Mish's factors are recomputed in the
-        # backward pass: more saved maps mean more memory returned to the system and faulted
-        # in again at every call, which costs more than the four elementwise passes).
-        ctx.save_for_backward(x, weight, flipped, hidden, mean, rstd, gamma, normed)
+        # Saved: the input and the convolution's output, less than torch's own nodes would keep;
+        # GroupNorm's output and Mish's factors are recomputed in the backward pass (one affine
+        # pass, four elementwise passes). Every saved map is memory that glibc hands back to the
+        # system after the backward pass and that faults in again at the next call: saving
+        # Mish's factors as well doubled the page faults and was 7 % slower, not saving
+        # GroupNorm's output halved them and is 5-10 % faster (value function, batch 64,
+        # horizon 64, measured alternating).
+        ctx.save_for_backward(x, weight, flipped, hidden, mean, rstd, gamma, beta)
         ctx.padding, ctx.groups, ctx.has_bias = padding, groups, bias is not None
         return tanh_softplus(normed)[1].mul_(normed)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        x, weight, flipped, hidden, mean, rstd, gamma, normed = ctx.saved_tensors
+        x, weight, flipped, hidden, mean, rstd, gamma, beta = ctx.saved_tensors
         need = ctx.needs_input_grad
+        normed = _group_norm_output(hidden, mean, rstd, gamma, beta, ctx.groups)
         grad = mish_grad(grad, normed, *tanh_softplus(normed)).contiguous(
             memory_format=torch.channels_last)
         batch, channels, _, length = hidden.shape
@@ -182,6 +187,20 @@ class _ConvNormMish(torch.autograd.Function):
                 [0, ctx.padding], [1, 1], False, [0, 0], 1, [False, need[1], need[2]])
         return (grad_x, grad_weight, grad_bias, grad_gamma, grad_beta, None, None, None,
                 None)
+
+
+def _group_norm_output(hidden, mean, rstd, gamma, beta, groups: int) -> torch.Tensor:
+    """GroupNorm's output again from its input and statistics (B, G): hidden * a + b with
+    a = rstd * gamma and b = beta - mean * a per sample and channel, the kernel's own formula."""
+    batch, channels = hidden.shape[:2]
+    per = channels // groups
+    scale = rstd.view(batch, groups, 1).expand(batch, groups, per)
+    if gamma is not None:
+        scale = scale * gamma.view(1, groups, per)
+    scale = scale.reshape(batch, channels)
+    shift = mean.view(batch, groups, 1).expand(batch, groups, per).reshape(batch, channels)
+    shift = (-shift * scale) if beta is None else torch.addcmul(beta, shift, scale, value=-1)
+    return torch.addcmul(shift[:, :, None, None], hidden, scale[:, :, None, None])
 
 
 def _centre(x: torch.Tensor, groups: int, in_place: bool = False) -> torch.Tensor:
