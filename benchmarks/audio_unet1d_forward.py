@@ -7,8 +7,12 @@ Models (random weights; ours loads the reference's state dict): Dance Diffusion'
 16 kHz (3 levels, 32-64 channels) on 1 s of stereo audio, a deeper Dance Diffusion (6 levels,
 up to 128 channels, 2 s), Diffuser's hopper temporal U-Net (horizon 32, batch 64) and its value
 function. Each pair runs alternately ``--repeat`` times under ``torch.inference_mode`` after one
-warm-up call; the table gives the median wall time of each, the ratio ours / reference (target:
-at most 0.9x) and the largest absolute difference between the outputs.
+warm-up call; the table gives the median time of each, the ratio ours / reference (target: at
+most 0.9x) and the largest absolute difference between the outputs. When both run on one
+thread the time is the process's CPU time (``clock`` cpu: a shared machine's load, which
+deschedules the process for whole milliseconds, does not inflate it; wall times of the 30-80 ms
+temporal models swung by 2x between runs here); otherwise it is the wall time (``clock`` wall:
+two threads count twice in CPU time, and waiting for each other is what those rows show).
 
 Two thread settings, each its own rows:
 - ``1 / 1``: both on one thread (the implementations compared as such);
@@ -65,13 +69,15 @@ def build(config):
     return ours, reference
 
 
-def timed(model, sample, timestep, threads: int, into: list) -> torch.Tensor:
-    """One forward pass on ``threads`` threads; its wall time is appended to ``into``."""
+def timed(model, sample, timestep, threads: int, into: list, cpu: bool) -> torch.Tensor:
+    """One forward pass on ``threads`` threads; its CPU (``cpu``) or wall time is appended to
+    ``into``."""
     torch.set_num_threads(threads)
+    clock = time.process_time if cpu else time.perf_counter
     with torch.inference_mode():
-        start = time.perf_counter()
+        start = clock()
         out = model(sample, timestep).sample
-        into.append(time.perf_counter() - start)
+        into.append(clock() - start)
     return out
 
 
@@ -82,16 +88,18 @@ def run_case(name: str, threads: tuple[int, int], repeat: int) -> str:
                          generator=torch.Generator().manual_seed(1))
     times: dict[str, list[float]] = {"ours": [], "reference": []}
     warm: list[float] = []
-    timed(ours, sample, timestep, threads[0], warm)
-    timed(reference, sample, timestep, threads[1], warm)
+    cpu = threads == (1, 1)
+    timed(ours, sample, timestep, threads[0], warm, cpu)
+    timed(reference, sample, timestep, threads[1], warm, cpu)
     for _ in range(repeat):
-        mine = timed(ours, sample, timestep, threads[0], times["ours"])
-        theirs = timed(reference, sample, timestep, threads[1], times["reference"])
+        mine = timed(ours, sample, timestep, threads[0], times["ours"], cpu)
+        theirs = timed(reference, sample, timestep, threads[1], times["reference"], cpu)
     a, b = statistics.median(times["ours"]), statistics.median(times["reference"])
     diff = (mine - theirs).abs().max().item()
     label = f"{threads[0]} / {threads[1]}"
-    return (f"{name:32s} {label:>9s} {a * 1e3:10.1f} {b * 1e3:12.1f} {a / b:7.2f}x "
-            f"{diff:9.1e} {'ok' if a / b <= 0.9 and diff < 1e-4 else 'MISS':>6s}")
+    return (f"{name:32s} {label:>9s} {'cpu' if cpu else 'wall':>5s} {a * 1e3:10.1f} "
+            f"{b * 1e3:12.1f} {a / b:7.2f}x {diff:9.1e} "
+            f"{'ok' if a / b <= 0.9 and diff < 1e-4 else 'MISS':>6s}")
 
 
 def main() -> None:
@@ -107,7 +115,7 @@ def main() -> None:
     chosen, why = choose_threads()
     print(f"torch default threads: {default}; chosen for ours: {chosen} ({why}); "
           f"{args.repeat} timed runs each, median")
-    header = (f"{'model':32s} {'threads':>9s} {'ours ms':>10s} {'diffusers ms':>12s} "
+    header = (f"{'model':32s} {'threads':>9s} {'clock':>5s} {'ours ms':>10s} {'diffusers ms':>12s} "
               f"{'ratio':>8s} {'max diff':>9s} {'target':>6s}")
     print(header)
     print("-" * len(header))

@@ -4,6 +4,7 @@ implementation (diffusers) on the same folders, and the import time of ``IFPipel
 process.
 
     python benchmarks/text2image_pipelines.py [--repeat N] [--threads T] [--scale S]
+                                              [--imports-only | --profile NAME]
 
 The tiny checkpoints are the test suite's (``tests/text2image/tiny.py``: built and saved by the
 reference with T5 / CLIP / BERT encoders made offline); ours loads each folder through
@@ -11,6 +12,11 @@ reference with T5 / CLIP / BERT encoders made offline); ours loads each folder t
 warm-up call each they run alternately ``--repeat`` times and the table gives the median wall
 time, the ratio ours / reference (target: at most 0.9x) and the largest difference between the
 images (they must agree within 1e-4). ``--scale`` multiplies every step count.
+
+``--profile NAME``: instead of the table, profile the family whose name contains NAME (e.g.
+``IF``, ``unCLIP``) with ``torch.profiler``, three calls a side after the warm-up, and print each
+side's operators by self CPU time (where the time goes: the kernels both sides share, and what
+is left around them).
 
 Import time: ``from diffusion_kernel import IFPipeline`` against ``from diffusers import
 IFPipeline`` and ``import torch``, each in fresh processes (median of ``--repeat`` runs), and our
@@ -112,6 +118,27 @@ def pipeline_rows(repeat: int, scale: int) -> list[tuple]:
     return rows
 
 
+def profile_family(name: str, scale: int, calls: int = 3) -> None:
+    """torch.profiler tables, ours and the reference's, for the family whose name has ``name``."""
+    from torch.profiler import profile
+
+    matches = {k: v for k, v in families(scale).items() if name.lower() in k.lower()}
+    if len(matches) != 1:
+        raise SystemExit(f"--profile {name!r} matches {len(matches)} families; give a part of "
+                         f"one name (IF, unCLIP, LDM, score-SDE)")
+    (family, (load_ours, load_reference, run)), = matches.items()
+    for who, load in (("ours", load_ours), ("reference", load_reference)):
+        pipes = load()
+        for pipe in pipes:
+            pipe.set_progress_bar_config(disable=True)
+        run(pipes)  # warm-up
+        with profile() as prof:
+            for _ in range(calls):
+                run(pipes)
+        print(f"\n== {who}: {family}, {calls} calls")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+
+
 def import_seconds(statement: str) -> float:
     code = ("import time; t = time.perf_counter(); " + statement +
             "; print(time.perf_counter() - t)")
@@ -146,9 +173,13 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--imports-only", action="store_true")
+    parser.add_argument("--profile", metavar="NAME", default=None)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.profile:
+        profile_family(args.profile, args.scale)
+        return
 
     rows = [] if args.imports_only else pipeline_rows(args.repeat, args.scale)
     print(f"\nthreads: {torch.get_num_threads()}; median of {args.repeat} alternating runs")

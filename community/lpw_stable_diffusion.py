@@ -23,7 +23,7 @@ import re
 
 import torch
 from diffusion_kernel import StableDiffusionPipeline
-from diffusion_kernel.nn.lora import lora_call_scale
+from diffusion_kernel.prompts import negative_texts
 
 _EMPHASIS = 1.1
 # One match per syntax element: an escaped bracket, "(", "[", ":<number>)" closing a weighted
@@ -145,15 +145,12 @@ class LongPromptWeightingPipeline(StableDiffusionPipeline):
                                          prompt_embeds, negative_prompt_embeds, clip_skip,
                                          lora_scale)
         texts = [prompt] if isinstance(prompt, str) else list(prompt)
-        negatives = ([""] * len(texts) if negative_prompt is None else
-                     [negative_prompt] * len(texts) if isinstance(negative_prompt, str)
-                     else list(negative_prompt))
+        negatives = negative_texts(negative_prompt, len(texts))
         span = self.tokenizer.model_max_length - 2
         counted = texts + (negatives if do_classifier_free_guidance else [])
         windows = max(1, *(math.ceil(len(self.tokens_and_weights(t)[0]) / span)
                            for t in counted))
-        scale = 1.0 if lora_scale is None or self.text_encoder is None else lora_scale
-        with torch.no_grad(), lora_call_scale(self.text_encoder, scale):
+        with self._prompt_encoding(lora_scale):  # no gradients, LoRA times lora_scale
             embeds = self.weighted_embeddings(texts, device, windows, clip_skip)
             negative = (self.weighted_embeddings(negatives, device, windows)
                         if do_classifier_free_guidance and negative_prompt_embeds is None

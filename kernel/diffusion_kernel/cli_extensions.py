@@ -10,6 +10,7 @@ built, so their modules must be light (argparse only: no torch).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import sys
 import warnings
@@ -34,6 +35,13 @@ def positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{value} is not positive")
     return value
+
+
+def config_from_args(cls: type, args: argparse.Namespace, **values: Any) -> Any:
+    """The dataclass ``cls`` (a ``train`` or ``evaluate`` kind's config) built from the parsed
+    options named like its fields; ``values`` are given instead of the options of those names."""
+    names = {f.name for f in dataclasses.fields(cls)} - set(values)
+    return cls(**{k: v for k, v in vars(args).items() if k in names}, **values)
 
 
 def load_target(target: Target, plugin: str = "?") -> Any:

@@ -75,19 +75,14 @@ def manifest_text(folder: Path, known: dict[str, str]) -> str:
 def recorded_files(folder: Path) -> Iterator[Path]:
     """The files a ``SHA256SUMS`` in ``folder`` covers: all below it, except the record itself,
     links, and subfolders that keep their own record."""
-    for entry in sorted(folder.iterdir()):
-        if entry.is_symlink() or (entry.name == MANIFEST and entry.parent == folder):
-            continue
-        if entry.is_dir():
-            if not (entry / MANIFEST).is_file():
-                yield from _files_below(entry)
-        elif entry.is_file():
-            yield entry
+    return _files_below(folder, skip=MANIFEST)
 
 
-def _files_below(folder: Path) -> Iterator[Path]:
+def _files_below(folder: Path, skip: str | None = None) -> Iterator[Path]:
+    """The files below ``folder`` but the entry named ``skip``, links and subfolders with a
+    record of their own."""
     for entry in sorted(folder.iterdir()):
-        if entry.is_symlink():
+        if entry.is_symlink() or entry.name == skip:
             continue
         if entry.is_dir():
             if not (entry / MANIFEST).is_file():

@@ -210,5 +210,23 @@ class PluginManager:
         return register
 
 
+def lazy_hook(package: str, table):
+    """A registration hook that registers every row of ``table`` by module path, for a plugin's
+    entry-point module: nothing of ``package`` is imported before one of its names is asked for.
+
+    A row is ``(name, module, aliases)`` or, for schedulers, ``(name, module, aliases, presets)``;
+    it registers ``"{package}.{module}:{name}"`` under ``name``. Assign the hook to the hook's
+    name: ``register_models = lazy_hook("my_pkg", [("MyUNet", "models.unet", ("my-unet",))])``.
+    """
+
+    @hookspecs.hookimpl
+    def hook(register):
+        for name, module, aliases, *presets in table:
+            register(f"{package}.{module}:{name}", name=name, aliases=aliases,
+                     presets=presets[0] if presets else None)
+
+    return hook
+
+
 plugin_manager = PluginManager()
 registry = plugin_manager.registry

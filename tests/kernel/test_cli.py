@@ -533,3 +533,22 @@ def test_building_the_command_line_imports_no_torch_and_no_plugin_code():
             "if m.startswith('diffusion_kernel_vision.pipelines')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False []", out.stderr
+
+
+def test_config_from_args_takes_the_options_named_like_the_fields():
+    import argparse
+    from typing import ClassVar
+
+    from diffusion_kernel.cli_extensions import config_from_args
+
+    @dataclass
+    class Config:
+        data: str
+        max_steps: int = 10
+        MUST_MATCH: ClassVar[tuple[str, ...]] = ("max_steps",)
+
+    args = argparse.Namespace(data="a.npz", max_steps=3, threads=2, func=print)
+    assert config_from_args(Config, args) == Config("a.npz", 3)
+    assert config_from_args(Config, args, data="b.npz") == Config("b.npz", 3)
+    with pytest.raises(TypeError, match="data"):
+        config_from_args(Config, argparse.Namespace(max_steps=3))

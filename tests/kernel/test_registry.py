@@ -146,6 +146,33 @@ def test_lazy_target_is_not_imported_until_get(register_plugin, tmp_path, monkey
     monkeypatch.delitem(sys.modules, "lazy_toy_module")
 
 
+
+def test_lazy_hook_registers_table_rows_by_module_path_with_aliases_and_presets(
+        register_plugin, tmp_path, monkeypatch):
+    from types import ModuleType
+
+    from diffusion_kernel.plugins import lazy_hook
+
+    (tmp_path / "lazy_table_pkg").mkdir()
+    (tmp_path / "lazy_table_pkg" / "__init__.py").write_text("")
+    (tmp_path / "lazy_table_pkg" / "things.py").write_text(
+        'class TableThing:\n    """From a table."""\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    plugin = ModuleType("lazy_table_plugin")  # a plugin's entry-point module
+    plugin.register_processors = lazy_hook("lazy_table_pkg", [
+        ("TableThing", "things", ("table-thing",)),
+        ("OtherThing", "things", ("other-thing",), {"other-fast": {"steps": 4}}),
+    ])
+    register_plugin(plugin, "tables")
+    entry = registry.processors.entry("table-thing")
+    assert (entry.name, entry.target, entry.aliases) == (
+        "TableThing", "lazy_table_pkg.things:TableThing", ("table-thing",))
+    assert dict(registry.processors.preset("other-fast")) == {"steps": 4}
+    assert "lazy_table_pkg.things" not in sys.modules  # registering and listing import nothing
+    assert registry.processors.get("TableThing").__doc__ == "From a table."
+    monkeypatch.delitem(sys.modules, "lazy_table_pkg.things")
+    monkeypatch.delitem(sys.modules, "lazy_table_pkg")
+
 def test_lazy_target_with_nested_attribute(register_plugin):
     register_plugin(_plugin(processors=[(("kernel_toys:ToyPlugin.register_models",),
                                          {"name": "Nested"})]), "nested")

@@ -46,6 +46,30 @@ def test_evaluate_prints_json_with_the_references(tiny, capsys):
     assert set(rows) == {"planner", "random", "controller (expert)"}
     assert rows["controller (expert)"]["normalized_score"] == pytest.approx(100.0)
     assert 0 <= rows["planner"]["success_rate"] <= 100
+    assert report["num_candidates"] == 1 and report["selection"] is None
+
+
+def test_evaluate_and_generate_take_several_candidates(tiny, tmp_path, capsys):
+    from diffusion_kernel import DiffusionPipeline
+
+    assert main(["evaluate", "planner", "--model", str(tiny / "planner"), "--pairs", "3",
+                 "--max-steps", "20", "--no-baselines", "--candidates", "3", "--selection",
+                 "medoid", "--threads", "1"]) == 0
+    assert "the best of 3 plans per pair by medoid" in capsys.readouterr().out
+    pipe = DiffusionPipeline.from_pretrained(tiny / "planner")
+    pipe.num_candidates = 2  # a folder that recommends 2 candidates: generate and evaluate use it
+    pipe.save_pretrained(tmp_path / "two")
+    assert main(["evaluate", "planner", "--model", str(tmp_path / "two"), "--pairs", "2",
+                 "--max-steps", "20", "--no-baselines", "--json", "--threads", "1"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["num_candidates"] == 2 and report["selection"] == "likelihood"
+    assert main(["generate", "1,1:6,6", "--num", "2", "--out", str(tmp_path / "plan.npz"),
+                 "--model", str(tmp_path / "two"), "--steps", "2", "--threads", "1"]) == 0
+    with np.load(tmp_path / "plan.npz") as plan:
+        assert plan["states"].shape == (2, 16, 4)
+    assert main(["evaluate", "planner", "--model", str(tiny / "planner"), "--candidates", "0",
+                 "--no-baselines"]) == 2
+    assert "--candidates must be at least 1" in capsys.readouterr().err
 
 
 def test_generate_writes_plans_as_npz_png_or_a_folder(tiny, tmp_path, capsys):

@@ -10,6 +10,11 @@ from diffusion_kernel.scheduling import scheduler_from_name
 from diffusion_kernel_rl.datasets import generate_dataset
 from diffusion_kernel_rl.normalization import TrajectoryNormalizer
 from diffusion_kernel_rl.pipelines.diffuser_planning import DiffuserPlanningPipeline
+from diffusion_kernel_rl.pipelines.plan_selection import (
+    denoising_errors,
+    likelihood_timesteps,
+    medoid_distances,
+)
 from rl_helpers import UNET
 
 START = np.array([[1.0, 1.0, 0.0, 0.0], [6.0, 6.0, 0.5, -0.5]])
@@ -76,7 +81,68 @@ def test_another_scheduler_with_fewer_steps_keeps_the_conditions(pipe):
                                atol=1e-5, rtol=0)
 
 
+def test_one_candidate_is_the_plain_planner(pipe):
+    plain = pipe(START, GOAL, generator=[torch.Generator().manual_seed(s) for s in (2, 3)])
+    one = pipe(START, GOAL, generator=[torch.Generator().manual_seed(s) for s in (2, 3)],
+               num_candidates=1)
+    np.testing.assert_array_equal(plain.states, one.states)
+    assert one.candidate_scores is None and one.chosen is None
+
+
+@pytest.mark.parametrize("selection", ["likelihood", "medoid"])
+def test_candidates_are_sampled_from_each_plans_generator_and_the_best_scored_is_kept(
+        pipe, selection):
+    out = pipe(START, GOAL, generator=[torch.Generator().manual_seed(s) for s in (2, 3)],
+               num_candidates=3, selection=selection, output_type="pt")
+    assert out.states.shape == (2, 16, 4) and out.candidate_scores.shape == (2, 3)
+    np.testing.assert_array_equal(out.chosen, out.candidate_scores.argmin(1))
+    # the candidates are the plans of a 6-plan batch whose rows 0-2 draw from plan 0's generator
+    first, second = torch.Generator().manual_seed(2), torch.Generator().manual_seed(3)
+    each = pipe(np.repeat(START, 3, 0), np.repeat(GOAL, 3, 0), output_type="pt",
+                generator=[first] * 3 + [second] * 3)
+    candidates = torch.cat([each.actions, each.states], -1)
+    torch.testing.assert_close(out.states, each.states[out.chosen + np.array([0, 3])])
+    assert len({round(float(v), 6) for v in out.candidate_scores.ravel()}) == 6
+    x = pipe.normalizer.normalize(candidates)
+    if selection == "likelihood":  # the score is the re-noised denoising error, fixed noise
+        conditions = {0: x[:, 0, 2:], 15: x[:, 15, 2:]}
+        expected = denoising_errors(pipe.unet, pipe.scheduler, x, conditions, 2,
+                                    likelihood_timesteps(pipe.scheduler))
+        assert likelihood_timesteps(pipe.scheduler) == [1, 3, 5, 7]  # of 8 training steps
+    else:
+        expected = medoid_distances(x, 3, 2)
+    np.testing.assert_allclose(out.candidate_scores.ravel(), expected.numpy(), rtol=1e-4)
+
+
+def test_the_medoid_is_the_candidate_the_others_agree_with():
+    x = torch.zeros(1, 4, 16, 6)
+    x[0, 1, :, 2:] = 1.0  # candidates 0, 2 and 3 agree, 1 is apart; 3 a little off
+    x[0, 3, :, 2:] = 0.1
+    distances = medoid_distances(x.reshape(4, 16, 6), 4, 2)
+    assert distances.argmin() == 0 and distances.argmax() == 1
+    torch.testing.assert_close(distances[1], torch.tensor((2.0 + 2.0 + 1.8) / 3))
+
+
+def test_a_folder_recommends_its_number_of_candidates(pipe, tmp_path):
+    several = DiffuserPlanningPipeline(pipe.unet, pipe.scheduler, pipe.normalizer,
+                                       num_candidates=3)
+    several.save_pretrained(tmp_path / "planner")
+    assert '"num_candidates": 3' in (tmp_path / "planner/model_index.json").read_text()
+    loaded = DiffusionPipeline.from_pretrained(tmp_path / "planner")
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.num_candidates == 3
+    out = loaded(START, GOAL, generator=torch.Generator().manual_seed(0))
+    assert out.candidate_scores.shape == (2, 3)
+    assert loaded(START, GOAL, num_candidates=1).candidate_scores is None
+
+
 def test_bad_input_gets_clear_errors(pipe):
+    with pytest.raises(PipelineError, match=r"num_candidates must be a positive integer"):
+        pipe(START, GOAL, num_candidates=0)
+    with pytest.raises(PipelineError, match=r"num_candidates must be a positive integer"):
+        DiffuserPlanningPipeline(pipe.unet, pipe.scheduler, num_candidates=2.5)
+    with pytest.raises(PipelineError, match=r"selection must be one of \('likelihood', "):
+        pipe(START, GOAL, num_candidates=2, selection="best")
     with pytest.raises(PipelineError, match=r"start must hold observations of size 4"):
         pipe(np.zeros(3), GOAL[0])
     with pytest.raises(PipelineError, match="multiple of 2; got 15"):

@@ -51,6 +51,20 @@ def test_guided_actions_equal_the_reference(pipelines, seed):
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
 
 
+def test_guidance_computes_no_weight_gradients_and_restores_the_parameters(pipelines):
+    """Guidance needs the gradient with respect to the trajectory only: the value function's
+    parameters are frozen for the call and left as they were (a frozen one stays frozen)."""
+    ours, _ = pipelines
+    params = list(ours.value_function.parameters())
+    params[0].requires_grad_(False)
+    try:
+        ours(OBS, batch_size=BATCH, planning_horizon=HORIZON, n_guide_steps=2)
+        assert [p.requires_grad for p in params] == [False] + [True] * (len(params) - 1)
+        assert all(p.grad is None for p in params)
+    finally:
+        params[0].requires_grad_(True)
+
+
 def _reference_unguided(reference, seed):
     """The reference's __call__ up to its sort (which fails without guidance: y is None), then
     the random pick it means to make."""

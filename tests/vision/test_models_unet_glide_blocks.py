@@ -192,3 +192,66 @@ def test_processor_api_covers_the_added_kv_layers_and_takes_the_references_proce
         assert all(isinstance(p, AttnAddedKVProcessor) for p in ours.attn_processors.values())
         ours.fuse_qkv_projections()  # nothing to fuse in these layers: same outputs
         torch.testing.assert_close(ours(**inputs).sample, expected, atol=TOL, rtol=0)
+
+
+def _counting_text_projections(unet):
+    """Forward hooks counting the calls of every attention layer's text-key projection."""
+    calls = []
+    layers = [m for name, m in unet.named_modules() if name.endswith("add_k_proj")]
+    for layer in layers:
+        layer.register_forward_hook(lambda *_: calls.append(1))
+    return calls, len(layers)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_reuse_conditioning_gives_the_same_outputs_and_processes_the_text_once(variant):
+    config = VARIANTS[variant]
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**config).eval()
+    inputs = _inputs(config)
+    calls, layers = _counting_text_projections(unet)
+    assert layers > 0
+    steps = [dict(inputs, sample=inputs["sample"] * (1 + k), timestep=torch.tensor(t))
+             for k, t in enumerate((999, 500, 37))]  # a loop: new sample and timestep each step
+    with torch.no_grad():
+        fresh = [unet(**step).sample for step in steps]
+    assert len(calls) == 3 * layers
+    calls.clear()
+    with torch.inference_mode(), unet.reuse_conditioning():
+        reused = [unet(**step).sample for step in steps]
+    assert len(calls) == layers  # once per layer, at the first step
+    for expected, got in zip(fresh, reused):
+        assert torch.equal(got, expected)  # bit for bit
+    with torch.no_grad():  # outside the block: computed at every call again
+        unet(**steps[0])
+    assert len(calls) == 2 * layers
+
+
+def test_reuse_conditioning_recomputes_for_other_or_modified_text_and_under_autograd():
+    config = VARIANTS["if_stage_2_timestep_class_embedding"]
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**config).eval()
+    inputs = _inputs(config)
+    calls, layers = _counting_text_projections(unet)
+    other = dict(inputs, encoder_hidden_states=inputs["encoder_hidden_states"].flip(1))
+    with torch.no_grad():
+        expected_other = unet(**other).sample
+    calls.clear()
+    with torch.no_grad(), unet.reuse_conditioning():
+        unet(**inputs)
+        assert torch.equal(unet(**other).sample, expected_other)  # another tensor: recomputed
+        assert len(calls) == 2 * layers
+        states = other["encoder_hidden_states"].clone()
+        first = unet(**dict(other, encoder_hidden_states=states)).sample
+        states.mul_(2)  # the same tensor modified in place: recomputed, not reused
+        second = unet(**dict(other, encoder_hidden_states=states)).sample
+        assert len(calls) == 4 * layers and not torch.equal(first, second)
+    expected_second = unet(**dict(other, encoder_hidden_states=states)).sample.detach()
+    torch.testing.assert_close(second, expected_second, atol=0, rtol=0)
+    calls.clear()
+    with unet.reuse_conditioning():  # gradients recorded: nothing is kept, backward works
+        for _ in range(2):
+            unet.zero_grad()
+            unet(**inputs).sample.square().mean().backward()
+    assert len(calls) == 2 * layers
+    assert unet.conv_in.weight.grad.abs().sum() > 0

@@ -15,7 +15,7 @@ from .embeddings import (
     Timesteps,
     get_timestep_embedding,
 )
-from .inplace import add_to_fresh
+from .inplace import activate_fresh, add_to_fresh
 from .outputs import ModelOutput
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "GaussianFourierProjection",
     "ModelOutput",
     "TimestepEmbedding",
+    "activate_fresh",
     "add_to_fresh",
     "Timesteps",
     "get_activation",

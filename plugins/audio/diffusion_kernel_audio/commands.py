@@ -9,6 +9,8 @@ import argparse
 import json
 from pathlib import Path
 
+from diffusion_kernel.cli_extensions import config_from_args
+
 SHIPPED_MODEL = Path(__file__).parent / "shipped" / "spoken-digits-mel"
 
 
@@ -46,8 +48,7 @@ def add_train_mel_arguments(p: argparse.ArgumentParser) -> None:
 def run_train_mel(args: argparse.Namespace) -> int:
     from .train_mel import MelTrainConfig, train
 
-    fields = MelTrainConfig.__dataclass_fields__
-    config = MelTrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    config = config_from_args(MelTrainConfig, args)
     state = train(config)
     print(f"saved the pipeline after step {state['step']} to {config.output_dir}")
     return 0

@@ -7,6 +7,7 @@ path (imported on first use), and adds to the kernel's command verbs: the WAV wr
 from pathlib import Path
 
 from diffusion_kernel import hookimpl
+from diffusion_kernel.plugins import lazy_hook
 
 _PKG = "diffusion_kernel_audio"
 
@@ -18,20 +19,8 @@ PROCESSORS = [
     ("Mel", "processing.mel", ("mel",)),
 ]
 
-
-def _register_all(register, table):
-    for name, module, aliases in table:
-        register(f"{_PKG}.{module}:{name}", name=name, aliases=aliases)
-
-
-@hookimpl
-def register_pipelines(register):
-    _register_all(register, PIPELINES)
-
-
-@hookimpl
-def register_processors(register):
-    _register_all(register, PROCESSORS)
+register_pipelines = lazy_hook(_PKG, PIPELINES)
+register_processors = lazy_hook(_PKG, PROCESSORS)
 
 
 @hookimpl

@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from diffusion_kernel.cli_extensions import config_from_args
+
 from .plugin import SHIPPED_NAME, SHIPPED_TEST_SET
 
 
@@ -128,9 +130,7 @@ def run_train(args: argparse.Namespace) -> int:
         data = str(output.with_name(output.name + "-nci-train.npz"))
         if not Path(data).is_file():
             _build_nci_training_split(data)
-    fields = TrainConfig.__dataclass_fields__
-    config = TrainConfig(data=data, **{k: v for k, v in vars(args).items()
-                                       if k in fields and k != "data"})
+    config = config_from_args(TrainConfig, args, data=data)
     out = train(config)
     print(f"saved the trained pipeline to {out}")
     return 0

@@ -4,6 +4,7 @@ molecule processor by module path (imported on first use), and the ``molecules``
 from pathlib import Path
 
 from diffusion_kernel import hookimpl
+from diffusion_kernel.plugins import lazy_hook
 
 _PKG = "diffusion_kernel_molecules"
 # Defined here, not in commands.py: listing the registries (and importing the package, which
@@ -12,23 +13,11 @@ SHIPPED_MODEL = Path(__file__).parent / "shipped" / "geodiff-nci"
 SHIPPED_TEST_SET = Path(__file__).parent / "data" / "nci-test.npz"
 SHIPPED_NAME = "conformers"
 
-
-@hookimpl
-def register_models(register):
-    register(f"{_PKG}.models.geodiff:GeoDiffModel", name="GeoDiffModel",
-             aliases=("geodiff", "MoleculeGNN"))
-
-
-@hookimpl
-def register_pipelines(register):
-    register(f"{_PKG}.pipelines.conformer:MoleculeConformerPipeline",
-             name="MoleculeConformerPipeline", aliases=("conformers", "geodiff-pipeline"))
-
-
-@hookimpl
-def register_processors(register):
-    register(f"{_PKG}.processing.molecule_processor:MoleculeProcessor",
-             name="MoleculeProcessor", aliases=("molecule",))
+register_models = lazy_hook(_PKG, [("GeoDiffModel", "models.geodiff", ("geodiff", "MoleculeGNN"))])
+register_pipelines = lazy_hook(_PKG, [("MoleculeConformerPipeline", "pipelines.conformer",
+                                       ("conformers", "geodiff-pipeline"))])
+register_processors = lazy_hook(_PKG, [("MoleculeProcessor", "processing.molecule_processor",
+                                        ("molecule",))])
 
 
 @hookimpl

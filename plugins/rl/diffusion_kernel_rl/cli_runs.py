@@ -4,30 +4,25 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import fields
 
+from diffusion_kernel.cli_extensions import config_from_args
 from diffusion_kernel.errors import ConfigError
 
 COLUMNS = (("success_rate", "success %"), ("normalized_score", "score"),
            ("mean_return", "return"), ("mean_arrival_step", "arrival"))
 
 
-def _config(cls, args: argparse.Namespace):
-    names = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in vars(args).items() if k in names})
-
-
 def run_train_planner(args: argparse.Namespace) -> int:
     from .training import PlannerTrainConfig, train_planner
 
-    train_planner(_config(PlannerTrainConfig, args))
+    train_planner(config_from_args(PlannerTrainConfig, args))
     return 0
 
 
 def run_train_value(args: argparse.Namespace) -> int:
     from .training import ValueTrainConfig, train_value_function
 
-    train_value_function(_config(ValueTrainConfig, args))
+    train_value_function(config_from_args(ValueTrainConfig, args))
     return 0
 
 
@@ -68,16 +63,21 @@ def run_evaluate_planner(args: argparse.Namespace) -> int:
 
     if args.pairs < 1 or args.max_steps < 1:
         raise ConfigError("--pairs and --max-steps must be positive")
+    if args.num_candidates is not None and args.num_candidates < 1:
+        raise ConfigError(f"--candidates must be at least 1, got {args.num_candidates}")
     pipe, maze = _planner(args.model)
     data = maze_data(maze.name, None, 400_000, 0) if args.baselines and \
         args.behaviour_cloning_steps > 0 else None
     report = planner_report(pipe, maze, args.pairs, args.seed, args.max_steps, args.steps,
-                            args.baselines, args.behaviour_cloning_steps, data)
+                            args.baselines, args.behaviour_cloning_steps, data,
+                            args.num_candidates, args.selection)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
+    chosen = "one plan per pair" if report["num_candidates"] == 1 else \
+        f"the best of {report['num_candidates']} plans per pair by {report['selection']}"
     print(f"{args.pairs} start/goal pairs of the {maze.name} maze (>= 3 cells apart), "
-          f"{args.max_steps} steps each; R_random {report['R_random']:.1f}, "
+          f"{args.max_steps} steps each, {chosen}; R_random {report['R_random']:.1f}, "
           f"R_expert {report['R_expert']:.1f}")
     print(f"{'policy':<22}" + "".join(f"{title:>11}" for _, title in COLUMNS))
     for name, row in report["policies"].items():

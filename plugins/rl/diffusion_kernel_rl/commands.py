@@ -84,6 +84,12 @@ def add_evaluate_planner_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the pairs and of the plans")
     p.add_argument("--max-steps", type=int, default=300, help="steps of each episode")
     p.add_argument("--steps", type=int, help="denoising steps (default: the whole chain)")
+    p.add_argument("--candidates", type=int, dest="num_candidates",
+                   help="plans sampled per pair, the one the model finds most likely kept "
+                        "(default: the planner folder's recommended number; 1: one plan)")
+    p.add_argument("--selection", choices=("likelihood", "medoid"), default="likelihood",
+                   help="how one of the candidates is kept: the lowest denoising error "
+                        "(likelihood) or the one closest to the others (medoid)")
     p.add_argument("--no-baselines", dest="baselines", action="store_false",
                    help="skip the straight-line, unconditional and behaviour-cloning rows")
     p.add_argument("--behaviour-cloning-steps", type=int, default=3000,

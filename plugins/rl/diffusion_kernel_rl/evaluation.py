@@ -125,16 +125,21 @@ def plan_and_follow(pipe, maze: Maze, starts, goals, max_steps: int = 300, seed:
 
 def planner_report(pipe, maze: Maze, num_pairs: int = 100, seed: int = 0, max_steps: int = 300,
                    num_inference_steps: int | None = None, baselines: bool = True,
-                   behaviour_cloning_steps: int = 3000, data=None) -> dict:
+                   behaviour_cloning_steps: int = 3000, data=None,
+                   num_candidates: int | None = None, selection: str = "likelihood") -> dict:
     """The planner and the policies it is compared with on ``num_pairs`` fixed pairs: for each,
     success rate, mean return, normalised score and mean arrival step; and R_random, R_expert.
     ``baselines``: also the straight-line controller, planning without the goal, and (with
-    ``behaviour_cloning_steps`` > 0, trained on ``data``) behaviour cloning."""
+    ``behaviour_cloning_steps`` > 0, trained on ``data``) behaviour cloning.
+    ``num_candidates`` / ``selection``: plans sampled per pair and how one is kept (default:
+    the planner's recommended ``num_candidates``); the report says which were used."""
     from .policies import StraightLinePolicy, train_behaviour_cloning
 
     starts, goals = evaluation_pairs(maze, num_pairs, seed)
     refs = references(maze, starts, goals, max_steps, seed)
-    plan = dict(seed=seed, max_steps=max_steps, num_inference_steps=num_inference_steps)
+    candidates = pipe.num_candidates if num_candidates is None else num_candidates
+    plan = dict(seed=seed, max_steps=max_steps, num_inference_steps=num_inference_steps,
+                num_candidates=candidates, selection=selection)
     rows = {"planner": summary(plan_and_follow(pipe, maze, starts, goals, **plan)[0], refs)}
     if baselines:
         rows["planner without goal"] = summary(
@@ -149,6 +154,8 @@ def planner_report(pipe, maze: Maze, num_pairs: int = 100, seed: int = 0, max_st
     rows["controller (expert)"] = summary(
         rollout(maze, WaypointPolicy(maze), starts, goals, max_steps), refs)
     return {"maze": maze.name, "pairs": num_pairs, "seed": seed, "max_steps": max_steps,
+            "num_candidates": candidates,
+            "selection": selection if candidates > 1 else None,
             "R_random": refs.random, "R_expert": refs.expert, "policies": rows}
 
 

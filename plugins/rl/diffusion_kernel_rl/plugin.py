@@ -2,6 +2,7 @@
 module path (imported on first use), and the ``diffusion-kernel rl`` commands."""
 
 from diffusion_kernel import hookimpl
+from diffusion_kernel.plugins import lazy_hook
 
 _PKG = "diffusion_kernel_rl"
 
@@ -13,20 +14,8 @@ PROCESSORS = [
     ("TrajectoryNormalizer", "normalization", ("trajectory-normalizer",)),
 ]
 
-
-def _register_all(register, table):
-    for name, module, aliases in table:
-        register(f"{_PKG}.{module}:{name}", name=name, aliases=aliases)
-
-
-@hookimpl
-def register_pipelines(register):
-    _register_all(register, PIPELINES)
-
-
-@hookimpl
-def register_processors(register):
-    _register_all(register, PROCESSORS)
+register_pipelines = lazy_hook(_PKG, PIPELINES)
+register_processors = lazy_hook(_PKG, PROCESSORS)
 
 
 @hookimpl

@@ -25,12 +25,13 @@ from .schedules import (
     BETA_SCHEDULES,
     PREDICTION_TYPES,
     TIMESTEP_SPACINGS,
+    BeginIndexMixin,
     alphas_cumprod_for,
     betas_for,
     broadcast_to,
-    checked_begin_index,
     dynamic_threshold,
     own_option,
+    spaced_timesteps,
 )
 
 
@@ -121,8 +122,9 @@ def previous_timestep(scheduler, timestep: int | torch.Tensor) -> int | torch.Te
     return timesteps[i + 1] if i + 1 < len(timesteps) else torch.tensor(-1)
 
 
-class AlphaSchedulerMixin(SchedulerMixin):
-    """Training schedule and bookkeeping of the alpha-bar schedulers.
+class AlphaSchedulerMixin(BeginIndexMixin, SchedulerMixin):
+    """Training schedule and bookkeeping of the alpha-bar schedulers. ``set_begin_index`` only
+    records where an img2img run starts: these schedulers find their step from its timestep.
 
     ``__init__`` calls ``_init_training_schedule``; ``set_timesteps`` ends with ``_set_run``, which
     records the timesteps and builds the lookup ``step`` uses to find its step index from the
@@ -156,6 +158,34 @@ class AlphaSchedulerMixin(SchedulerMixin):
         self.num_inference_steps: int | None = None
         self._begin_index: int | None = None
         self._index_of: dict[int, int] = {}
+
+    def _check_steps_or_timesteps(self, num_inference_steps: Any,
+                                  timesteps: Sequence[int] | None) -> None:
+        if (num_inference_steps is None) == (timesteps is None):
+            raise SchedulerError(f"{type(self).__name__}.set_timesteps: pass exactly one of "
+                                 f"num_inference_steps or timesteps")
+
+    def _spaced_run(self, num_inference_steps: Any) -> np.ndarray:
+        """``num_inference_steps`` descending timesteps spaced by ``config.timestep_spacing`` and
+        shifted by ``config.steps_offset`` (checked: the first must be a training step)."""
+        owner = type(self).__name__
+        T = self.config.num_train_timesteps
+        n = check_num_inference_steps(num_inference_steps, T, owner)
+        run = spaced_timesteps(self.config.timestep_spacing, n, T, self.config.steps_offset, owner)
+        if run[0] >= T:
+            raise SchedulerError(f"{owner}: steps_offset={self.config.steps_offset} moves the "
+                                 f"first timestep past {T - 1}; lower it")
+        return run
+
+    def _run_timesteps(self, num_inference_steps: Any,
+                       timesteps: Sequence[int] | None) -> np.ndarray:
+        """The timesteps of a run: exactly one of ``num_inference_steps`` (``_spaced_run``) and
+        explicit descending ``timesteps`` (checked)."""
+        self._check_steps_or_timesteps(num_inference_steps, timesteps)
+        if timesteps is not None:
+            return check_custom_timesteps(timesteps, self.config.num_train_timesteps,
+                                          type(self).__name__)
+        return self._spaced_run(num_inference_steps)
 
     def _set_run(self, timesteps: np.ndarray, device=None) -> None:
         self.timesteps = torch.from_numpy(np.asarray(timesteps, dtype=np.int64).copy()).to(device)
@@ -191,15 +221,6 @@ class AlphaSchedulerMixin(SchedulerMixin):
         return tuple(float(v) for v in values)
 
     # -- public API shared by the family --------------------------------------------------------
-    @property
-    def begin_index(self) -> int | None:
-        return self._begin_index
-
-    def set_begin_index(self, begin_index: int = 0) -> None:
-        """Start the run at ``timesteps[begin_index]`` (img2img). These schedulers find their step
-        from the timestep they are given, so this only records where the run starts."""
-        self._begin_index = checked_begin_index(self, begin_index)
-
     def _coefficients_at(self, timesteps: torch.Tensor, like: torch.Tensor):
         alphas_cumprod = self.alphas_cumprod.to(device=like.device, dtype=like.dtype)
         timesteps = torch.as_tensor(timesteps, device=like.device).long().reshape(-1)

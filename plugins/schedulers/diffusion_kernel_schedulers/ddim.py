@@ -22,12 +22,10 @@ from diffusion_kernel.scheduling import SchedulerOutput
 
 from .alpha_schedule import (
     AlphaSchedulerMixin,
-    check_custom_timesteps,
-    check_num_inference_steps,
     limit_x0,
     x0_and_eps,
 )
-from .schedules import gaussian_noise, lincomb, spaced_timesteps
+from .schedules import gaussian_noise, lincomb
 from .sigma_schedule import KARRAS_DIFFUSION_SCHEDULERS
 
 
@@ -68,20 +66,7 @@ class DDIMScheduler(AlphaSchedulerMixin):
                       timesteps: Sequence[int] | None = None) -> None:
         """Prepare a run of ``num_inference_steps`` steps spaced by ``config.timestep_spacing``, or
         over explicit descending ``timesteps``. Calling it again starts a fresh run."""
-        owner = type(self).__name__
-        T = self.config.num_train_timesteps
-        if (num_inference_steps is None) == (timesteps is None):
-            raise SchedulerError(f"{owner}.set_timesteps: pass exactly one of "
-                                 f"num_inference_steps or timesteps")
-        if timesteps is not None:
-            run = check_custom_timesteps(timesteps, T, owner)
-        else:
-            n = check_num_inference_steps(num_inference_steps, T, owner)
-            run = spaced_timesteps(self.config.timestep_spacing, n, T, self.config.steps_offset,
-                                   owner)
-            if run[0] >= T:
-                raise SchedulerError(f"{owner}: steps_offset={self.config.steps_offset} moves the "
-                                     f"first timestep past {T - 1}; lower it")
+        run = self._run_timesteps(num_inference_steps, timesteps)
         self._set_run(run, device)
         # Per step i (tau_i -> tau_{i+1}): sqrt(abar_t), sqrt(1 - abar_t), sqrt(abar_prev), the
         # eta = 1 variance of eq. 16, and abar_prev.

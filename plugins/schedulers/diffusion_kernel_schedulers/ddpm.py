@@ -26,13 +26,11 @@ from diffusion_kernel.scheduling import SchedulerOutput, check_option
 
 from .alpha_schedule import (
     AlphaSchedulerMixin,
-    check_custom_timesteps,
-    check_num_inference_steps,
     limit_x0,
     previous_timestep,
     x0_and_eps,
 )
-from .schedules import accumulate, gaussian_noise, lincomb, spaced_timesteps
+from .schedules import accumulate, gaussian_noise, lincomb
 from .sigma_schedule import KARRAS_DIFFUSION_SCHEDULERS
 
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log",
@@ -96,27 +94,20 @@ class DDPMScheduler(AlphaSchedulerMixin):
                       timesteps: Sequence[int] | None = None) -> None:
         """Prepare a run of ``num_inference_steps`` steps spaced by ``config.timestep_spacing``, or
         over explicit strictly descending ``timesteps``. Calling it again starts a fresh run."""
-        owner = type(self).__name__
-        T = self.config.num_train_timesteps
-        if (num_inference_steps is None) == (timesteps is None):
-            raise SchedulerError(f"{owner}.set_timesteps: pass exactly one of "
-                                 f"num_inference_steps or timesteps")
+        run = self._run_timesteps(num_inference_steps, timesteps)
         self.custom_timesteps = timesteps is not None
-        if timesteps is not None:
-            run = check_custom_timesteps(timesteps, T, owner)
-        else:
-            n = check_num_inference_steps(num_inference_steps, T, owner)
-            run = spaced_timesteps(self.config.timestep_spacing, n, T, self.config.steps_offset,
-                                   owner)
-            if run[0] >= T:
-                raise SchedulerError(f"{owner}: steps_offset={self.config.steps_offset} moves the "
-                                     f"first timestep past {T - 1}; lower it")
         self._set_run(run, device)
 
     def _set_run(self, timesteps: np.ndarray, device=None) -> None:
         super()._set_run(timesteps, device)
         self._run = [int(t) for t in timesteps]
-        self._coefficients: dict[int, dict[str, float]] = {}  # filled as steps are taken
+        # Filled as steps are taken; kept per run, so a pipeline called again with the same
+        # steps (the usual case) finds its coefficients computed (the same float32 numbers).
+        runs = self.__dict__.setdefault("_coefficients_of_run", {})
+        key = (getattr(self, "variance_type", None), tuple(self._run))
+        if len(runs) >= 8 and key not in runs:
+            runs.clear()
+        self._coefficients: dict[int, dict[str, float]] = runs.setdefault(key, {})
 
     def _require_timesteps(self) -> None:
         pass  # there is always a run: the training chain until set_timesteps picks another

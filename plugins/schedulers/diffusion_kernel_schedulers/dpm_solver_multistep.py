@@ -22,7 +22,9 @@ from diffusion_kernel.errors import ConfigError
 from diffusion_kernel.scheduling import SchedulerOutput, check_option
 
 from .multistep import (
+    DPM_ALGORITHM_ALIASES,
     DPM_ALGORITHM_TYPES,
+    DPM_SOLVER_ALIASES,
     DPM_SOLVER_TYPES,
     VARIANCE_TYPES,
     MultistepScheduler,
@@ -30,11 +32,6 @@ from .multistep import (
     solver_timesteps,
 )
 from .schedules import as_dtype, gaussian_noise
-
-# Option values of the other solvers' configs that map onto this one's (so a config saved for
-# DEIS or UniPC builds a DPM-Solver++ with its default update).
-_ALGORITHM_ALIASES = {"deis": "dpmsolver++"}
-_SOLVER_ALIASES = {"logrho": "midpoint", "bh1": "midpoint", "bh2": "midpoint"}
 
 
 def multistep_weights(order: int, pc, r0: float, r1: float, solver_type: str) -> np.ndarray:
@@ -112,8 +109,8 @@ class DPMSolverMultistepScheduler(MultistepScheduler):
         time_shift_type: str = "exponential",
     ):
         owner = type(self).__name__
-        self.algorithm_type = _ALGORITHM_ALIASES.get(algorithm_type, algorithm_type)
-        self.solver_type = _SOLVER_ALIASES.get(solver_type, solver_type)
+        self.algorithm_type = DPM_ALGORITHM_ALIASES.get(algorithm_type, algorithm_type)
+        self.solver_type = DPM_SOLVER_ALIASES.get(solver_type, solver_type)
         check_option("algorithm_type", self.algorithm_type, DPM_ALGORITHM_TYPES, owner)
         check_option("solver_type", self.solver_type, DPM_SOLVER_TYPES, owner)
         check_option("variance_type", variance_type, VARIANCE_TYPES, owner)
@@ -138,8 +135,7 @@ class DPMSolverMultistepScheduler(MultistepScheduler):
         # lambda_min_clipped: skip the training steps whose lambda is below the clip, which
         # keeps the cosine schedule's last steps (lambda -> -inf) out of the run
         c = self.config
-        clipped = int(torch.searchsorted(torch.flip(self._train_lambdas, [0]),
-                                         c.lambda_min_clipped))
+        clipped = self._clipped_train_steps()
         return solver_timesteps(c.timestep_spacing, n, c.num_train_timesteps, c.steps_offset,
                                 last_timestep=c.num_train_timesteps - clipped,
                                 owner=type(self).__name__)
@@ -171,15 +167,6 @@ class DPMSolverMultistepScheduler(MultistepScheduler):
                     for k in range(1, order + 1)}
             self._max_order.append(order)
             self._coefs.append(per_order)
-
-    def convert_model_output(self, model_output: torch.Tensor, sample: torch.Tensor,
-                             **unused: Any) -> torch.Tensor:
-        """The model output as the solver's model term at the current step: the data
-        prediction (dpmsolver++ variants) or the noise prediction (dpmsolver variants)."""
-        i = self._step_index if self._step_index is not None else 0
-        if self._data_pred:
-            return self.data_prediction(model_output, sample, i)
-        return self.noise_prediction(model_output, sample, i)
 
     def step(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor,
              generator: torch.Generator | list[torch.Generator] | None = None,

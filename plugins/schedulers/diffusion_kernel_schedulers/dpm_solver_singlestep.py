@@ -20,6 +20,8 @@ from diffusion_kernel.errors import ConfigError
 from diffusion_kernel.scheduling import SchedulerOutput, check_option
 
 from .multistep import (
+    DPM_ALGORITHM_ALIASES,
+    DPM_SOLVER_ALIASES,
     DPM_SOLVER_TYPES,
     VARIANCE_TYPES,
     MultistepScheduler,
@@ -28,8 +30,6 @@ from .multistep import (
 from .schedules import gaussian_noise
 
 SINGLESTEP_ALGORITHM_TYPES = ("dpmsolver", "dpmsolver++", "sde-dpmsolver++")
-_ALGORITHM_ALIASES = {"deis": "dpmsolver++"}
-_SOLVER_ALIASES = {"logrho": "midpoint", "bh1": "midpoint", "bh2": "midpoint"}
 
 
 def order_list(num_inference_steps: int, solver_order: int, lower_order_final: bool,
@@ -105,8 +105,8 @@ class DPMSolverSinglestepScheduler(MultistepScheduler):
         time_shift_type: str = "exponential",
     ):
         owner = type(self).__name__
-        self.algorithm_type = _ALGORITHM_ALIASES.get(algorithm_type, algorithm_type)
-        self.solver_type = _SOLVER_ALIASES.get(solver_type, solver_type)
+        self.algorithm_type = DPM_ALGORITHM_ALIASES.get(algorithm_type, algorithm_type)
+        self.solver_type = DPM_SOLVER_ALIASES.get(solver_type, solver_type)
         check_option("algorithm_type", self.algorithm_type, SINGLESTEP_ALGORITHM_TYPES, owner)
         check_option("solver_type", self.solver_type, DPM_SOLVER_TYPES, owner)
         check_option("variance_type", variance_type, VARIANCE_TYPES, owner)
@@ -123,8 +123,7 @@ class DPMSolverSinglestepScheduler(MultistepScheduler):
     def _default_timesteps(self, n: int) -> np.ndarray:
         # linspace over the training steps whose lambda is above lambda_min_clipped
         c = self.config
-        clipped = int(torch.searchsorted(torch.flip(self._train_lambdas, [0]),
-                                         c.lambda_min_clipped))
+        clipped = self._clipped_train_steps()
         T = c.num_train_timesteps
         return np.linspace(0, T - 1 - clipped, n + 1).round()[::-1][:-1].copy().astype(np.int64)
 
@@ -152,15 +151,6 @@ class DPMSolverSinglestepScheduler(MultistepScheduler):
     def _reset_run(self) -> None:
         super()._reset_run()
         self._group_start_sample: torch.Tensor | None = None
-
-    def convert_model_output(self, model_output: torch.Tensor, sample: torch.Tensor,
-                             **unused: Any) -> torch.Tensor:
-        """The model output at the current step as a data prediction (dpmsolver++ variants) or a
-        noise prediction (dpmsolver)."""
-        i = self._step_index if self._step_index is not None else 0
-        if self._data_pred:
-            return self.data_prediction(model_output, sample, i)
-        return self.noise_prediction(model_output, sample, i)
 
     def step(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor,
              generator: torch.Generator | list[torch.Generator] | None = None,

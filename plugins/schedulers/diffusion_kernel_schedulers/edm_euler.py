@@ -156,9 +156,6 @@ class EDMEulerScheduler(SigmaSchedulerMixin):
         else:
             denoised = pred_original_sample
             prev_sample = torch.add(x, x - denoised, alpha=(sigma_next - sigma_hat) / sigma_hat)
-        self._step_index = i + 1
         prev_sample = as_dtype(prev_sample, model_output.dtype)
-        if not return_dict:
-            return prev_sample, denoised
-        return SchedulerOutput(prev_sample=prev_sample, pred_original_sample=denoised)
+        return self._step_output(i, prev_sample, denoised, return_dict)
 

@@ -170,9 +170,6 @@ class EulerDiscreteScheduler(SigmaSchedulerMixin):
         # epsilon is denoised at sigma_hat; v's rescaling refers to the model's input sigma
         a, b = x0_coefficients(prediction, sigma_hat if prediction == "epsilon" else sigma)
         prev_sample, denoised = euler_step(x, model_output, sigma_hat, sigma_next, a, b)
-        self._step_index = i + 1
         prev_sample = as_dtype(prev_sample, model_output.dtype)
-        if not return_dict:
-            return prev_sample, denoised
-        return SchedulerOutput(prev_sample=prev_sample, pred_original_sample=denoised)
+        return self._step_output(i, prev_sample, denoised, return_dict)
 

@@ -94,7 +94,4 @@ class EulerAncestralDiscreteScheduler(SigmaSchedulerMixin):
         prev_sample, denoised = euler_step(x, model_output, sigma, sigma_down, a, b)
         noise = added_noise(self, model_output, generator)
         prev_sample = as_dtype(prev_sample.add_(noise, alpha=sigma_up), model_output.dtype)
-        self._step_index = i + 1
-        if not return_dict:
-            return prev_sample, denoised
-        return SchedulerOutput(prev_sample=prev_sample, pred_original_sample=denoised)
+        return self._step_output(i, prev_sample, denoised, return_dict)

@@ -162,7 +162,4 @@ class HeunDiscreteScheduler(SigmaSchedulerMixin):
             # x_{i+1} = x_i + dt (d_i + d') / 2
             prev_sample = torch.add(first.sample, first.derivative + derivative,
                                     alpha=first.dt / 2)
-        self._step_index = i + 1
-        if not return_dict:
-            return prev_sample, denoised
-        return SchedulerOutput(prev_sample=prev_sample, pred_original_sample=denoised)
+        return self._step_output(i, prev_sample, denoised, return_dict)

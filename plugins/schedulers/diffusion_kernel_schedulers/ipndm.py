@@ -31,13 +31,13 @@ from diffusion_kernel.scheduling import SchedulerMixin, SchedulerOutput
 
 from .alpha_schedule import check_num_inference_steps
 from .pndm import ADAMS_BASHFORTH
-from .schedules import accumulate, broadcast_to, checked_begin_index, lincomb
+from .schedules import RunIndexMixin, accumulate, broadcast_to, lincomb
 
 # below this alpha a step forms x_0 explicitly (see ``step``)
 ALPHA_SPLIT = 1e-3
 
 
-class IPNDMScheduler(SchedulerMixin):
+class IPNDMScheduler(RunIndexMixin, SchedulerMixin):
     """Fourth-order improved pseudo linear multistep sampling of a v-prediction model."""
 
     order = 1
@@ -79,20 +79,6 @@ class IPNDMScheduler(SchedulerMixin):
         self._sigma = sigmas.tolist()  # per-step coefficients as numbers (float32 values)
         self._alpha = self.alphas.tolist()
         self._clear_run()
-
-    # -- step index ---------------------------------------------------------------------------
-    @property
-    def step_index(self) -> int | None:
-        """Index of the next entry of ``timesteps`` to step (None before the first step)."""
-        return self._step_index
-
-    @property
-    def begin_index(self) -> int | None:
-        return self._begin_index
-
-    def set_begin_index(self, begin_index: int = 0) -> None:
-        """Start the run at ``timesteps[begin_index]`` (the history starts empty there)."""
-        self._begin_index = checked_begin_index(self, begin_index)
 
     def index_for_timestep(self, timestep, schedule_timesteps: torch.Tensor | None = None) -> int:
         schedule = self.timesteps if schedule_timesteps is None else schedule_timesteps

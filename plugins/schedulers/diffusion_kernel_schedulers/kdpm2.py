@@ -138,7 +138,4 @@ class KDPM2DiscreteScheduler(SigmaSchedulerMixin):
         else:
             start, self._pending_sample = self._pending_sample, None
             prev_sample = torch.add(start, derivative, alpha=target - sigma)
-        self._step_index = i + 1
-        if not return_dict:
-            return prev_sample, denoised
-        return SchedulerOutput(prev_sample=prev_sample, pred_original_sample=denoised)
+        return self._step_output(i, prev_sample, denoised, return_dict)

@@ -87,7 +87,4 @@ class KDPM2AncestralDiscreteScheduler(KDPM2DiscreteScheduler):
             prev_sample = torch.add(start, derivative, alpha=self._down_list[j] - sigma)
             noise = added_noise(self, model_output, generator)
             prev_sample.add_(noise, alpha=self._up_list[j])
-        self._step_index = i + 1
-        if not return_dict:
-            return prev_sample, denoised
-        return SchedulerOutput(prev_sample=prev_sample, pred_original_sample=denoised)
+        return self._step_output(i, prev_sample, denoised, return_dict)

@@ -103,9 +103,7 @@ class LCMScheduler(AlphaSchedulerMixin):
         ``strength`` < 1 keeps only its noisiest fraction (img2img)."""
         owner = type(self).__name__
         T = self.config.num_train_timesteps
-        if (num_inference_steps is None) == (timesteps is None):
-            raise SchedulerError(f"{owner}.set_timesteps: pass exactly one of "
-                                 f"num_inference_steps or timesteps")
+        self._check_steps_or_timesteps(num_inference_steps, timesteps)
         original = original_inference_steps or self.config.original_inference_steps
         original = check_num_inference_steps(original, T, owner)
         k = T // original

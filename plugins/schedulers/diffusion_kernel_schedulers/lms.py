@@ -146,7 +146,4 @@ class LMSDiscreteScheduler(SigmaSchedulerMixin):
         prev_sample = sample
         for c, d in zip(coefficients, reversed(self.derivatives)):
             prev_sample = torch.add(prev_sample, d, alpha=c)
-        self._step_index = i + 1
-        if not return_dict:
-            return prev_sample, denoised
-        return SchedulerOutput(prev_sample=prev_sample, pred_original_sample=denoised)
+        return self._step_output(i, prev_sample, denoised, return_dict)

@@ -42,6 +42,7 @@ from diffusion_kernel.scheduling import SchedulerMixin, SchedulerOutput, check_o
 from .schedules import (
     PREDICTION_TYPES,
     TIMESTEP_SPACINGS,
+    RunIndexMixin,
     alphas_cumprod_for,
     betas_for,
     broadcast_to,
@@ -63,6 +64,11 @@ VARIANCE_TYPES = (None, "learned", "learned_range", "fixed_small", "fixed_small_
 FLOW_PREDICTION_TYPES = (*PREDICTION_TYPES, "flow_prediction")
 DPM_ALGORITHM_TYPES = ("dpmsolver", "dpmsolver++", "sde-dpmsolver", "sde-dpmsolver++")
 DPM_SOLVER_TYPES = ("midpoint", "heun")
+# Option values of the other solvers' configs that map onto DPM-Solver's (so a config saved for
+# DEIS or UniPC builds a DPM-Solver++ with its default update); the multistep and the singlestep
+# solver read them.
+DPM_ALGORITHM_ALIASES = {"deis": "dpmsolver++"}
+DPM_SOLVER_ALIASES = {"logrho": "midpoint", "bh1": "midpoint", "bh2": "midpoint"}
 
 
 def solver_timesteps(timestep_spacing: str, num_inference_steps: int, num_train_timesteps: int,
@@ -145,7 +151,7 @@ def phi_coefficients(algorithm_type: str, h: float, alpha_s: float, sigma_s: flo
 # ------------------------------------------------------------------------------ the base class
 
 
-class MultistepScheduler(SchedulerMixin):
+class MultistepScheduler(RunIndexMixin, SchedulerMixin):
     """Shared state of the exponential-integrator schedulers; subclasses add the solver.
 
     After ``set_timesteps`` the run is described by ``timesteps`` (int64, descending),
@@ -206,6 +212,12 @@ class MultistepScheduler(SchedulerMixin):
         self.sigmas = torch.from_numpy(np.asarray(self._train_sigmas, dtype=np.float32))
         self.num_inference_steps = None
 
+    def _clipped_train_steps(self) -> int:
+        """How many of the last training steps have a lambda below ``lambda_min_clipped`` (the
+        DPM-Solvers leave them out of a run: the cosine schedule's lambda -> -inf there)."""
+        return int(torch.searchsorted(torch.flip(self._train_lambdas, [0]),
+                                      self.config.lambda_min_clipped))
+
     def _check_flow_options(self, owner: str) -> None:
         """Flow-matching sigmas (x_t = (1 - s) x_0 + s eps: alpha_t = 1 - s, sigma_t = s) and
         their shifts; the combinations the format leaves undefined are refused."""
@@ -240,16 +252,6 @@ class MultistepScheduler(SchedulerMixin):
         self._begin_index: int | None = None
 
     # -------------------------------------------------------------------------- step index
-    @property
-    def step_index(self) -> int | None:
-        """Index into ``timesteps`` of the next step (None before the first step)."""
-        return self._step_index
-
-    @property
-    def begin_index(self) -> int | None:
-        """The index the run starts at, when set with ``set_begin_index`` (img2img)."""
-        return self._begin_index
-
     def set_begin_index(self, begin_index: int = 0) -> None:
         """Start the run at ``timesteps[begin_index]`` (call after ``set_timesteps``)."""
         self._begin_index = begin_index
@@ -461,6 +463,16 @@ class MultistepScheduler(SchedulerMixin):
             x0 = dynamic_threshold(x0, self.config.dynamic_thresholding_ratio,
                                    self.config.sample_max_value)
         return x0
+
+    def convert_model_output(self, model_output: torch.Tensor, sample: torch.Tensor,
+                             **unused: Any) -> torch.Tensor:
+        """The model output as the solver's model term at the current step: the data
+        prediction (dpmsolver++ variants) or the noise prediction (dpmsolver variants). DPM-Solver
+        (multistep and singlestep) set ``_data_pred``; DEIS and UniPC have their own."""
+        i = self._step_index if self._step_index is not None else 0
+        if self._data_pred:
+            return self.data_prediction(model_output, sample, i)
+        return self.noise_prediction(model_output, sample, i)
 
     def noise_prediction(self, model_output: torch.Tensor, sample: torch.Tensor,
                          i: int) -> torch.Tensor:

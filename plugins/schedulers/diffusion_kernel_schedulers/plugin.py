@@ -1,7 +1,7 @@
 """Entry point of the schedulers plugin: registers every scheduler by module path (imported on
 first use), with short aliases and the sampler names people know from other tools as presets."""
 
-from diffusion_kernel import hookimpl
+from diffusion_kernel.plugins import lazy_hook
 
 _PKG = "diffusion_kernel_schedulers"
 
@@ -48,8 +48,4 @@ SCHEDULERS = [
     ("UnCLIPScheduler", "unclip", ("unclip",), {}),
 ]
 
-
-@hookimpl
-def register_schedulers(register):
-    for name, module, aliases, presets in SCHEDULERS:
-        register(f"{_PKG}.{module}:{name}", name=name, aliases=aliases, presets=presets)
+register_schedulers = lazy_hook(_PKG, SCHEDULERS)

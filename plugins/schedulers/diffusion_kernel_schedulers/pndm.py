@@ -32,8 +32,8 @@ import torch
 from diffusion_kernel.errors import SchedulerError
 from diffusion_kernel.scheduling import SchedulerOutput
 
-from .alpha_schedule import AlphaSchedulerMixin, check_num_inference_steps
-from .schedules import accumulate, lincomb, spaced_timesteps
+from .alpha_schedule import AlphaSchedulerMixin
+from .schedules import accumulate, lincomb
 from .sigma_schedule import KARRAS_DIFFUSION_SCHEDULERS
 
 # Adams-Bashforth weights by history length, newest estimate first (eq. 12 and its lower orders)
@@ -111,14 +111,8 @@ class PNDMScheduler(AlphaSchedulerMixin):
                       device: str | torch.device | None = None) -> None:
         """Prepare a run of ``num_inference_steps`` intervals; ``timesteps`` lists every model
         call (4 per PRK step, 2 for the improved-Euler start). Starts a fresh history."""
-        owner = type(self).__name__
-        T = self.config.num_train_timesteps
-        n = check_num_inference_steps(num_inference_steps, T, owner)
-        grid = spaced_timesteps(self.config.timestep_spacing, n, T, self.config.steps_offset,
-                                owner).tolist()
-        if grid[0] >= T:
-            raise SchedulerError(f"{owner}: steps_offset={self.config.steps_offset} moves the "
-                                 f"first timestep past {T - 1}; lower it")
+        grid = self._spaced_run(num_inference_steps).tolist()
+        n = int(num_inference_steps)  # checked by _spaced_run
         ends = grid[1:] + [-1]  # each interval ends at the next visited timestep
         plan: list[_Call] = []
         first_plms = 0

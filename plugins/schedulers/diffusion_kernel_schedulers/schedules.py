@@ -11,7 +11,9 @@
 - ``shift_flow_sigmas`` / ``time_shift_flow_sigmas`` / ``stretch_flow_sigmas_to_terminal``: the
   flow-matching sigma shifts (SD3, Flux, LTX-Video), used by flow-matching Euler and the
   multistep solvers alike.
-- ``checked_begin_index``: the img2img start index, validated against the run.
+- ``checked_begin_index``: the img2img start index, validated against the run;
+  ``BeginIndexMixin`` / ``RunIndexMixin``: ``begin_index``, ``set_begin_index`` (and
+  ``step_index``) built on it.
 - ``own_option``: a config value the scheduler's class takes (not a key kept from a swap).
 
 Dtypes follow the diffusers format's reference computations (float32 betas and cumulative
@@ -365,6 +367,30 @@ def checked_begin_index(scheduler, begin_index: int) -> int:
         raise SchedulerError(f"{type(scheduler).__name__}.set_begin_index: {begin_index} is "
                              f"outside this run of {n} timesteps (0..{n - 1})")
     return int(begin_index)
+
+
+class BeginIndexMixin:
+    """``begin_index`` / ``set_begin_index`` (img2img: where the run starts, checked against the
+    run) of the schedulers that keep ``_begin_index``."""
+
+    @property
+    def begin_index(self) -> int | None:
+        return getattr(self, "_begin_index", None)
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start the run at ``timesteps[begin_index]`` (img2img: call after ``set_timesteps``);
+        schedulers with a history start it empty there."""
+        self._begin_index = checked_begin_index(self, begin_index)
+
+
+class RunIndexMixin(BeginIndexMixin):
+    """``BeginIndexMixin`` and ``step_index``, for the schedulers that count their steps in
+    ``_step_index``."""
+
+    @property
+    def step_index(self) -> int | None:
+        """Index of the next entry of ``timesteps`` to step (None before the first step)."""
+        return self._step_index
 
 
 @functools.cache

@@ -29,9 +29,9 @@ from diffusion_kernel.scheduling import SchedulerMixin, SchedulerOutput
 
 from .alpha_schedule import check_num_inference_steps
 from .schedules import (
+    BeginIndexMixin,
     accumulate,
     broadcast_to,
-    checked_begin_index,
     gaussian_noise,
     uniform_time,
 )
@@ -46,7 +46,7 @@ class SdeVeOutput(BaseOutput):
     prev_sample_mean: torch.Tensor
 
 
-class ScoreSdeVeScheduler(SchedulerMixin):
+class ScoreSdeVeScheduler(BeginIndexMixin, SchedulerMixin):
     """Predictor-corrector sampling of the VE SDE (``step_pred`` / ``step_correct``)."""
 
     order = 1
@@ -110,16 +110,6 @@ class ScoreSdeVeScheduler(SchedulerMixin):
         self._diffusion = list(zip((self._g**2).tolist(), self._g.tolist(), strict=True))
         self.num_inference_steps = n
         self._begin_index = None
-
-    @property
-    def begin_index(self) -> int | None:
-        return getattr(self, "_begin_index", None)
-
-    def set_begin_index(self, begin_index: int = 0) -> None:
-        """Record that the run starts at ``timesteps[begin_index]`` (img2img: noise the input to
-        that time with ``add_noise`` first). ``step_pred`` takes its time explicitly, so this
-        changes no step."""
-        self._begin_index = checked_begin_index(self, begin_index)
 
     def _level(self, t: float) -> int:
         """``_levels`` for one time, in Python arithmetic (the same float64 rounding)."""

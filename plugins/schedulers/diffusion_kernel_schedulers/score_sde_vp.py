@@ -22,9 +22,9 @@ from diffusion_kernel.scheduling import SchedulerMixin
 
 from .alpha_schedule import check_num_inference_steps
 from .schedules import (
+    BeginIndexMixin,
     accumulate,
     broadcast_to,
-    checked_begin_index,
     gaussian_noise,
     lincomb,
     uniform_time,
@@ -40,7 +40,7 @@ class SdeVpOutput(NamedTuple):
     prev_sample_mean: torch.Tensor
 
 
-class ScoreSdeVpScheduler(SchedulerMixin):
+class ScoreSdeVpScheduler(BeginIndexMixin, SchedulerMixin):
     """Euler-Maruyama sampling of the reverse VP SDE (``step_pred``)."""
 
     order = 1
@@ -63,16 +63,6 @@ class ScoreSdeVpScheduler(SchedulerMixin):
         self._coefficients = dict(zip(times.tolist(), zip(
             *(c.tolist() for c in self._step_coefficients(times)), strict=True), strict=True))
         self._begin_index = None
-
-    @property
-    def begin_index(self) -> int | None:
-        return getattr(self, "_begin_index", None)
-
-    def set_begin_index(self, begin_index: int = 0) -> None:
-        """Record that the run starts at ``timesteps[begin_index]`` (img2img: noise the input to
-        that time with ``add_noise`` first). ``step_pred`` takes its time explicitly, so this
-        changes no step."""
-        self._begin_index = checked_begin_index(self, begin_index)
 
     def _step_coefficients(self, t: torch.Tensor):
         """(c_x, c_eps, c_noise) with x_mean = c_x x + c_eps eps and x = x_mean + c_noise z.

@@ -25,17 +25,17 @@ from typing import Any
 import numpy as np
 import torch
 from diffusion_kernel.errors import ConfigError, SchedulerError
-from diffusion_kernel.scheduling import SchedulerMixin, check_option
+from diffusion_kernel.scheduling import SchedulerMixin, SchedulerOutput, check_option
 
 from .schedules import (
     BETA_SCHEDULES,
     PREDICTION_TYPES,
     TIMESTEP_SPACINGS,
+    RunIndexMixin,
     alphas_cumprod_for,
     beta_sigmas,
     betas_for,
     broadcast_to,
-    checked_begin_index,
     exp_betas,
     exponential_sigmas,
     karras_sigmas,
@@ -163,7 +163,7 @@ def euler_step(x: torch.Tensor, model_output: torch.Tensor, sigma_hat: float, si
 # ------------------------------------------------------------------------------ scheduler state
 
 
-class SigmaSchedulerMixin(SchedulerMixin):
+class SigmaSchedulerMixin(RunIndexMixin, SchedulerMixin):
     """State shared by the sigma-space schedulers.
 
     Subclasses call ``_init_training_schedule`` in ``__init__`` and ``_set_run`` at the end of
@@ -283,20 +283,6 @@ class SigmaSchedulerMixin(SchedulerMixin):
             return sigma_max
         return (sigma_max**2 + 1) ** 0.5
 
-    # -- step index -----------------------------------------------------------------------------
-    @property
-    def step_index(self) -> int | None:
-        """Index of the next entry of ``timesteps`` to step (None before the first step)."""
-        return self._step_index
-
-    @property
-    def begin_index(self) -> int | None:
-        return self._begin_index
-
-    def set_begin_index(self, begin_index: int = 0) -> None:
-        """Start the run at ``timesteps[begin_index]`` (img2img: call after set_timesteps)."""
-        self._begin_index = checked_begin_index(self, begin_index)
-
     def index_for_timestep(self, timestep: Any, schedule_timesteps: torch.Tensor | None = None
                            ) -> int:
         """Position of ``timestep`` in the run (the second match where it occurs twice, so a run
@@ -337,6 +323,15 @@ class SigmaSchedulerMixin(SchedulerMixin):
         return i
 
     # -- the contract -----------------------------------------------------------------------------
+    def _step_output(self, i: int, prev_sample: torch.Tensor, denoised: torch.Tensor,
+                     return_dict: bool) -> SchedulerOutput | tuple:
+        """The end of step ``i``: the next step is i + 1; ``SchedulerOutput(prev_sample,
+        pred_original_sample)``, or the pair as a tuple."""
+        self._step_index = i + 1
+        if not return_dict:
+            return prev_sample, denoised
+        return SchedulerOutput(prev_sample=prev_sample, pred_original_sample=denoised)
+
     def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:
         """The model's input x_sigma / sqrt(sigma^2 + 1) at this step."""
         self._require_timesteps()

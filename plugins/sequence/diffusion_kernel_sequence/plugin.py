@@ -2,7 +2,7 @@
 first use). Audio and reinforcement learning ask the registry for them by name
 (``registry.models.get("UNet1DModel")``), never import this package."""
 
-from diffusion_kernel import hookimpl
+from diffusion_kernel.plugins import lazy_hook
 
 _PKG = "diffusion_kernel_sequence"
 
@@ -10,8 +10,4 @@ MODELS = [
     ("UNet1DModel", "models.unet_1d", ("unet1d",)),
 ]
 
-
-@hookimpl
-def register_models(register):
-    for name, module, aliases in MODELS:
-        register(f"{_PKG}.{module}:{name}", name=name, aliases=aliases)
+register_models = lazy_hook(_PKG, MODELS)

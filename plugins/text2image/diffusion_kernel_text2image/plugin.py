@@ -1,7 +1,7 @@
 """Entry point of the text2image plugin: registers its models and pipelines by module path
 (imported on first use)."""
 
-from diffusion_kernel import hookimpl
+from diffusion_kernel.plugins import lazy_hook
 
 _PKG = "diffusion_kernel_text2image"
 
@@ -19,17 +19,5 @@ PIPELINES = [
     ("LDMTextToImagePipeline", "pipelines.latent_diffusion_text2img", ("ldm-text2img",)),
 ]
 
-
-def _register_all(register, table):
-    for name, module, aliases in table:
-        register(f"{_PKG}.{module}:{name}", name=name, aliases=aliases)
-
-
-@hookimpl
-def register_models(register):
-    _register_all(register, MODELS)
-
-
-@hookimpl
-def register_pipelines(register):
-    _register_all(register, PIPELINES)
+register_models = lazy_hook(_PKG, MODELS)
+register_pipelines = lazy_hook(_PKG, PIPELINES)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from diffusion_kernel.cli_extensions import config_from_args
+
 SHIPPED_MODEL = Path(__file__).parent / "shipped" / "digits-ddpm"
 
 
@@ -57,8 +59,7 @@ def add_train_unconditional_arguments(p: argparse.ArgumentParser) -> None:
 def run_train_unconditional(args: argparse.Namespace) -> int:
     from .train_unconditional import TrainConfig, train
 
-    fields = TrainConfig.__dataclass_fields__
-    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    cfg = config_from_args(TrainConfig, args)
     out = train(cfg)
     print(f"saved the trained pipeline to {out}")
     return 0

@@ -7,6 +7,7 @@ and the shipped ``digits`` model."""
 from pathlib import Path
 
 from diffusion_kernel import hookimpl
+from diffusion_kernel.plugins import lazy_hook
 
 _PKG = "diffusion_kernel_vision"
 
@@ -39,25 +40,9 @@ PROCESSORS = [
     ("VaeImageProcessor", "processing.image_processor", ("image",)),
 ]
 
-
-def _register_all(register, table):
-    for name, module, aliases in table:
-        register(f"{_PKG}.{module}:{name}", name=name, aliases=aliases)
-
-
-@hookimpl
-def register_models(register):
-    _register_all(register, MODELS)
-
-
-@hookimpl
-def register_pipelines(register):
-    _register_all(register, PIPELINES)
-
-
-@hookimpl
-def register_processors(register):
-    _register_all(register, PROCESSORS)
+register_models = lazy_hook(_PKG, MODELS)
+register_pipelines = lazy_hook(_PKG, PIPELINES)
+register_processors = lazy_hook(_PKG, PROCESSORS)
 
 
 @hookimpl

@@ -24,6 +24,12 @@ from diffusion_kernel.noise import randn
 from diffusion_kernel.pipelines import DiffusionPipeline, PipelineOutput
 from diffusion_kernel.sampling_loop import step_kwargs
 
+from .plan_selection import (
+    SELECTIONS,
+    denoising_errors,
+    likelihood_timesteps,
+    medoid_distances,
+)
 from .trajectory import apply_conditions, check_horizon, model_sample
 
 
@@ -45,31 +51,44 @@ class Plan:
 class DiffuserPlanningOutput(PipelineOutput):
     """``states`` (batch, horizon, observation_dim) and ``actions`` (batch, horizon, action_dim)
     of the plans, in the environment's units (numpy, or tensors with ``output_type="pt"``);
-    ``plans``: the same, one ``Plan`` each, with its start and goal (what ``generate`` saves)."""
+    ``plans``: the same, one ``Plan`` each, with its start and goal (what ``generate`` saves).
+    With several candidates per plan, ``candidate_scores`` (batch, num_candidates) holds each
+    candidate's score (lower is better) and ``chosen`` (batch,) the candidate each plan is;
+    both None with one candidate."""
 
     states: Any
     actions: Any
     plans: list[Plan]
+    candidate_scores: Any = None
+    chosen: Any = None
 
 
 class DiffuserPlanningPipeline(DiffusionPipeline):
-    """``DiffuserPlanningPipeline(unet, scheduler, normalizer=None)``;
-    ``pipe(start, goal).states`` is a plan from each start to its goal."""
+    """``DiffuserPlanningPipeline(unet, scheduler, normalizer=None, environment=None,
+    num_candidates=1)``; ``pipe(start, goal).states`` is a plan from each start to its goal.
+
+    ``num_candidates``: how many plans a call samples per start/goal by default, keeping the
+    one the model finds most likely (see ``__call__``); saved in ``model_index.json`` as the
+    folder's recommended setting (1: one sample, Diffuser's planner)."""
 
     _optional_components = ("normalizer",)
     generate_input = "start"
 
     def __init__(self, unet: Any, scheduler: Any, normalizer: Any = None,
-                 environment: str | None = None):
+                 environment: str | None = None, num_candidates: int = 1):
         self.register_modules(unet=unet, scheduler=scheduler, normalizer=normalizer)
         self.environment = environment
+        self.num_candidates = _candidates(num_candidates)
 
     @property
     def config(self):
-        """``model_index.json``, with the ``environment`` the planner was trained in."""
+        """``model_index.json``, with the ``environment`` the planner was trained in and its
+        recommended ``num_candidates`` (when not 1)."""
         config = dict(super().config)
         if self.environment is not None:
             config["environment"] = self.environment
+        if self.num_candidates != 1:
+            config["num_candidates"] = self.num_candidates
         return FrozenConfig(config)
 
     def _dims(self, start: np.ndarray) -> tuple[int, int]:
@@ -114,7 +133,8 @@ class DiffuserPlanningPipeline(DiffusionPipeline):
     def __call__(self, start, goal=None, planning_horizon: int | None = None,
                  num_inference_steps: int | None = None, generator=None,
                  batch_size: int | None = None, output_type: str = "np",
-                 return_dict: bool = True) -> DiffuserPlanningOutput | tuple:
+                 return_dict: bool = True, num_candidates: int | None = None,
+                 selection: str = "likelihood") -> DiffuserPlanningOutput | tuple:
         """Plan from ``start`` to ``goal``.
 
         ``start``: one observation (observation_dim,) or one per plan (batch, observation_dim);
@@ -123,7 +143,19 @@ class DiffuserPlanningPipeline(DiffusionPipeline):
         ``num_inference_steps``: default the scheduler's whole training chain;
         ``generator``: one ``torch.Generator`` or one per plan; ``batch_size``: plans per start
         when one start is given. Returns ``DiffuserPlanningOutput(states, actions)``.
+
+        ``num_candidates`` (default: the pipeline's ``num_candidates``, 1 unless its folder
+        recommends more): sample that many plans per start/goal (other noise; with one generator
+        per plan, all of a plan's candidates draw from its generator) and keep one, chosen by
+        the model alone (``plan_selection``): ``selection="likelihood"`` the lowest denoising
+        error at fixed noise levels (an ELBO-style score), ``"medoid"`` the one closest to the
+        others. It costs num_candidates times the sampling, plus 4 network calls per candidate
+        for the likelihood. 1 is one sample, the plain planner.
         """
+        candidates = self.num_candidates if num_candidates is None else \
+            _candidates(num_candidates)
+        if selection not in SELECTIONS:
+            raise PipelineError(f"selection must be one of {SELECTIONS}, got {selection!r}")
         start = np.asarray(start, dtype=np.float64)
         if start.ndim not in (1, 2):
             raise PipelineError(f"start must be (observation_dim,) or (batch, observation_dim), "
@@ -138,14 +170,18 @@ class DiffuserPlanningPipeline(DiffusionPipeline):
         horizon = planning_horizon or self.unet.config.sample_size
         check_horizon(self.unet, horizon)
         starts = self._states(start, batch, observation_dim, "start")
-        conditions = {0: self._normalize(starts)}
         if goal is not None:
             goal = self._states(goal, batch, observation_dim, "goal")
-            conditions[horizon - 1] = self._normalize(goal)
         self._check_in_maze(starts, goal)
+        # The candidates of plan i are rows i * candidates ... (i + 1) * candidates - 1.
+        conditions = {0: self._normalize(np.repeat(starts, candidates, 0))}
+        if goal is not None:
+            conditions[horizon - 1] = self._normalize(np.repeat(goal, candidates, 0))
+        if isinstance(generator, list | tuple) and candidates > 1:
+            generator = [g for g in generator for _ in range(candidates)]
         self.scheduler.set_timesteps(num_inference_steps
                                      or self.scheduler.config.num_train_timesteps)
-        shape = (batch, horizon, action_dim + observation_dim)
+        shape = (batch * candidates, horizon, action_dim + observation_dim)
         x = randn(shape, generator, self._execution_device, self.dtype)
         x = apply_conditions(x * self.scheduler.init_noise_sigma, conditions, action_dim)
         for t in self.progress_bar(self.scheduler.timesteps):
@@ -153,6 +189,9 @@ class DiffuserPlanningPipeline(DiffusionPipeline):
             model_output = model_sample(self.unet, model_input, t).permute(0, 2, 1)
             x = self.scheduler.step(model_output, t, x, **step_kwargs(self.scheduler, generator))
             x = apply_conditions(x.prev_sample, conditions, action_dim)
+        scores = chosen = None
+        if candidates > 1:
+            x, scores, chosen = self._select(x, conditions, action_dim, candidates, selection)
         if self.normalizer is not None:
             x = self.normalizer.unnormalize(x)
         states, actions = x[..., action_dim:], x[..., :action_dim]
@@ -163,7 +202,22 @@ class DiffuserPlanningPipeline(DiffusionPipeline):
             states, actions = states.cpu().numpy(), actions.cpu().numpy()
         if not return_dict:
             return states, actions
-        return DiffuserPlanningOutput(states=states, actions=actions, plans=plans)
+        return DiffuserPlanningOutput(states=states, actions=actions, plans=plans,
+                                      candidate_scores=scores, chosen=chosen)
+
+    def _select(self, x: torch.Tensor, conditions: dict[int, torch.Tensor], action_dim: int,
+                candidates: int, selection: str):
+        """The chosen candidate of each plan (batch, horizon, transition), the scores (batch,
+        candidates) and the chosen indices (batch,), as numpy."""
+        if selection == "likelihood":
+            scores = denoising_errors(self.unet, self.scheduler, x, conditions, action_dim,
+                                      likelihood_timesteps(self.scheduler))
+        else:
+            scores = medoid_distances(x, candidates, action_dim)
+        scores = scores.reshape(-1, candidates)
+        chosen = scores.argmin(1)
+        x = x.reshape(-1, candidates, *x.shape[1:])[torch.arange(len(chosen)), chosen]
+        return x, scores.cpu().numpy(), chosen.cpu().numpy()
 
     def generate_arguments(self, num_samples: int, input: Any = None,
                            num_inference_steps: int | None = None,
@@ -211,6 +265,13 @@ class DiffuserPlanningPipeline(DiffusionPipeline):
             maze.check_free(start[:2], "start")
         for goal in goals if goals is not None else ():
             maze.check_free(goal[:2], "goal")
+
+
+def _candidates(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise PipelineError(f"num_candidates must be a positive integer (1: one plan, no "
+                            f"choice), got {value!r}")
+    return int(value)
 
 
 def _start_and_goal(text: str) -> tuple[np.ndarray, np.ndarray]:

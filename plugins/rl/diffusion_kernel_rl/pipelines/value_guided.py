@@ -143,14 +143,23 @@ class ValueGuidedRLPipeline(DiffusionPipeline):
         return obs
 
     def _guide(self, x, timestep, conditions, n_guide_steps, scale, weight):
-        """n_guide_steps ascents of the value: returns x and the last values."""
-        for _ in range(n_guide_steps):
-            with torch.enable_grad():
-                x = x.detach().requires_grad_()
-                values = model_sample(self.value_function, x, timestep)
-                grad = torch.autograd.grad([values.sum()], [x])[0]
-            x = apply_conditions(x.detach() + scale * (weight * grad), conditions,
-                                 self.action_dim)
+        """n_guide_steps ascents of the value: returns x and the last values. Only the gradient
+        with respect to x is computed: the value function's parameters are frozen for the call
+        (restored after), so its layers neither record nor compute weight gradients."""
+        frozen = [p for p in self.value_function.parameters() if p.requires_grad]
+        try:
+            for p in frozen:
+                p.requires_grad_(False)
+            for _ in range(n_guide_steps):
+                with torch.enable_grad():
+                    x = x.detach().requires_grad_()
+                    values = model_sample(self.value_function, x, timestep)
+                    grad = torch.autograd.grad([values.sum()], [x])[0]
+                x = apply_conditions(x.detach() + scale * (weight * grad), conditions,
+                                     self.action_dim)
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
         return x, values
 
     @torch.no_grad()

@@ -18,6 +18,8 @@ from diffusion_kernel.errors import ConfigError
 from torch import nn
 from torch.nn import functional as F
 
+from . import layout
+
 # Low-pass taps for a factor-2 resampler: linear (triangle), Keys cubic (a = -0.5) and Lanczos-3,
 # each sampled at the half-integer offsets of the finer grid and summing to 1.
 FIR_KERNELS = {
@@ -77,22 +79,24 @@ class FIRUpsample1d(nn.Module):
 
 
 class ConvDownsample1d(nn.Module):
-    """Halve the length with a learned stride-2, 3-tap convolution (key ``conv``)."""
+    """Halve the length with a learned stride-2, 3-tap convolution (key ``conv``); the result
+    is channels-last (``layout``)."""
 
     def __init__(self, channels: int, padding: int = 1):
         super().__init__()
         self.conv = nn.Conv1d(channels, channels, 3, stride=2, padding=padding)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.conv(hidden_states)
+        return layout.conv(self.conv, hidden_states)
 
 
 class ConvTransposeUpsample1d(nn.Module):
-    """Double the length with a learned stride-2, 4-tap transposed convolution (key ``conv``)."""
+    """Double the length with a learned stride-2, 4-tap transposed convolution (key ``conv``);
+    the result is channels-last (``layout``)."""
 
     def __init__(self, channels: int):
         super().__init__()
         self.conv = nn.ConvTranspose1d(channels, channels, 4, 2, 1)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.conv(hidden_states)
+        return layout.conv(self.conv, hidden_states)

@@ -12,7 +12,8 @@ import torch
 from diffusion_kernel.errors import ModelInputError
 from torch import nn
 
-from .activations import get_activation
+from . import layout
+from .activations import Mish, get_activation
 from .resampling import ConvDownsample1d, ConvTransposeUpsample1d
 
 NORM_GROUPS = 8  # GroupNorm groups of every temporal residual block (fixed by the format)
@@ -30,7 +31,14 @@ class Conv1dBlock(nn.Module):
         self.mish = get_activation(activation)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.mish(self.group_norm(self.conv1d(inputs)))
+        return self.run(layout.as_map(inputs)).squeeze(2)
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        """On a (B, C, 1, T) channels-last map (``layout``)."""
+        if isinstance(self.mish, Mish) and x.dtype == torch.float32 \
+                and self.conv1d.padding[0] < self.conv1d.kernel_size[0]:
+            return layout.conv_norm_mish(self.conv1d, self.group_norm, x)
+        return self.mish(layout.group_norm(self.group_norm, layout.conv_map(self.conv1d, x)))
 
 
 class ResidualTemporalBlock1D(nn.Module):
@@ -48,13 +56,17 @@ class ResidualTemporalBlock1D(nn.Module):
                               if inp_channels != out_channels else nn.Identity())
 
     def forward(self, inputs: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """``inputs`` (B, C_in, T), ``t`` (B, embed_dim) -> (B, C_out, T)."""
-        time = self.time_emb(self.time_emb_act(t))[:, :, None]
-        hidden = self.conv_in(inputs)
-        hidden = hidden + time if torch.is_grad_enabled() else hidden.add_(time)
-        hidden = self.conv_out(hidden)
-        residual = self.residual_conv(inputs)
-        return hidden + residual if torch.is_grad_enabled() else hidden.add_(residual)
+        """``inputs`` (B, C_in, T), ``t`` (B, embed_dim) -> (B, C_out, T), channels-last
+        (``layout``)."""
+        x = layout.as_map(inputs)
+        time = self.time_emb(self.time_emb_act(t))[:, :, None, None]
+        # In place: each sum goes to a fresh map that no backward pass has saved (autograd's
+        # version counters would refuse it otherwise); fewer maps, fewer page faults.
+        hidden = self.conv_in.run(x).add_(time)
+        hidden = self.conv_out.run(hidden)
+        residual = (x if isinstance(self.residual_conv, nn.Identity)
+                    else layout.conv_map(self.residual_conv, x))
+        return hidden.add_(residual).squeeze(2)
 
 
 def _resnets(in_channels: int, out_channels: int, embed_dim: int, num_layers: int):
@@ -105,7 +117,7 @@ class UpResnetBlock1D(nn.Module):
                 res_hidden_states_tuple: tuple[torch.Tensor, ...] | None = None,
                 temb: torch.Tensor | None = None) -> torch.Tensor:
         if res_hidden_states_tuple is not None:
-            hidden_states = torch.cat((hidden_states, res_hidden_states_tuple[-1]), dim=1)
+            hidden_states = layout.cat_channels(hidden_states, res_hidden_states_tuple[-1])
         hidden_states = _run(self.resnets, hidden_states, temb)
         if self.upsample is not None:
             hidden_states = self.upsample(hidden_states)
@@ -155,8 +167,9 @@ class OutConv1DBlock(nn.Module):
         self.final_conv1d_2 = nn.Conv1d(embed_dim, out_channels, 1)
 
     def forward(self, hidden_states: torch.Tensor, temb: torch.Tensor | None = None):
-        hidden_states = self.final_conv1d_gn(self.final_conv1d_1(hidden_states))
-        return self.final_conv1d_2(self.final_conv1d_act(hidden_states))
+        x = layout.conv_map(self.final_conv1d_1, layout.as_map(hidden_states))
+        x = self.final_conv1d_act(layout.group_norm(self.final_conv1d_gn, x))
+        return layout.conv_map(self.final_conv1d_2, x).squeeze(2)
 
 
 class OutValueFunctionBlock(nn.Module):

@@ -175,6 +175,7 @@ class UNet1DModel(ModelMixin):
             skips = skips[:-1]
         if self.out_block is not None:
             sample = self.out_block(sample, temb)
+        sample = sample.contiguous()  # the temporal levels leave it channels-last
         if not return_dict:
             return (sample,)
         return UNet1DOutput(sample=sample)

@@ -15,6 +15,7 @@ import torch
 from diffusion_kernel.errors import PipelineError
 from diffusion_kernel.noise import Generators
 from diffusion_kernel.noise import randn as _draw
+from diffusion_kernel.prompts import check_prompts, is_prompt  # noqa: F401 (re-exported)
 from diffusion_kernel.sampling_loop import sample_of, step_kwargs  # noqa: F401 (re-exported)
 
 IMAGE_OUTPUT_TYPES = ("pil", "np", "pt")
@@ -44,40 +45,6 @@ def randn(shape: Sequence[int], generator: Generators, device: Any,
     """The kernel's per-image-generator Gaussian draw, after checking the generator count."""
     check_generators(generator, shape[0])
     return _draw(shape, generator, device, dtype)
-
-
-def is_prompt(value: Any) -> bool:
-    return isinstance(value, str) or (isinstance(value, list) and len(value) > 0
-                                      and all(isinstance(v, str) for v in value))
-
-
-def prompt_batch(prompt: Any, prompt_embeds: torch.Tensor | None, negative_prompt: Any = None,
-                 negative_prompt_embeds: torch.Tensor | None = None) -> int:
-    """Validate the prompt arguments; return the number of prompts."""
-    if (prompt is None) == (prompt_embeds is None):
-        raise PipelineError("pass exactly one of prompt and prompt_embeds (got "
-                            f"{'both' if prompt is not None else 'neither'})")
-    if prompt is not None and not is_prompt(prompt):
-        raise PipelineError(f"prompt must be a str or a non-empty list of str, got "
-                            f"{type(prompt).__name__}")
-    if negative_prompt is not None and negative_prompt_embeds is not None:
-        raise PipelineError("pass at most one of negative_prompt and negative_prompt_embeds")
-    batch = (1 if isinstance(prompt, str) else len(prompt)) if prompt is not None \
-        else prompt_embeds.shape[0]
-    if negative_prompt is not None:
-        if not is_prompt(negative_prompt):
-            raise PipelineError(f"negative_prompt must be a str or a list of str, got "
-                                f"{type(negative_prompt).__name__}")
-        if not isinstance(negative_prompt, str) and len(negative_prompt) != batch:
-            raise PipelineError(f"negative_prompt has {len(negative_prompt)} entries but there "
-                                f"are {batch} prompts; give one negative prompt per prompt (or "
-                                f"a single str for all)")
-    if prompt_embeds is not None and negative_prompt_embeds is not None and \
-            prompt_embeds.shape != negative_prompt_embeds.shape:
-        raise PipelineError(f"prompt_embeds {tuple(prompt_embeds.shape)} and "
-                            f"negative_prompt_embeds {tuple(negative_prompt_embeds.shape)} must "
-                            f"have the same shape")
-    return batch
 
 
 def check_callbacks(pipe: Any, callback: Callable | None, callback_steps: int,

@@ -10,15 +10,7 @@ from typing import Any
 import torch
 from diffusion_kernel.errors import PipelineError
 
-from .common import (
-    check_callbacks,
-    check_generators,
-    check_output_type,
-    check_steps,
-    prompt_batch,
-    randn,
-    step_kwargs,
-)
+from .common import randn, step_kwargs
 from .deepfloyd_if_common import IFPipelineBase, IFPipelineOutput
 
 
@@ -81,13 +73,10 @@ class IFPipeline(IFPipelineBase):
         ``callback_on_step_end_tensor_inputs``; it may return replacements);
         ``cross_attention_kwargs`` is accepted and not used. Returns
         ``IFPipelineOutput(images, nsfw_detected=None, watermark_detected=None)``."""
-        batch = prompt_batch(prompt, prompt_embeds, negative_prompt, negative_prompt_embeds)
-        check_steps("num_images_per_prompt", num_images_per_prompt)
-        if timesteps is None:
-            check_steps("num_inference_steps", num_inference_steps)
-        check_generators(generator, batch * num_images_per_prompt)
-        check_output_type(output_type)
-        check_callbacks(self, callback, callback_steps, callback_on_step_end_tensor_inputs)
+        batch = self._check_call(prompt, prompt_embeds, negative_prompt, negative_prompt_embeds,
+                                 num_images_per_prompt, num_inference_steps, timesteps,
+                                 generator, output_type, callback, callback_steps,
+                                 callback_on_step_end_tensor_inputs)
         height = height or self.unet.config.sample_size
         width = width or self.unet.config.sample_size
         device = self._execution_device

@@ -24,8 +24,19 @@ import torch
 from diffusion_kernel.configuration import config_parameters
 from diffusion_kernel.errors import PipelineError
 from diffusion_kernel.pipelines import DiffusionPipeline, ImagePipelineOutput
+from diffusion_kernel.prompts import negative_texts
+from diffusion_kernel.sampling_loop import ordinary, sampling
 
-from .common import guided, sample_of, to_output
+from .common import (
+    check_callbacks,
+    check_generators,
+    check_output_type,
+    check_prompts,
+    check_steps,
+    guided,
+    sample_of,
+    to_output,
+)
 
 MAX_TOKENS = 77  # the format's fixed T5 length for IF
 
@@ -53,6 +64,22 @@ class IFPipelineBase(DiffusionPipeline):
     _components_not_loaded = ("safety_checker", "feature_extractor")
     _callback_tensor_inputs = ("intermediate_images", "prompt_embeds", "negative_prompt_embeds")
 
+    # Arguments ---------------------------------------------------------------------------------
+    def _check_call(self, prompt: Any, prompt_embeds: Any, negative_prompt: Any,
+                    negative_prompt_embeds: Any, num_images_per_prompt: int,
+                    num_inference_steps: int, timesteps: Sequence[int] | None, generator: Any,
+                    output_type: str, callback: Callable | None, callback_steps: int,
+                    tensor_inputs: Sequence[str]) -> int:
+        """The checks both stages make before any work; returns the number of prompts."""
+        batch = check_prompts(prompt, prompt_embeds, negative_prompt, negative_prompt_embeds)
+        check_steps("num_images_per_prompt", num_images_per_prompt)
+        if timesteps is None:
+            check_steps("num_inference_steps", num_inference_steps)
+        check_generators(generator, batch * num_images_per_prompt)
+        check_output_type(output_type)
+        check_callbacks(self, callback, callback_steps, tensor_inputs)
+        return batch
+
     # Prompts -----------------------------------------------------------------------------------
     @torch.no_grad()
     def encode_prompt(self, prompt: str | list[str] | None,
@@ -71,9 +98,7 @@ class IFPipelineBase(DiffusionPipeline):
         prompt_embeds = prompt_embeds.to(dtype=dtype, device=device)
         batch = prompt_embeds.shape[0]
         if do_classifier_free_guidance and negative_prompt_embeds is None:
-            negatives = ([""] * batch if negative_prompt is None else
-                         [negative_prompt] * batch if isinstance(negative_prompt, str)
-                         else list(negative_prompt))
+            negatives = negative_texts(negative_prompt, batch)
             negative_prompt_embeds = self._t5_states(self._normalised(negatives, clean_caption),
                                                      device, prompt_embeds.shape[1])
         prompt_embeds = prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
@@ -124,28 +149,30 @@ class IFPipelineBase(DiffusionPipeline):
         guidance), guidance on the noise channels, then the scheduler step. ``condition`` (the
         noised low-resolution image of stage II) is concatenated to the U-Net input."""
         cfg = negative_prompt_embeds is not None
-        embeds = torch.cat([negative_prompt_embeds, prompt_embeds]) if cfg else prompt_embeds
         learned_variance = _uses_learned_variance(self.scheduler)
         channels = images.shape[1]
-        for i, t in enumerate(self.progress_bar(timesteps)):
-            model_input = images if condition is None else torch.cat([images, condition], dim=1)
-            model_input = torch.cat([model_input] * 2) if cfg else model_input
-            model_input = self.scheduler.scale_model_input(model_input, t)
-            with torch.no_grad():
+        # The text states and class labels are the same objects at every step: the U-Net
+        # processes them once (sampling_loop.sampling).
+        with sampling(self.unet):
+            embeds = torch.cat([negative_prompt_embeds, prompt_embeds]) if cfg else prompt_embeds
+            for i, t in enumerate(self.progress_bar(timesteps)):
+                model_input = images if condition is None else torch.cat([images, condition], 1)
+                model_input = torch.cat([model_input] * 2) if cfg else model_input
+                model_input = self.scheduler.scale_model_input(model_input, t)
                 prediction = sample_of(self.unet(model_input, t, encoder_hidden_states=embeds,
                                                  class_labels=class_labels))
-            if cfg:
-                prediction = guided(prediction, guidance_scale, channels)
-            if not learned_variance:
-                prediction = prediction[:, :channels]
-            images = self.scheduler.step(prediction, t, images, **extra_step).prev_sample
-            if callback is not None and i % callback_steps == 0:
-                callback(i, t, images)
-            values = {"intermediate_images": images, "prompt_embeds": prompt_embeds,
-                      "negative_prompt_embeds": negative_prompt_embeds}
-            replaced = self.step_end(callback_on_step_end, i, t, tensor_inputs, values)
-            images = replaced.get("intermediate_images", images)
-        return images
+                if cfg:
+                    prediction = guided(prediction, guidance_scale, channels)
+                if not learned_variance:
+                    prediction = prediction[:, :channels]
+                images = self.scheduler.step(prediction, t, images, **extra_step).prev_sample
+                if callback is not None and i % callback_steps == 0:
+                    callback(i, t, images)
+                values = {"intermediate_images": images, "prompt_embeds": prompt_embeds,
+                          "negative_prompt_embeds": negative_prompt_embeds}
+                replaced = self.step_end(callback_on_step_end, i, t, tensor_inputs, values)
+                images = replaced.get("intermediate_images", images)
+        return ordinary(images)
 
     # Output ------------------------------------------------------------------------------------
     def _finish(self, images: torch.Tensor, output_type: str,

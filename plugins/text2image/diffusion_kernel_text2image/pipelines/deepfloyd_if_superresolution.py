@@ -21,15 +21,7 @@ import torch
 import torch.nn.functional as F
 from diffusion_kernel.errors import PipelineError
 
-from .common import (
-    check_callbacks,
-    check_generators,
-    check_output_type,
-    check_steps,
-    prompt_batch,
-    randn,
-    step_kwargs,
-)
+from .common import randn, step_kwargs
 from .deepfloyd_if_common import IFPipelineBase, IFPipelineOutput
 
 ImageInput = PIL.Image.Image | np.ndarray | torch.Tensor | list
@@ -90,13 +82,10 @@ class IFSuperResolutionPipeline(IFPipelineBase):
         ``noise_level``: the augmentation noise timestep of ``image_noising_scheduler`` (0 <=
         level < its num_train_timesteps); the other arguments are ``IFPipeline``'s. Returns
         ``IFPipelineOutput(images, nsfw_detected=None, watermark_detected=None)``."""
-        batch = prompt_batch(prompt, prompt_embeds, negative_prompt, negative_prompt_embeds)
-        check_steps("num_images_per_prompt", num_images_per_prompt)
-        if timesteps is None:
-            check_steps("num_inference_steps", num_inference_steps)
-        check_generators(generator, batch * num_images_per_prompt)
-        check_output_type(output_type)
-        check_callbacks(self, callback, callback_steps, callback_on_step_end_tensor_inputs)
+        batch = self._check_call(prompt, prompt_embeds, negative_prompt, negative_prompt_embeds,
+                                 num_images_per_prompt, num_inference_steps, timesteps,
+                                 generator, output_type, callback, callback_steps,
+                                 callback_on_step_end_tensor_inputs)
         levels = self.image_noising_scheduler.config.num_train_timesteps
         if isinstance(noise_level, bool) or not isinstance(noise_level, int) or \
                 not 0 <= noise_level < levels:

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from diffusion_kernel.errors import PipelineError
 from diffusion_kernel.pipelines import DiffusionPipeline, ImagePipelineOutput
+from diffusion_kernel.sampling_loop import ordinary, sampling
 
 from .common import (
     check_generators,
@@ -117,17 +118,19 @@ class LDMTextToImagePipeline(DiffusionPipeline):
             latents = latents * self.scheduler.init_noise_sigma
         extra = step_kwargs(self.scheduler, generator, eta)
 
-        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
-            model_input = torch.cat([latents] * 2) if cfg else latents
-            if scale_model_input:
-                model_input = self.scheduler.scale_model_input(model_input, t)
-            prediction = sample_of(self.unet(model_input, t, encoder_hidden_states=context))
-            if cfg:
-                prediction = guided(prediction, guidance_scale)
-            latents = self.scheduler.step(prediction, t, latents, **extra).prev_sample
-            latents = self.step_end(callback_on_step_end, i, t,
-                                    callback_on_step_end_tensor_inputs,
-                                    {"latents": latents}).get("latents", latents)
+        with sampling(self.unet):
+            for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
+                model_input = torch.cat([latents] * 2) if cfg else latents
+                if scale_model_input:
+                    model_input = self.scheduler.scale_model_input(model_input, t)
+                prediction = sample_of(self.unet(model_input, t, encoder_hidden_states=context))
+                if cfg:
+                    prediction = guided(prediction, guidance_scale)
+                latents = self.scheduler.step(prediction, t, latents, **extra).prev_sample
+                latents = self.step_end(callback_on_step_end, i, t,
+                                        callback_on_step_end_tensor_inputs,
+                                        {"latents": latents}).get("latents", latents)
+        latents = ordinary(latents)
 
         if output_type == "latent":
             images = latents

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from diffusion_kernel.errors import PipelineError
 from diffusion_kernel.pipelines import DiffusionPipeline, ImagePipelineOutput
+from diffusion_kernel.sampling_loop import sampling
 
 from .common import (
     check_generators,
@@ -154,14 +155,19 @@ class UnCLIPPipeline(DiffusionPipeline):
         cfg = prior_guidance_scale > 1.0 or decoder_guidance_scale > 1.0
         embeds, states, mask = self._encode_prompt(prompt, device, num_images_per_prompt, cfg,
                                                    text_model_output, text_attention_mask)
-        image_embeddings = self._run_prior(embeds, states, mask, batch, prior_guidance_scale, cfg,
-                                           prior_num_inference_steps, generator, prior_latents)
-        small = self._run_decoder(image_embeddings, embeds, states, mask, batch,
-                                  decoder_guidance_scale, cfg, decoder_num_inference_steps,
-                                  generator, decoder_latents)
-        image = self._run_super_res(small, super_res_num_inference_steps, generator,
-                                    super_res_latents)
+        with sampling(self.prior):
+            image_embeddings = self._run_prior(embeds, states, mask, batch, prior_guidance_scale,
+                                               cfg, prior_num_inference_steps, generator,
+                                               prior_latents)
+        with sampling(self.decoder):
+            small = self._run_decoder(image_embeddings, embeds, states, mask, batch,
+                                      decoder_guidance_scale, cfg, decoder_num_inference_steps,
+                                      generator, decoder_latents)
+        with sampling():
+            image = self._run_super_res(small, super_res_num_inference_steps, generator,
+                                        super_res_latents)
         self.maybe_free_model_hooks()
+        # made outside inference mode: an ordinary tensor, whatever the output type
         images = to_output((image * 0.5 + 0.5).clamp(0, 1), output_type)
         return ImagePipelineOutput(images=images) if return_dict else (images,)
 

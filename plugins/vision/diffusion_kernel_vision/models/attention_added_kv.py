@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import torch
 from diffusion_kernel.errors import ConfigError, ModelInputError
-from diffusion_kernel.nn import Attention
+from diffusion_kernel.nn import Attention, add_to_fresh
 from diffusion_kernel.nn.attention_processor import attend, split_heads
 from torch import nn
 from torch.nn import functional as F
+
+from .conditioning_cache import reused
 
 CROSS_ATTENTION_NORMS = (None, "layer_norm", "group_norm")
 
@@ -39,22 +41,34 @@ class AttnAddedKVProcessor:
             raise ModelInputError("this attention layer (added key/value projections) needs "
                                   "the text tokens: pass encoder_hidden_states")
         batch = hidden_states.shape[0]
-        context = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        cache = attn.conditioning_cache  # set inside UNet2DConditionModel.reuse_conditioning()
+        key, value = reused(cache, (attn, "text"), encoder_hidden_states,
+                            lambda: _text_keys_values(attn, encoder_hidden_states))
         pixels = attn.group_norm(hidden_states.flatten(2)).transpose(1, 2)  # (B, N, C)
 
         query = split_heads(attn.to_q(pixels), attn.heads)
-        key = split_heads(attn.add_k_proj(context), attn.heads)
-        value = split_heads(attn.add_v_proj(context), attn.heads)
         if not attn.only_cross_attention:  # keys and values: [text tokens, pixels]
             key = torch.cat([key, split_heads(attn.to_k(pixels), attn.heads)], dim=2)
             value = torch.cat([value, split_heads(attn.to_v(pixels), attn.heads)], dim=2)
-        out = attend(query, key, value, _text_bias(attention_mask, key.shape[2]),
-                     attn.slice_size)
+        keys = key.shape[2]
+        bias = reused(cache, (attn, "bias", keys), attention_mask,
+                      lambda: _text_bias(attention_mask, keys))
+        out = attend(query, key, value, bias, attn.slice_size)
         out = out.transpose(1, 2).reshape(batch, -1, attn.heads * attn.dim_head)
         out = attn.to_out[0](out)
         if attn.training:  # dropout; a no-op call in eval mode
             out = attn.to_out[1](out)
-        return out.transpose(1, 2).reshape(hidden_states.shape) + hidden_states
+        # to_out's new output, back to the map's shape (a view): the residual goes into it
+        return add_to_fresh(out.transpose(1, 2).reshape(hidden_states.shape), hidden_states)
+
+
+def _text_keys_values(attn: AddedKVAttention, encoder_hidden_states: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The text tokens' keys and values, (B, heads, M, dim_head) each: the same at every step of
+    a sampling loop."""
+    context = attn.norm_encoder_hidden_states(encoder_hidden_states)
+    return (split_heads(attn.add_k_proj(context), attn.heads),
+            split_heads(attn.add_v_proj(context), attn.heads))
 
 
 # The diffusers name of its SDPA variant, for code that imports it.
@@ -88,6 +102,7 @@ class AddedKVAttention(Attention):
                          dim_head=dim_head, bias=True, upcast_softmax=True,
                          norm_num_groups=norm_num_groups, eps=eps, residual_connection=True)
         self.only_cross_attention = only_cross_attention
+        self.conditioning_cache = None  # see UNet2DConditionModel.reuse_conditioning
         if only_cross_attention:  # the pixels give no keys or values of their own
             self.to_k = self.to_v = None
         self.add_k_proj = nn.Linear(added_kv_proj_dim, self.inner_dim)

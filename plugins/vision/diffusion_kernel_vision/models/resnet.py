@@ -7,7 +7,7 @@ from functools import partial
 
 import torch
 from diffusion_kernel.errors import ConfigError
-from diffusion_kernel.nn import add_to_fresh, get_activation
+from diffusion_kernel.nn import activate_fresh, add_to_fresh, get_activation
 from torch import nn
 from torch.nn import functional as F
 
@@ -136,7 +136,10 @@ class ResnetBlock2D(nn.Module):
                               if use_in_shortcut else None)
 
     def forward(self, input_tensor: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
-        hidden_states = self.nonlinearity(self.norm1(input_tensor))
+        # Without gradients the elementwise steps write into the map the previous step just
+        # made (the same kernels on the same values: identical numbers, fewer allocations).
+        in_place = not torch.is_grad_enabled()
+        hidden_states = activate_fresh(self.nonlinearity, self.norm1(input_tensor))
         if self.upsample is not None:
             input_tensor = self.upsample(input_tensor)
             hidden_states = self.upsample(hidden_states)
@@ -156,12 +159,14 @@ class ResnetBlock2D(nn.Module):
                 raise ConfigError("a resnet block with time_embedding_norm='scale_shift' needs a "
                                   "time embedding")
             scale, shift = temb.chunk(2, dim=1)
-            hidden_states = self.norm2(hidden_states) * (1 + scale) + shift
+            hidden_states = self.norm2(hidden_states)
+            hidden_states = hidden_states.mul_(1 + scale).add_(shift) if in_place else \
+                hidden_states * (1 + scale) + shift
         else:
             if temb is not None:
                 hidden_states = add_to_fresh(hidden_states, temb)  # conv1's new output
             hidden_states = self.norm2(hidden_states)
-        hidden_states = self.nonlinearity(hidden_states)
+        hidden_states = activate_fresh(self.nonlinearity, hidden_states)
         if self.training:  # dropout; a no-op call in eval mode
             hidden_states = self.dropout(hidden_states)
         hidden_states = self.conv2(hidden_states)
@@ -170,5 +175,6 @@ class ResnetBlock2D(nn.Module):
             input_tensor = self.conv_shortcut(input_tensor)
         output = add_to_fresh(hidden_states, input_tensor)  # conv2's new output
         if self.output_scale_factor != 1.0:  # x / 1.0 == x: skip a full pass over the map
-            output = output / self.output_scale_factor
+            output = output.div_(self.output_scale_factor) if in_place else \
+                output / self.output_scale_factor
         return output

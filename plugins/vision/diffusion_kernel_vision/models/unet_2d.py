@@ -20,6 +20,7 @@ from diffusion_kernel.nn import (
     ModelOutput,
     TimestepEmbedding,
     Timesteps,
+    activate_fresh,
 )
 from torch import nn
 
@@ -190,7 +191,7 @@ class UNet2DModel(ModelMixin, AttentionSlicingMixin):
                 sample, image = block(sample, block_skips, emb, image)
             else:
                 sample = block(sample, block_skips, emb)
-        sample = self.conv_out(self.conv_act(self.conv_norm_out(sample)))
+        sample = self.conv_out(activate_fresh(self.conv_act, self.conv_norm_out(sample)))
         if image is not None:
             sample = sample + image
         if self.config.time_embedding_type == "fourier":

@@ -12,7 +12,9 @@ read it as the head size, as the format does.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,14 +27,16 @@ from diffusion_kernel.nn import (
     ModelOutput,
     TimestepEmbedding,
     Timesteps,
+    activate_fresh,
     get_activation,
 )
 from diffusion_kernel.nn.lora import scales_lora
 from torch import nn
 
 from ..loaders.single_file import FromOriginalModelMixin
-from .attention_added_kv import CROSS_ATTENTION_NORMS
+from .attention_added_kv import CROSS_ATTENTION_NORMS, AddedKVAttention
 from .checks import check_feature_map, check_tokens
+from .conditioning_cache import ConditioningCache, reused
 from .text_time_embedding import TextTimeEmbedding
 from .unet_blocks import get_down_block, get_mid_block, get_up_block
 from .unet_embeddings import class_embedding, timestep_batch
@@ -220,6 +224,37 @@ class UNet2DConditionModel(ModelMixin, AttentionSlicingMixin, FromOriginalModelM
             self.conv_norm_out = self.conv_act = None
         self.conv_out = nn.Conv2d(block_out_channels[0], out_channels, conv_out_kernel,
                                   padding=(conv_out_kernel - 1) // 2)
+        self._conditioning_cache: ConditioningCache | None = None
+        self._added_kv_layer_list: list[AddedKVAttention] | None = None
+
+    @contextlib.contextmanager
+    def reuse_conditioning(self) -> Iterator[None]:
+        """Inside the block, calls without gradients reuse what an earlier call computed from the
+        same ``encoder_hidden_states``, masks and ``class_labels`` (the same tensor objects,
+        unmodified): the projected text tokens, the text keys and values of the GLIDE-style
+        attention layers, the pooled-text and class embeddings, the additive masks. A sampling
+        loop passes them unchanged at every step (the pipelines here open this block around
+        their loops); the outputs are the ones a fresh call gives."""
+        previous = self._conditioning_cache
+        cache = ConditioningCache()
+        layers = self._added_kv_layers()
+        self._conditioning_cache = cache
+        for layer in layers:
+            layer.conditioning_cache = cache
+        try:
+            yield
+        finally:
+            self._conditioning_cache = previous
+            for layer in layers:
+                layer.conditioning_cache = previous
+
+    def _added_kv_layers(self) -> list[AddedKVAttention]:
+        # Walking every module costs ~1 ms: a loop enters this block twice per pipeline call.
+        # A layer swapped in later is missed (it then computes its text keys at every step).
+        if self._added_kv_layer_list is None:
+            self._added_kv_layer_list = [m for m in self.modules()
+                                         if isinstance(m, AddedKVAttention)]
+        return self._added_kv_layer_list
 
     def _check_config(self) -> None:
         c = self.config
@@ -336,18 +371,21 @@ class UNet2DConditionModel(ModelMixin, AttentionSlicingMixin, FromOriginalModelM
         # Sizes not divisible by the total downsampling: tell each upsampler its target size.
         factor = 2 ** self.num_upsamplers
         forward_upsample_size = any(s % factor != 0 for s in sample.shape[-2:])
-        if attention_mask is not None:  # 1 keep / 0 drop -> additive bias
-            attention_mask = ((1 - attention_mask.to(sample.dtype)) * -10000.0).unsqueeze(1)
-        if encoder_attention_mask is not None:
-            encoder_attention_mask = (
-                (1 - encoder_attention_mask.to(sample.dtype)) * -10000.0).unsqueeze(1)
+        cache = self._conditioning_cache
+        attention_mask = reused(cache, ("attention_mask", sample.dtype), attention_mask,
+                                lambda: _mask_bias(attention_mask, sample.dtype))
+        encoder_attention_mask = reused(
+            cache, ("encoder_attention_mask", sample.dtype), encoder_attention_mask,
+            lambda: _mask_bias(encoder_attention_mask, sample.dtype))
         if c.center_input_sample:
             sample = 2 * sample - 1.0
 
         emb = self._embed_time(sample, timestep, timestep_cond, class_labels,
                                added_cond_kwargs or {}, encoder_hidden_states)
         if self.encoder_hid_proj is not None:
-            encoder_hidden_states = self.encoder_hid_proj(encoder_hidden_states)
+            states = encoder_hidden_states
+            encoder_hidden_states = reused(cache, "encoder_hid_proj", states,
+                                           lambda: self.encoder_hid_proj(states))
         context = dict(encoder_hidden_states=encoder_hidden_states,
                        attention_mask=attention_mask,
                        encoder_attention_mask=encoder_attention_mask)
@@ -383,7 +421,7 @@ class UNet2DConditionModel(ModelMixin, AttentionSlicingMixin, FromOriginalModelM
             sample = block(sample, block_skips, emb, upsample_size, **context)
 
         if self.conv_norm_out is not None:
-            sample = self.conv_act(self.conv_norm_out(sample))
+            sample = activate_fresh(self.conv_act, self.conv_norm_out(sample))
         sample = self.conv_out(sample)
         if not return_dict:
             return (sample,)
@@ -392,14 +430,14 @@ class UNet2DConditionModel(ModelMixin, AttentionSlicingMixin, FromOriginalModelM
     def _embed_time(self, sample, timestep, timestep_cond, class_labels, added_cond_kwargs,
                     encoder_hidden_states):
         c = self.config
+        cache = self._conditioning_cache
         t_emb = self.time_proj(timestep_batch(timestep, sample)).to(sample.dtype)
         emb = self.time_embedding(t_emb, timestep_cond)
         if self.class_embedding is not None:
             if class_labels is None:
                 raise ModelInputError("this UNet is class-conditional: pass class_labels")
-            if c.class_embed_type == "timestep":
-                class_labels = self.time_proj(class_labels).to(sample.dtype)
-            class_emb = self.class_embedding(class_labels).to(sample.dtype)
+            class_emb = reused(cache, ("class_embedding", sample.dtype), class_labels,
+                               lambda: self._embed_class(class_labels, sample.dtype))
             emb = torch.cat([emb, class_emb], dim=-1) if c.class_embeddings_concat \
                 else emb + class_emb
         if c.addition_embed_type == "text_time":
@@ -413,10 +451,23 @@ class UNet2DConditionModel(ModelMixin, AttentionSlicingMixin, FromOriginalModelM
             emb = emb + self.add_embedding(
                 torch.cat([text_embeds, time_embeds], dim=-1).to(emb.dtype))
         elif c.addition_embed_type == "text":  # the text states before encoder_hid_proj
-            emb = emb + self.add_embedding(encoder_hidden_states)
+            emb = emb + reused(cache, "add_embedding", encoder_hidden_states,
+                               lambda: self.add_embedding(encoder_hidden_states))
         if self.time_embed_act is not None:
             emb = self.time_embed_act(emb)
         return emb
+
+    def _embed_class(self, class_labels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        if self.config.class_embed_type == "timestep":
+            class_labels = self.time_proj(class_labels).to(dtype)
+        return self.class_embedding(class_labels).to(dtype)
+
+
+def _mask_bias(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """A (B, M) mask, 1 keep / 0 drop, as the additive bias (B, 1, M) the layers take."""
+    if mask is None:
+        return None
+    return ((1 - mask.to(dtype)) * -10000.0).unsqueeze(1)
 
 
 def _per_block(value: Any, n: int) -> list:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 import torch
 from diffusion_kernel.errors import PipelineError
 from diffusion_kernel.pipelines import DiffusionPipeline, ImagePipelineOutput
+from diffusion_kernel.sampling_loop import sampling
 
 from ..processing.image_processor import VaeImageProcessor, check_output_type
 from .common import Generators, check_generators, randn, sample_of
@@ -65,17 +66,18 @@ class ScoreSdeVePipeline(DiffusionPipeline):
         self.scheduler.set_timesteps(num_inference_steps)
         self.scheduler.set_sigmas(num_inference_steps)
         mean = sample
-        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
-            sigma = self.scheduler.sigmas[i] * torch.ones(batch_size, device=device)
-            for _ in range(self.scheduler.config.correct_steps):  # Langevin corrector
-                score = sample_of(self.unet(sample, sigma))
-                sample = self.scheduler.step_correct(score, sample, generator=generator)[0]
-            score = sample_of(self.unet(sample, sigma))  # reverse-diffusion predictor
-            sample, mean = self.scheduler.step_pred(score, t, sample, generator=generator,
-                                                    return_dict=False)
-            replaced = self.step_end(callback_on_step_end, i, t,
-                                     callback_on_step_end_tensor_inputs, {"latents": sample})
-            sample = replaced.get("latents", sample)
+        with sampling():  # inference mode; what leaves it is clamped outside: ordinary
+            for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
+                sigma = self.scheduler.sigmas[i] * torch.ones(batch_size, device=device)
+                for _ in range(self.scheduler.config.correct_steps):  # Langevin corrector
+                    score = sample_of(self.unet(sample, sigma))
+                    sample = self.scheduler.step_correct(score, sample, generator=generator)[0]
+                score = sample_of(self.unet(sample, sigma))  # reverse-diffusion predictor
+                sample, mean = self.scheduler.step_pred(score, t, sample, generator=generator,
+                                                        return_dict=False)
+                replaced = self.step_end(callback_on_step_end, i, t,
+                                         callback_on_step_end_tensor_inputs, {"latents": sample})
+                sample = replaced.get("latents", sample)
         self.maybe_free_model_hooks()
         images = VaeImageProcessor(do_resize=False, do_normalize=False).postprocess(
             mean.clamp(0, 1), output_type)

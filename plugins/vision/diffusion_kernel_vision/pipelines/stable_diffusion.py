@@ -70,10 +70,9 @@ class StableDiffusionPipeline(StableDiffusionBase):
                                    negative_prompt_embeds, num_images_per_prompt, generator,
                                    output_type, callback_on_step_end_tensor_inputs)
         device = self._execution_device
-        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
-            prompt, device, num_images_per_prompt, self._do_cfg(guidance_scale), negative_prompt,
-            prompt_embeds, negative_prompt_embeds, clip_skip,
-            lora_scale=(cross_attention_kwargs or {}).get("scale"))
+        prompt_embeds, negative_prompt_embeds = self._call_embeddings(
+            prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, num_images_per_prompt,
+            guidance_scale, clip_skip, cross_attention_kwargs)
         steps, _ = self._set_timesteps(num_inference_steps, device, timesteps, sigmas)
         latents = self.prepare_latents(batch, self.unet.config.in_channels, height, width,
                                        prompt_embeds.dtype, device, generator, latents)
@@ -83,8 +82,3 @@ class StableDiffusionPipeline(StableDiffusionBase):
                                cross_attention_kwargs=cross_attention_kwargs,
                                guidance_rescale=guidance_rescale)
         return self.finish(latents, output_type, return_dict)
-
-    def _default_size(self, axis: int) -> int:
-        size = self.unet.config.sample_size
-        size = size if isinstance(size, int) else size[axis]
-        return size * self.vae_scale_factor

@@ -11,8 +11,9 @@ There is no safety checker: a ``safety_checker`` / ``feature_extractor`` named i
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from diffusion_kernel.errors import PipelineError
 from diffusion_kernel.nn.lora import lora_call_scale
 from diffusion_kernel.pipelines import DiffusionPipeline, ImagePipelineOutput
+from diffusion_kernel.prompts import check_prompts, negative_texts
 
 from ..loaders.lora_pipeline import StableDiffusionLoraLoaderMixin
 from ..loaders.single_file import FromSingleFileMixin
@@ -114,43 +116,13 @@ class StableDiffusionBase(StableDiffusionLoraLoaderMixin, TextualInversionLoader
         """Nothing to switch off (see ``enable_xformers_memory_efficient_attention``)."""
 
     # Argument checks -------------------------------------------------------------------------
-    def _check_prompts(self, prompt: Any, negative_prompt: Any, prompt_embeds: Any,
-                       negative_prompt_embeds: Any) -> int:
-        """Validate the prompt arguments; return the number of prompts."""
-        if (prompt is None) == (prompt_embeds is None):
-            raise PipelineError("pass exactly one of prompt and prompt_embeds (got "
-                                f"{'both' if prompt is not None else 'neither'})")
-        if prompt is not None and not _is_prompt(prompt):
-            raise PipelineError(f"prompt must be a str or a list of str, got "
-                                f"{type(prompt).__name__}")
-        if negative_prompt is not None and negative_prompt_embeds is not None:
-            raise PipelineError("pass at most one of negative_prompt and negative_prompt_embeds")
-        batch = (1 if isinstance(prompt, str) else len(prompt)) if prompt is not None \
-            else prompt_embeds.shape[0]
-        if negative_prompt is not None:
-            if not _is_prompt(negative_prompt) or (
-                    prompt is not None and isinstance(prompt, str) != isinstance(negative_prompt,
-                                                                                 str)):
-                raise PipelineError(
-                    f"negative_prompt must be of the same kind as prompt (a str for a str, a "
-                    f"list of {batch} str for a list), got {type(negative_prompt).__name__}")
-            if not isinstance(negative_prompt, str) and len(negative_prompt) != batch:
-                raise PipelineError(f"negative_prompt has {len(negative_prompt)} entries but "
-                                    f"there are {batch} prompts; give one negative per prompt")
-        if (prompt_embeds is not None and negative_prompt_embeds is not None
-                and prompt_embeds.shape != negative_prompt_embeds.shape):
-            raise PipelineError(f"prompt_embeds {tuple(prompt_embeds.shape)} and "
-                                f"negative_prompt_embeds {tuple(negative_prompt_embeds.shape)} "
-                                f"must have the same shape")
-        return batch
-
     def _check_common(self, prompt: Any, negative_prompt: Any, prompt_embeds: Any,
                       negative_prompt_embeds: Any, num_images_per_prompt: int, generator: Any,
                       output_type: str, tensor_inputs: TensorInputs) -> int:
         """Checks every SD pipeline makes; returns the number of images (prompts x images per
         prompt)."""
-        batch = self._check_prompts(prompt, negative_prompt, prompt_embeds,
-                                    negative_prompt_embeds)
+        batch = check_prompts(prompt, prompt_embeds, negative_prompt, negative_prompt_embeds,
+                              negative_of_same_kind=True)
         if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
             raise PipelineError(f"num_images_per_prompt must be a positive int, got "
                                 f"{num_images_per_prompt!r}")
@@ -193,6 +165,14 @@ class StableDiffusionBase(StableDiffusionLoraLoaderMixin, TextualInversionLoader
         text_model = getattr(self.text_encoder, "text_model", self.text_encoder)
         return text_model.final_layer_norm(hidden)
 
+    @contextlib.contextmanager
+    def _prompt_encoding(self, lora_scale: float | None) -> Iterator[None]:
+        """What prompts are encoded in: no gradients, and the text encoder's LoRA adapters times
+        ``lora_scale`` (``None``: as they are)."""
+        scale = 1.0 if lora_scale is None or self.text_encoder is None else lora_scale
+        with torch.no_grad(), lora_call_scale(self.text_encoder, scale):
+            yield
+
     def encode_prompt(self, prompt: str | list[str] | None, device: torch.device,
                       num_images_per_prompt: int, do_classifier_free_guidance: bool,
                       negative_prompt: str | list[str] | None = None,
@@ -203,8 +183,7 @@ class StableDiffusionBase(StableDiffusionLoraLoaderMixin, TextualInversionLoader
         """Text -> CLIP embeddings, each repeated ``num_images_per_prompt`` times; the negative
         embeddings (the empty prompt unless given) only with classifier-free guidance.
         ``lora_scale`` multiplies the text encoder's LoRA adapters for this call."""
-        scale = 1.0 if lora_scale is None or self.text_encoder is None else lora_scale
-        with torch.no_grad(), lora_call_scale(self.text_encoder, scale):
+        with self._prompt_encoding(lora_scale):
             if prompt_embeds is None:
                 texts = [prompt] if isinstance(prompt, str) else list(prompt)
                 prompt_embeds = self._text_embeddings(texts, device,
@@ -213,17 +192,34 @@ class StableDiffusionBase(StableDiffusionLoraLoaderMixin, TextualInversionLoader
             prompt_embeds = prompt_embeds.to(dtype=dtype, device=device)
             batch = prompt_embeds.shape[0]
             if do_classifier_free_guidance and negative_prompt_embeds is None:
-                negatives = ([""] * batch if negative_prompt is None else
-                             [negative_prompt] * batch if isinstance(negative_prompt, str)
-                             else list(negative_prompt))
-                negative_prompt_embeds = self._text_embeddings(negatives, device,
-                                                               prompt_embeds.shape[1])
+                negative_prompt_embeds = self._text_embeddings(
+                    negative_texts(negative_prompt, batch), device, prompt_embeds.shape[1])
         prompt_embeds = prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
         if do_classifier_free_guidance:
             negative_prompt_embeds = negative_prompt_embeds.to(dtype=dtype, device=device)
             negative_prompt_embeds = negative_prompt_embeds.repeat_interleave(
                 num_images_per_prompt, dim=0)
         return prompt_embeds, negative_prompt_embeds
+
+    def _call_embeddings(self, prompt: Any, negative_prompt: Any, prompt_embeds: Any,
+                         negative_prompt_embeds: Any, num_images_per_prompt: int,
+                         guidance_scale: float, clip_skip: int | None,
+                         cross_attention_kwargs: dict[str, Any] | None
+                         ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``encode_prompt`` as a pipeline call runs it: on the execution device, with the
+        negative embeddings when ``guidance_scale`` > 1, the text encoder's LoRA adapters times
+        ``cross_attention_kwargs["scale"]``."""
+        return self.encode_prompt(
+            prompt, self._execution_device, num_images_per_prompt, self._do_cfg(guidance_scale),
+            negative_prompt, prompt_embeds, negative_prompt_embeds, clip_skip,
+            lora_scale=(cross_attention_kwargs or {}).get("scale"))
+
+    def _default_size(self, axis: int) -> int:
+        """The default height (axis 0) or width (1): the UNet's sample size times the VAE
+        factor."""
+        size = self.unet.config.sample_size
+        size = size if isinstance(size, int) else size[axis]
+        return size * self.vae_scale_factor
 
     # Latents -----------------------------------------------------------------------------------
     def prepare_latents(self, batch_size: int, num_channels: int, height: int, width: int,
@@ -357,11 +353,6 @@ def rescale_guidance(guided: torch.Tensor, cond: torch.Tensor, phi: float) -> to
     dims = list(range(1, guided.ndim))
     ratio = cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True)
     return guided * (phi * ratio + (1.0 - phi))
-
-
-def _is_prompt(value: Any) -> bool:
-    return isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str)
-                                                                      for v in value))
 
 
 def _repeat_to(tensor: torch.Tensor, batch_size: int, what: str) -> torch.Tensor:

@@ -58,10 +58,9 @@ class StableDiffusionImg2ImgPipeline(StableDiffusionBase):
                                    negative_prompt_embeds, num_images_per_prompt, generator,
                                    output_type, callback_on_step_end_tensor_inputs)
         device = self._execution_device
-        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
-            prompt, device, num_images_per_prompt, self._do_cfg(guidance_scale), negative_prompt,
-            prompt_embeds, negative_prompt_embeds, clip_skip,
-            lora_scale=(cross_attention_kwargs or {}).get("scale"))
+        prompt_embeds, negative_prompt_embeds = self._call_embeddings(
+            prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, num_images_per_prompt,
+            guidance_scale, clip_skip, cross_attention_kwargs)
         pixels = self.image_processor.preprocess(image)
         all_steps, count = self._set_timesteps(num_inference_steps, device, timesteps, sigmas)
         steps = self._strength_timesteps(count, strength)

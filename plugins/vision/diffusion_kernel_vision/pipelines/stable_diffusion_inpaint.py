@@ -81,8 +81,8 @@ class StableDiffusionInpaintPipeline(StableDiffusionBase):
         if image is None or mask_image is None:
             raise PipelineError("image and mask_image are both required (mask: white = repaint, "
                                 "black = keep)")
-        height = height or self.unet.config.sample_size * self.vae_scale_factor
-        width = width or self.unet.config.sample_size * self.vae_scale_factor
+        height = height or self._default_size(0)
+        width = width or self._default_size(1)
         self._check_size(height, width)
         self._check_strength(strength)
         _check_same_size(image, mask_image)
@@ -98,10 +98,9 @@ class StableDiffusionInpaintPipeline(StableDiffusionBase):
                                    output_type, callback_on_step_end_tensor_inputs)
         device = self._execution_device
         cfg = self._do_cfg(guidance_scale)
-        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
-            prompt, device, num_images_per_prompt, cfg, negative_prompt, prompt_embeds,
-            negative_prompt_embeds, clip_skip,
-            lora_scale=(cross_attention_kwargs or {}).get("scale"))
+        prompt_embeds, negative_prompt_embeds = self._call_embeddings(
+            prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, num_images_per_prompt,
+            guidance_scale, clip_skip, cross_attention_kwargs)
         _, count = self._set_timesteps(num_inference_steps, device, timesteps, sigmas)
         steps = self._strength_timesteps(count, strength)
         dtype = prompt_embeds.dtype

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 
+from diffusion_kernel.cli_extensions import config_from_args
+
 
 def _names(text: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in text.split(",") if v.strip())
@@ -137,15 +139,10 @@ def add_dreambooth_arguments(p: argparse.ArgumentParser) -> None:
     _add_loop_options(p, max_steps=400, batch=1, lr=5e-6)
 
 
-def _config(cls, args: argparse.Namespace):
-    fields = cls.__dataclass_fields__
-    return cls(**{k: v for k, v in vars(args).items() if k in fields})
-
-
 def run_text_to_image(args: argparse.Namespace) -> int:
     from .text_to_image import TextToImageConfig, train_text_to_image
 
-    out = train_text_to_image(_config(TextToImageConfig, args))
+    out = train_text_to_image(config_from_args(TextToImageConfig, args))
     print(f"saved the result to {out}")
     return 0
 
@@ -153,7 +150,7 @@ def run_text_to_image(args: argparse.Namespace) -> int:
 def run_textual_inversion(args: argparse.Namespace) -> int:
     from .textual_inversion import TextualInversionConfig, train_textual_inversion
 
-    out = train_textual_inversion(_config(TextualInversionConfig, args))
+    out = train_textual_inversion(config_from_args(TextualInversionConfig, args))
     print(f"saved the learned embedding to {out}")
     return 0
 
@@ -161,6 +158,6 @@ def run_textual_inversion(args: argparse.Namespace) -> int:
 def run_dreambooth(args: argparse.Namespace) -> int:
     from .dreambooth import DreamBoothConfig, train_dreambooth
 
-    out = train_dreambooth(_config(DreamBoothConfig, args))
+    out = train_dreambooth(config_from_args(DreamBoothConfig, args))
     print(f"saved the result to {out}")
     return 0
