@@ -115,15 +115,23 @@ class _SameConv(torch.autograd.Function):
     def backward(ctx, grad):
         x, weight, flipped = ctx.saved_tensors
         grad = grad.contiguous(memory_format=torch.channels_last)
-        grad_x = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            grad_x = F.conv2d(grad, flipped, None, 1, (0, weight.shape[-1] - 1 - ctx.padding))
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            _, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
-                grad, x, weight, [weight.shape[0]] if ctx.has_bias else None, [1, 1],
-                [0, ctx.padding], [1, 1], False, [0, 0], 1,
-                [False, ctx.needs_input_grad[1], ctx.needs_input_grad[2]])
-        return grad_x, grad_weight, grad_bias, None, None
+        return (*_same_conv_grads(grad, x, weight, flipped, ctx.padding, ctx.has_bias,
+                                  ctx.needs_input_grad[:3]), None, None)
+
+
+def _same_conv_grads(grad, x, weight, flipped, padding: int, has_bias: bool, need
+                     ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """The gradients (input, weight, bias) of a stride-1 convolution on channels-last maps, each
+    only where ``need`` asks: the input's as the forward convolution with ``flipped`` (module
+    docstring), the weight's and bias's from torch's ``convolution_backward``."""
+    grad_x = grad_weight = grad_bias = None
+    if need[0]:
+        grad_x = F.conv2d(grad, flipped, None, 1, (0, weight.shape[-1] - 1 - padding))
+    if need[1] or need[2]:
+        _, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+            grad, x, weight, [weight.shape[0]] if has_bias else None, [1, 1], [0, padding],
+            [1, 1], False, [0, 0], 1, [False, need[1], need[2]])
+    return grad_x, grad_weight, grad_bias
 
 
 def conv_norm_mish(conv: nn.Conv1d, norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
@@ -178,13 +186,8 @@ class _ConvNormMish(torch.autograd.Function):
             grad, hidden, mean, rstd, gamma, batch, channels, length, ctx.groups,
             [True, need[3], need[4]])
         grad = grad.contiguous(memory_format=torch.channels_last)
-        grad_x = grad_weight = grad_bias = None
-        if need[0]:
-            grad_x = F.conv2d(grad, flipped, None, 1, (0, weight.shape[-1] - 1 - ctx.padding))
-        if need[1] or need[2]:
-            _, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
-                grad, x, weight, [weight.shape[0]] if ctx.has_bias else None, [1, 1],
-                [0, ctx.padding], [1, 1], False, [0, 0], 1, [False, need[1], need[2]])
+        grad_x, grad_weight, grad_bias = _same_conv_grads(grad, x, weight, flipped, ctx.padding,
+                                                          ctx.has_bias, need[:3])
         return (grad_x, grad_weight, grad_bias, grad_gamma, grad_beta, None, None, None,
                 None)
 
