@@ -491,14 +491,20 @@ def atomic_directory(
 
 
 def _kept_hashes(old: Path, new: Path) -> dict[str, str]:
-    """The recorded hashes of the old folder's files that the new folder keeps as they are."""
+    """The recorded hashes of the old folder's files that the new folder keeps as they are.
+
+    A kept file modified after the record was written (another tool rewrote it in place, as
+    accelerate's ``save_state`` does with a training state kept inside a pipeline folder) is
+    hashed again: only files older than the record keep their recorded hash."""
     try:
         recorded = integrity.read_manifest(old)
-    except CheckpointError:  # a damaged record: hash the kept files again
+        recorded_at = (old / integrity.MANIFEST).stat().st_mtime_ns
+    except (CheckpointError, OSError):  # a damaged or missing record: hash the kept files again
         return {}
     return {name: digest for name, digest in recorded.items()
             if (new / name).is_file() and (old / name).is_file()
-            and os.path.samefile(new / name, old / name)}
+            and os.path.samefile(new / name, old / name)
+            and (old / name).stat().st_mtime_ns < recorded_at}
 
 
 def _record_hashes(folder: Path, known: dict[str, str]) -> None:

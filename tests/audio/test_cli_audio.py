@@ -101,8 +101,12 @@ def test_train_mel_on_a_folder_of_wavs_writes_a_pipeline_generate_runs(tmp_path)
                  "512", "--hop-length", "256", "--threads", "1"]) == 0
     index = json.loads((out / "model_index.json").read_text())
     assert index["_class_name"] == "AudioDiffusionPipeline"
+    # it recommends the sampler measured best on the spoken digits: DDPM, 50 steps
+    assert index["scheduler"] == ["diffusers", "DDPMScheduler"]
+    assert index["_default_num_inference_steps"] == 50
     state = json.loads((out / "training-state" / "trainer_state.json").read_text())
     assert state["state"]["step"] == 3 and len(state["state"]["losses"]) == 3
+    assert main(["verify", str(out)]) == 0  # two saves: the record matches every file
     assert main(["generate", "--model", str(out), "--num", "1", "--steps", "2",
                  "--out", str(tmp_path / "gen"), "--threads", "1"]) == 0
     assert _wav().read_wav(tmp_path / "gen" / "0000.wav")[1] == 8000

@@ -77,6 +77,22 @@ def test_a_variant_saved_beside_keeps_the_record_of_the_other_weights(saved, mod
         saved / "diffusion_pytorch_model.fp16.safetensors")
 
 
+def test_a_file_kept_by_a_save_but_rewritten_in_place_since_the_record_is_hashed_again(
+        saved, model):
+    # a training state saved inside a pipeline folder is rewritten in place between two saves of
+    # the pipeline; the second save must record its new bytes, not the first save's hash
+    extra = saved / "training-state" / "optimizer.bin"
+    extra.parent.mkdir()
+    extra.write_bytes(b"step 1")
+    model.save_pretrained(saved)
+    assert read_manifest(saved)["training-state/optimizer.bin"] == _sha(extra)
+    with open(extra, "r+b") as f:  # the same inode: the next save hard-links it
+        f.write(b"step 2")
+    model.save_pretrained(saved)
+    assert read_manifest(saved)["training-state/optimizer.bin"] == _sha(extra)
+    assert extra.read_bytes() == b"step 2"
+
+
 def test_a_pipeline_records_each_component_folder_once(tmp_path, model):
     pipe = registry.pipelines.get("DDPMPipeline")(unet=model,
                                                   scheduler=registry.schedulers.get("ddpm")())

@@ -98,6 +98,10 @@ def test_train_saves_a_loadable_pipeline_with_the_data_elements(small_references
     assert pipe.scheduler.config.beta_schedule == "sigmoid"
     assert pipe.scheduler.config.num_train_timesteps == 5000
     assert logged[-1].startswith("step 2 loss")
+    from diffusion_kernel.hub import verify
+
+    checks = verify(tmp_path / "out")  # two saves: the record matches every file, the state too
+    assert checks and [c.describe() for c in checks if c.status != "ok"] == []
 
 
 def test_bad_training_settings_are_refused(small_references, tmp_path):

@@ -209,8 +209,9 @@ def train(config: TrainConfig, log=print) -> Path:
                 f" lr {optimizer.param_groups[0]['lr']:.2e} {minutes:.1f} min ({cpu:.1f} CPU)")
             running, seen = 0.0, 0
         if step % config.save_steps == 0 or done:
-            _save_ema(pipe, ema, config.output_dir)
+            # the state first: the pipeline save's SHA256SUMS then records it as written
             _save_state(Path(config.output_dir), step, model, optimizer, ema, generator)
+            _save_ema(pipe, ema, config.output_dir)
         if done:
             break
     return Path(config.output_dir)
