@@ -1,7 +1,7 @@
 """Sample quality of a spoken-digits model (default: the one shipped with the audio plugin), per
 sampler and step count.
 
-    python benchmarks/audio_sample_quality.py [--model PATH] [--num 500] [--runs ddim:50,ddim:20]
+    python benchmarks/audio_sample_quality.py [--model PATH] [--num 500] [--runs ddpm:50,ddim:20]
         [--plot docs/audio_quality.png] [--json out.json]
 
 The judge is a small CNN trained on mel images of real clips by the six voice variants the model
@@ -40,7 +40,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="spoken-digits")
     parser.add_argument("--num", type=int, default=500)
-    parser.add_argument("--runs", default="ddim:50,ddim:20,dpm++2m:20,ddim:10",
+    parser.add_argument("--runs", default="ddpm:50,ddpm:100,ddpm:25,ddim:20,ddim:50,dpm++2m:20",
                         help="comma-separated scheduler:steps")
     parser.add_argument("--plot", help="draw the first run's samples by judged digit here")
     parser.add_argument("--json", help="write every run's figures here")

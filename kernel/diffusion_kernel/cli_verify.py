@@ -15,7 +15,8 @@ def add_command(subparsers) -> None:
                     "published for it. Exit status 0: all recorded files intact; 1: a file is "
                     "corrupt or missing, or nothing could be checked. --record writes the "
                     "SHA256SUMS of a folder saved by another tool.")
-    p.add_argument("source", metavar="PATH_OR_REPO")
+    p.add_argument("source", metavar="PATH_OR_REPO",
+                   help="a folder, a Hub repo id, or the name of a shipped model")
     p.add_argument("--revision", help="branch, tag or commit of a Hub repo (default: main)")
     p.add_argument("--cache-dir", help="the huggingface_hub cache (default: HF_HUB_CACHE)")
     p.add_argument("--record", action="store_true",
@@ -25,13 +26,15 @@ def add_command(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .cli_extensions import resolve_model
     from .hub import record_hashes, verify
 
     if args.record:
         print(f"recorded {record_hashes(args.source)}")
         return 0
 
-    checks = verify(args.source, revision=args.revision, cache_dir=args.cache_dir)
+    checks = verify(resolve_model(args.source), revision=args.revision,
+                    cache_dir=args.cache_dir)
     labels = {"ok": "ok", "corrupt": "CORRUPT", "missing": "MISSING", "unrecorded": "unrecorded"}
     for check in checks:
         detail = check.describe() if check.status == "corrupt" else check.path

@@ -160,3 +160,14 @@ def test_hashes_recorded_for_a_folder_saved_elsewhere_are_checked(saved, capsys)
     _flip_last_byte(saved / WEIGHTS)
     with pytest.raises(CheckpointError, match="does not match its recorded hashes"):
         _unet().from_pretrained(saved, verify=True)
+
+
+def test_every_shipped_model_is_verified_by_name(capsys):
+    from diffusion_kernel.cli_extensions import shipped_models
+
+    names = sorted(shipped_models())
+    assert names, "no shipped model registered"
+    for name in names:
+        assert main(["verify", name]) == 0, name
+        summary = capsys.readouterr().out.strip().splitlines()[-1]
+        assert summary.endswith(", 0 corrupt, 0 missing, 0 unrecorded"), (name, summary)
