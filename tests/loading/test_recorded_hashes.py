@@ -171,3 +171,15 @@ def test_every_shipped_model_is_verified_by_name(capsys):
         assert main(["verify", name]) == 0, name
         summary = capsys.readouterr().out.strip().splitlines()[-1]
         assert summary.endswith(", 0 corrupt, 0 missing, 0 unrecorded"), (name, summary)
+
+
+def test_every_folder_a_plugin_ships_has_its_record(capsys):
+    # the ones without a name too (the maze planner's value function)
+    from pathlib import Path
+
+    folders = sorted(Path(__file__).parents[2].glob("plugins/*/diffusion_kernel_*/shipped/*/"))
+    assert len(folders) >= 5, folders
+    for folder in folders:
+        assert main(["verify", str(folder)]) == 0, folder
+        summary = capsys.readouterr().out.strip().splitlines()[-1]
+        assert summary.endswith(", 0 corrupt, 0 missing, 0 unrecorded"), (folder, summary)
