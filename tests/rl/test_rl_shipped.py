@@ -39,7 +39,8 @@ def test_the_shipped_networks_are_small_folders_in_the_diffusers_layout():
     files = {p.relative_to(PLANNER).as_posix() for p in PLANNER.rglob("*") if p.is_file()}
     assert files == {"model_index.json", "unet/config.json",
                      "unet/diffusion_pytorch_model.safetensors",
-                     "scheduler/scheduler_config.json", "normalizer/processor_config.json"}
+                     "scheduler/scheduler_config.json", "normalizer/processor_config.json",
+                     "SHA256SUMS"}
     assert (PLANNER / "unet/diffusion_pytorch_model.safetensors").stat().st_size < 5_000_000
     index = json.loads((PLANNER / "model_index.json").read_text())
     assert index["environment"] == "maze2d-medium" and index["num_candidates"] == 4

@@ -63,7 +63,7 @@ def test_the_shipped_model_is_a_small_diffusers_format_pipeline():
     files = {p.relative_to(SHIPPED_MODEL).as_posix() for p in SHIPPED_MODEL.rglob("*")
              if p.is_file()}
     assert files == {"model_index.json", "scheduler/scheduler_config.json", "unet/config.json",
-                     "unet/diffusion_pytorch_model.safetensors"}
+                     "unet/diffusion_pytorch_model.safetensors", "SHA256SUMS"}
     size = (SHIPPED_MODEL / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size
     assert size < 10 * 2**20
 
