@@ -47,7 +47,7 @@ def test_quick_quality_64_samples_are_recognisable_digits_of_most_classes(pipe):
     judge = _quick_judge(pipe.mel)
     verdict, heard, _ = generate_and_judge(pipe, {"judge": judge}, NUM, None)
     shares = verdict.shares()
-    # measured (docs/audio.md): 500 samples, confidence 0.99, each digit 6.8-17.0 %. eSpeak NG's
+    # measured (docs/audio.md): 500 samples, confidence 0.99, each digit 6.6-17.2 %. eSpeak NG's
     # synthesis is not deterministic, so the judge, trained on fresh renders, varies from run to
     # run, and 64 samples put about 3.5 points of noise on a 10 % share: the bounds leave room
     # for that, and still fail a model that collapses onto a few digits or mumbles.
@@ -55,7 +55,7 @@ def test_quick_quality_64_samples_are_recognisable_digits_of_most_classes(pipe):
     assert (shares > 0).sum() == 10, shares
     assert shares.max() <= 0.3, shares
     # what the WAV sounds like to the judge: the mel of the Griffin-Lim audio, mostly the same
-    # (500 samples: 99.6 % agree)
+    # (500 samples: 99.2 % agree)
     assert (heard.digits == verdict.digits).mean() >= 0.9
 
 

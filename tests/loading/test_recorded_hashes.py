@@ -162,15 +162,19 @@ def test_hashes_recorded_for_a_folder_saved_elsewhere_are_checked(saved, capsys)
         _unet().from_pretrained(saved, verify=True)
 
 
+def _assert_every_file_verified(source, capsys):
+    assert main(["verify", source]) == 0, source
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert summary.endswith(", 0 corrupt, 0 missing, 0 unrecorded"), (source, summary)
+
+
 def test_every_shipped_model_is_verified_by_name(capsys):
     from diffusion_kernel.cli_extensions import shipped_models
 
     names = sorted(shipped_models())
     assert names, "no shipped model registered"
     for name in names:
-        assert main(["verify", name]) == 0, name
-        summary = capsys.readouterr().out.strip().splitlines()[-1]
-        assert summary.endswith(", 0 corrupt, 0 missing, 0 unrecorded"), (name, summary)
+        _assert_every_file_verified(name, capsys)
 
 
 def test_every_folder_a_plugin_ships_has_its_record(capsys):
@@ -180,6 +184,4 @@ def test_every_folder_a_plugin_ships_has_its_record(capsys):
     folders = sorted(Path(__file__).parents[2].glob("plugins/*/diffusion_kernel_*/shipped/*/"))
     assert len(folders) >= 5, folders
     for folder in folders:
-        assert main(["verify", str(folder)]) == 0, folder
-        summary = capsys.readouterr().out.strip().splitlines()[-1]
-        assert summary.endswith(", 0 corrupt, 0 missing, 0 unrecorded"), (folder, summary)
+        _assert_every_file_verified(str(folder), capsys)
